@@ -1,0 +1,25 @@
+//! Emulated devices. They see guest memory through vm-memory traits and raise
+//! interrupts through [`IrqLine`]; they never touch kvm-ioctls.
+
+pub mod bus;
+pub mod legacy;
+pub mod virtio;
+
+use std::io;
+use vmm_sys_util::eventfd::EventFd;
+
+/// An interrupt line a device can raise. The builder wires it to the VM
+/// (an irqfd for KVM); tests wire it to a plain eventfd.
+pub trait IrqLine: Send + Sync {
+    fn trigger(&self) -> io::Result<()>;
+}
+
+/// An interrupt line backed by an eventfd (registered as a KVM irqfd by the builder).
+#[derive(Debug)]
+pub struct EventFdIrq(pub EventFd);
+
+impl IrqLine for EventFdIrq {
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}

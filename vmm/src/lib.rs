@@ -1,0 +1,10 @@
+//! hull-vmm: the virtual machine monitor behind every hull sandbox.
+//!
+//! A KVM microVM with a Linux kernel loaded directly (no firmware), a 16550
+//! console, an i8042 reset line and virtio-mmio devices (block, vsock).
+//! Dependencies point one way: `main` -> `api`/`builder` -> `devices` ->
+//! `vstate`/`arch`. Only `vstate` talks to KVM. Must not depend on the shim
+//! or the agent; shares wire types with them through `hull-protocol` only.
+
+pub mod devices;
+pub mod vstate;
