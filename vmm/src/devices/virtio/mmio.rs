@@ -1,1 +1,808 @@
-//! virtio-mmio transport.
+//! virtio-mmio transport (virtio 1.2, section 4.2), version 2 ("modern") only.
+//!
+//! [`MmioTransport`] is the [`BusDevice`] the vCPU threads call on MMIO exits
+//! in a device's window. It owns the driver-facing state machine (status,
+//! feature and queue selectors) and writes what the driver negotiates into the
+//! device's [`VirtioCommon`]; it never processes queues itself. Queue
+//! notifications go straight to the queue eventfds (shared with the device, so
+//! a notify never waits for the device lock), and the device picks them up on
+//! the event loop.
+//!
+//! Every value here comes from the guest: nothing panics on it. Anything the
+//! spec does not allow is logged (rate-limited) and ignored.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{GuestWarnings, VirtioDevice, VirtioError, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::devices::bus::BusDevice;
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// "virt" in little endian, at offset 0 of every virtio-mmio device.
+pub const MAGIC_VALUE: u32 = 0x7472_6976;
+/// The modern virtio-mmio interface; version 1 is the legacy one.
+pub const VERSION: u32 = 2;
+/// "HULL" in little endian. Informational only: drivers match on DeviceID.
+pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"HULL");
+/// Size of the MMIO window one device needs (registers plus config space).
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+
+const CONFIG_SPACE_START: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+const ACKNOWLEDGE: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+const DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+const NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+const FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
+
+/// The guest-facing side of one virtio device.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    /// The device's queue eventfds, indexed like the queues.
+    notify_evts: Vec<Arc<EventFd>>,
+    device_type: u32,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    queue_sel: u32,
+    warnings: GuestWarnings,
+}
+
+impl MmioTransport {
+    /// `mem` is handed to the device when the driver activates it;
+    /// `interrupt` is the device's interrupt line and status register.
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
+        let (device_type, notify_evts) = {
+            let dev = device.lock().expect("virtio device lock poisoned");
+            let common = dev.common();
+            (common.device_type, common.queue_evts.clone())
+        };
+        Self {
+            device,
+            mem,
+            interrupt,
+            notify_evts,
+            device_type,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            queue_sel: 0,
+            warnings: GuestWarnings::default(),
+        }
+    }
+
+    /// The device behind this transport.
+    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+        &self.device
+    }
+
+    fn locked_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+        self.device.lock().expect("virtio device lock poisoned")
+    }
+
+    /// True when every bit of `set` and no bit of `clear` is in the status.
+    fn status_is(&self, set: u32, clear: u32) -> bool {
+        self.status & (set | clear) == set
+    }
+
+    fn read_register(&mut self, offset: u32) -> u32 {
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC_VALUE,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device_type,
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => {
+                let features = self.locked_device().common().avail_features;
+                feature_page(features, self.device_features_sel)
+            }
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.with_queue(|q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => self.with_queue(|q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            // No shared memory regions: their length reads as -1 (4.2.2.1).
+            VIRTIO_MMIO_SHM_LEN_LOW
+            | VIRTIO_MMIO_SHM_LEN_HIGH
+            | VIRTIO_MMIO_SHM_BASE_LOW
+            | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            // hull devices never change their configuration under the driver.
+            VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            _ => {
+                self.warnings.warn(format_args!(
+                    "virtio-mmio (type {}): read of unknown or write-only register {offset:#x}",
+                    self.device_type
+                ));
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => self.ack_features(value),
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
+            VIRTIO_MMIO_QUEUE_NUM => match u16::try_from(value) {
+                Ok(size) => self.update_queue(|q| q.set_size(size)),
+                Err(_) => self.warn_value("QueueNum", value),
+            },
+            VIRTIO_MMIO_QUEUE_READY => match value {
+                0 | 1 => self.update_queue(|q| q.set_ready(value == 1)),
+                _ => self.warn_value("QueueReady", value),
+            },
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                self.update_queue(|q| q.set_desc_table_address(Some(value), None))
+            }
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                self.update_queue(|q| q.set_desc_table_address(None, Some(value)))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                self.update_queue(|q| q.set_avail_ring_address(Some(value), None))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                self.update_queue(|q| q.set_avail_ring_address(None, Some(value)))
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW => {
+                self.update_queue(|q| q.set_used_ring_address(Some(value), None))
+            }
+            VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                self.update_queue(|q| q.set_used_ring_address(None, Some(value)))
+            }
+            VIRTIO_MMIO_SHM_SEL => {}
+            _ => self.warnings.warn(format_args!(
+                "virtio-mmio (type {}): write of unknown or read-only register {offset:#x}",
+                self.device_type
+            )),
+        }
+    }
+
+    fn warn_value(&mut self, register: &str, value: u32) {
+        self.warnings.warn(format_args!(
+            "virtio-mmio (type {}): invalid {register} value {value:#x}",
+            self.device_type
+        ));
+    }
+
+    /// The selected queue's value, or 0 when QueueSel names no queue (which
+    /// is how the driver learns that a queue does not exist).
+    fn with_queue(&self, f: impl FnOnce(&Queue) -> u32) -> u32 {
+        let dev = self.locked_device();
+        usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| dev.common().queues.get(i))
+            .map_or(0, f)
+    }
+
+    /// Queue configuration is only writable between FEATURES_OK and DRIVER_OK.
+    fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if !self.status_is(FEATURES_OK, DRIVER_OK | FAILED | NEEDS_RESET) {
+            let status = self.status;
+            self.warnings.warn(format_args!(
+                "virtio-mmio (type {}): queue configured in status {status:#x}",
+                self.device_type
+            ));
+            return;
+        }
+        let sel = self.queue_sel;
+        let updated = {
+            let mut dev = self.locked_device();
+            let queue = usize::try_from(sel)
+                .ok()
+                .and_then(|i| dev.common_mut().queues.get_mut(i));
+            queue.map(f).is_some()
+        };
+        if !updated {
+            self.warn_value("QueueSel", sel);
+        }
+    }
+
+    /// DriverFeatures: the driver accepts one 32-bit page of features. Bits
+    /// the device did not offer are dropped.
+    fn ack_features(&mut self, value: u32) {
+        if !self.status_is(DRIVER, FEATURES_OK | FAILED | NEEDS_RESET) {
+            let status = self.status;
+            self.warnings.warn(format_args!(
+                "virtio-mmio (type {}): features written in status {status:#x}",
+                self.device_type
+            ));
+            return;
+        }
+        let shift = match self.driver_features_sel {
+            0 => 0,
+            1 => 32,
+            sel => return self.warn_value("DriverFeaturesSel", sel),
+        };
+        let mut dev = self.locked_device();
+        let common = dev.common_mut();
+        let page = u64::from(value) << shift;
+        let unknown = page & !common.avail_features;
+        let mask = u64::from(u32::MAX) << shift;
+        common.acked_features = (common.acked_features & !mask) | (page & common.avail_features);
+        drop(dev);
+        if unknown != 0 {
+            self.warnings.warn(format_args!(
+                "virtio-mmio (type {}): driver accepted features {unknown:#x} that were not offered",
+                self.device_type
+            ));
+        }
+    }
+
+    fn notify(&mut self, index: u32) {
+        let evt = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.notify_evts.get(i));
+        match evt {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    log::error!(
+                        "virtio-mmio (type {}): signalling queue {index}: {e}",
+                        self.device_type
+                    );
+                }
+            }
+            None => self.warn_value("QueueNotify", index),
+        }
+    }
+
+    /// The device status state machine (virtio 1.2, sections 2.1 and 3.1.1).
+    /// The driver sets one bit at a time, in order, never clears one, and
+    /// resets the device by writing 0.
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            return self.reset();
+        }
+        if value & FAILED != 0 {
+            // The driver gave up; it must reset before trying again.
+            self.status |= FAILED;
+            return;
+        }
+        let old = self.status;
+        let added = value & !old;
+        let valid = value & old == old
+            && match added {
+                ACKNOWLEDGE => old == 0,
+                DRIVER => old == ACKNOWLEDGE,
+                FEATURES_OK => old == ACKNOWLEDGE | DRIVER,
+                DRIVER_OK => old == ACKNOWLEDGE | DRIVER | FEATURES_OK,
+                _ => false,
+            };
+        if !valid {
+            // Rewriting the current status is harmless; anything else is not.
+            if value != old {
+                self.warnings.warn(format_args!(
+                    "virtio-mmio (type {}): invalid status transition {old:#x} -> {value:#x}",
+                    self.device_type
+                ));
+            }
+            return;
+        }
+        match added {
+            // A modern-only device refuses drivers that do not accept
+            // VERSION_1: FEATURES_OK stays clear and the driver sees that.
+            FEATURES_OK if !self.version_1_acked() => {
+                self.warnings.warn(format_args!(
+                    "virtio-mmio (type {}): driver did not accept VIRTIO_F_VERSION_1",
+                    self.device_type
+                ));
+            }
+            DRIVER_OK => {
+                self.status = value;
+                if let Err(e) = self.activate() {
+                    // Usually the guest's fault (rings outside its memory).
+                    self.warnings.warn(format_args!(
+                        "virtio-mmio (type {}): activation failed: {e}",
+                        self.device_type
+                    ));
+                    self.status |= NEEDS_RESET;
+                    // A status change is signalled as a config change (2.1.2).
+                    if let Err(e) = self.interrupt.signal_config_change() {
+                        log::error!("virtio-mmio: signalling NEEDS_RESET: {e}");
+                    }
+                }
+            }
+            _ => self.status = value,
+        }
+    }
+
+    fn version_1_acked(&self) -> bool {
+        self.locked_device().common().acked_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    /// DRIVER_OK: check the queues the driver enabled against guest memory,
+    /// then hand memory and interrupt to the device.
+    fn activate(&mut self) -> Result<(), VirtioError> {
+        let mut dev = self.locked_device();
+        let common = dev.common_mut();
+        let event_idx = common.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for (index, queue) in common.queues.iter_mut().enumerate() {
+            if !queue.ready() {
+                continue;
+            }
+            if !queue.is_valid(&self.mem) {
+                return Err(VirtioError::InvalidQueue { index });
+            }
+            queue.set_event_idx(event_idx);
+        }
+        common.activate(self.mem.clone(), self.interrupt.clone())
+    }
+
+    fn reset(&mut self) {
+        self.locked_device().common_mut().reset();
+        self.status = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    /// Register accesses must be 32-bit wide and aligned (4.2.2.2); returns
+    /// the register offset when this one is.
+    fn register_offset(&mut self, offset: u64, len: usize, what: &str) -> Option<u32> {
+        match u32::try_from(offset) {
+            Ok(off) if len == 4 && off.is_multiple_of(4) => Some(off),
+            _ => {
+                self.warnings.warn(format_args!(
+                    "virtio-mmio (type {}): ignored {len}-byte {what} at {offset:#x}",
+                    self.device_type
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// 32-bit page `sel` of a 64-bit feature set; pages beyond 1 are empty.
+fn feature_page(features: u64, sel: u32) -> u32 {
+    match sel {
+        0 => features as u32,
+        1 => (features >> 32) as u32,
+        _ => 0,
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if offset >= CONFIG_SPACE_START {
+            self.locked_device()
+                .read_config(offset - CONFIG_SPACE_START, data);
+            return;
+        }
+        if let Some(off) = self.register_offset(offset, data.len(), "read") {
+            let value = self.read_register(off);
+            data.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_START {
+            if self.status_is(DRIVER, FAILED | NEEDS_RESET) {
+                self.locked_device()
+                    .write_config(offset - CONFIG_SPACE_START, data);
+            } else {
+                let status = self.status;
+                self.warnings.warn(format_args!(
+                    "virtio-mmio (type {}): config written in status {status:#x}",
+                    self.device_type
+                ));
+            }
+            return;
+        }
+        let Some(off) = self.register_offset(offset, data.len(), "write") else {
+            return;
+        };
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(data);
+        self.write_register(off, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{read_config_bytes, VirtioCommon, INT_CONFIG, INT_USED_RING};
+    use crate::devices::{EventFdIrq, IrqLine};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    const TYPE_DUMMY: u32 = 42;
+    const F_LOW: u64 = 1 << 3;
+    const F_HIGH: u64 = 1 << 40;
+    const F_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+
+    struct Dummy {
+        common: VirtioCommon,
+        config: [u8; 8],
+        written: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn common(&self) -> &VirtioCommon {
+            &self.common
+        }
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&self.config, offset, data);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.written.push((offset, data.to_vec()));
+        }
+    }
+
+    struct Fixture {
+        dev: Arc<Mutex<Dummy>>,
+        transport: MmioTransport,
+        irq: EventFd,
+        mem: GuestMemoryMmap,
+    }
+
+    fn fixture() -> Fixture {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let common = VirtioCommon::new(TYPE_DUMMY, F_LOW | F_HIGH | F_EVENT_IDX, &[16, 8]).unwrap();
+        let dev = Arc::new(Mutex::new(Dummy {
+            common,
+            config: [1, 2, 3, 4, 5, 6, 7, 8],
+            written: Vec::new(),
+        }));
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let line: Arc<dyn IrqLine> = Arc::new(EventFdIrq(irq.try_clone().unwrap()));
+        let interrupt = Arc::new(VirtioInterrupt::new(line));
+        let transport = MmioTransport::new(dev.clone(), mem.clone(), interrupt);
+        Fixture {
+            dev,
+            transport,
+            irq,
+            mem,
+        }
+    }
+
+    fn read(t: &mut MmioTransport, reg: u32) -> u32 {
+        let mut data = [0xffu8; 4];
+        t.read(u64::from(reg), &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write(t: &mut MmioTransport, reg: u32, value: u32) {
+        t.write(u64::from(reg), &value.to_le_bytes());
+    }
+
+    /// Accept `features` (both halves) and reach FEATURES_OK, as Linux does.
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    }
+
+    /// Point queue `index` at the rings of `q` and enable it.
+    fn setup_queue(t: &mut MmioTransport, index: u32, q: &MockSplitQueue<GuestMemoryMmap>) {
+        let split = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, index);
+        write(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        for (addr, low, high) in [
+            (
+                q.desc_table_addr(),
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                VIRTIO_MMIO_QUEUE_DESC_HIGH,
+            ),
+            (
+                q.avail_addr(),
+                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+            ),
+            (
+                q.used_addr(),
+                VIRTIO_MMIO_QUEUE_USED_LOW,
+                VIRTIO_MMIO_QUEUE_USED_HIGH,
+            ),
+        ] {
+            let (lo, hi) = split(addr);
+            write(t, low, lo);
+            write(t, high, hi);
+        }
+        write(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identification_registers() {
+        let Fixture { mut transport, .. } = fixture();
+        let t = &mut transport;
+        assert_eq!(read(t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(read(t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(read(t, VIRTIO_MMIO_DEVICE_ID), TYPE_DUMMY);
+        assert_eq!(read(t, VIRTIO_MMIO_VENDOR_ID), VENDOR_ID);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(read(t, VIRTIO_MMIO_CONFIG_GENERATION), 0);
+        assert_eq!(read(t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_READY), 0);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 8);
+        // A queue that does not exist reads as size 0.
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 2);
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, u32::MAX);
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn features_negotiated_across_both_halves() {
+        let Fixture {
+            mut transport, dev, ..
+        } = fixture();
+        let t = &mut transport;
+        let offered = F_LOW | F_HIGH | F_EVENT_IDX | VIRTIO_F_VERSION_1;
+        for (sel, want) in [(0, offered as u32), (1, (offered >> 32) as u32), (2, 0)] {
+            write(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+            assert_eq!(read(t, VIRTIO_MMIO_DEVICE_FEATURES), want, "page {sel}");
+        }
+
+        // Before DRIVER, feature writes are ignored.
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, u32::MAX);
+        assert_eq!(dev.lock().unwrap().common.acked_features, 0);
+
+        // Bits not offered (bit 0, bit 63) are dropped; both halves stick.
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(
+            t,
+            VIRTIO_MMIO_DRIVER_FEATURES,
+            (offered >> 32) as u32 | 1 << 31,
+        );
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, offered as u32 | 1);
+        assert_eq!(dev.lock().unwrap().common.acked_features, offered);
+        // Rewriting one half leaves the other alone.
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, 0);
+        assert_eq!(
+            dev.lock().unwrap().common.acked_features,
+            F_HIGH | VIRTIO_F_VERSION_1
+        );
+        // A page beyond 1 is ignored.
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 2);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, u32::MAX);
+        assert_eq!(
+            dev.lock().unwrap().common.acked_features,
+            F_HIGH | VIRTIO_F_VERSION_1
+        );
+
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(
+            read(t, VIRTIO_MMIO_STATUS),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK
+        );
+        // After FEATURES_OK the features are frozen.
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, F_LOW as u32);
+        assert_eq!(
+            dev.lock().unwrap().common.acked_features,
+            F_HIGH | VIRTIO_F_VERSION_1
+        );
+    }
+
+    #[test]
+    fn features_ok_refused_without_version_1() {
+        let Fixture { mut transport, .. } = fixture();
+        negotiate(&mut transport, F_LOW);
+        assert_eq!(
+            read(&mut transport, VIRTIO_MMIO_STATUS),
+            ACKNOWLEDGE | DRIVER
+        );
+    }
+
+    #[test]
+    fn status_sequence_activates_and_reset_clears() {
+        let Fixture {
+            mut transport,
+            dev,
+            irq,
+            mem,
+        } = fixture();
+        let t = &mut transport;
+        let q = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+
+        // Skipping a step is refused.
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | FEATURES_OK);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER_OK);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), ACKNOWLEDGE);
+        // Clearing a bit is refused too.
+        write(t, VIRTIO_MMIO_STATUS, DRIVER);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), ACKNOWLEDGE);
+        write(t, VIRTIO_MMIO_STATUS, 0);
+        // Queues cannot be configured before FEATURES_OK.
+        write(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert!(!dev.lock().unwrap().common.queues[0].ready());
+
+        negotiate(t, VIRTIO_F_VERSION_1 | F_EVENT_IDX);
+        setup_queue(t, 0, &q);
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_READY), 1);
+        {
+            let d = dev.lock().unwrap();
+            let queue = &d.common.queues[0];
+            assert_eq!(queue.desc_table(), 0x1000);
+            assert_eq!(queue.avail_ring(), q.avail_addr().0);
+            assert_eq!(queue.used_ring(), q.used_addr().0);
+            assert!(!d.common.is_activated());
+        }
+        write(t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0xf);
+        {
+            let d = dev.lock().unwrap();
+            assert!(d.common.is_activated());
+            assert!(d.common.queues[0].event_idx_enabled());
+            assert!(!d.common.queues[1].event_idx_enabled());
+        }
+        // Queue configuration is frozen once the device runs.
+        write(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x8000);
+        assert_eq!(dev.lock().unwrap().common.queues[0].desc_table(), 0x1000);
+
+        // QueueNotify writes the queue's eventfd; a bad index is ignored.
+        write(t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        write(t, VIRTIO_MMIO_QUEUE_NOTIFY, 7);
+        assert_eq!(dev.lock().unwrap().common.queue_evts[1].read().unwrap(), 1);
+        assert!(dev.lock().unwrap().common.queue_evts[0].read().is_err());
+
+        // InterruptStatus reflects what the device raised; ACK clears bits.
+        dev.lock()
+            .unwrap()
+            .common
+            .interrupt()
+            .unwrap()
+            .signal_used_queue()
+            .unwrap();
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read(t, VIRTIO_MMIO_INTERRUPT_STATUS), INT_USED_RING);
+        write(t, VIRTIO_MMIO_INTERRUPT_ACK, INT_USED_RING);
+        assert_eq!(read(t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+
+        // Reset: status, features, queues and activation are gone.
+        write(t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0);
+        let d = dev.lock().unwrap();
+        assert!(!d.common.is_activated());
+        assert_eq!(d.common.acked_features, 0);
+        assert!(!d.common.queues[0].ready());
+        assert_eq!(d.common.queues[0].desc_table(), 0);
+    }
+
+    #[test]
+    fn invalid_queue_sets_needs_reset() {
+        let Fixture {
+            mut transport,
+            dev,
+            irq,
+            ..
+        } = fixture();
+        let t = &mut transport;
+        negotiate(t, VIRTIO_F_VERSION_1);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        // Used ring beyond the end of guest memory.
+        write(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 1);
+        write(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write(t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0xf | NEEDS_RESET);
+        assert!(!dev.lock().unwrap().common.is_activated());
+        assert_eq!(read(t, VIRTIO_MMIO_INTERRUPT_STATUS), INT_CONFIG);
+        assert_eq!(irq.read().unwrap(), 1);
+        // Only a reset gets the device out of it.
+        write(t, VIRTIO_MMIO_STATUS, 0xf | NEEDS_RESET);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0xf | NEEDS_RESET);
+        write(t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(read(t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn failed_bit_sticks_until_reset() {
+        let Fixture {
+            mut transport, dev, ..
+        } = fixture();
+        let t = &mut transport;
+        negotiate(t, VIRTIO_F_VERSION_1);
+        write(t, VIRTIO_MMIO_STATUS, 0xb | FAILED);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0xb | FAILED);
+        write(t, VIRTIO_MMIO_STATUS, 0xf | FAILED);
+        assert!(!dev.lock().unwrap().common.is_activated());
+        write(t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0xb | FAILED);
+    }
+
+    #[test]
+    fn config_space_any_width() {
+        let Fixture {
+            mut transport, dev, ..
+        } = fixture();
+        let t = &mut transport;
+        let mut b = [0xffu8; 1];
+        t.read(0x103, &mut b);
+        assert_eq!(b, [4]);
+        let mut w = [0xffu8; 2];
+        t.read(0x106, &mut w);
+        assert_eq!(w, [7, 8]);
+        // Past the end of the device's config: zeros, not stale bytes.
+        let mut q = [0xffu8; 8];
+        t.read(0x104, &mut q);
+        assert_eq!(q, [0; 8]);
+        t.read(0x1000_0000, &mut q);
+        assert_eq!(q, [0; 8]);
+
+        // Config writes need DRIVER.
+        t.write(0x100, &[9]);
+        assert!(dev.lock().unwrap().written.is_empty());
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        write(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        t.write(0x102, &[9, 9]);
+        assert_eq!(dev.lock().unwrap().written, vec![(2, vec![9, 9])]);
+    }
+
+    #[test]
+    fn bad_register_accesses_are_ignored() {
+        let Fixture {
+            mut transport, dev, ..
+        } = fixture();
+        let t = &mut transport;
+        // Reads of the wrong width or alignment return zeros.
+        for (offset, len) in [(0u64, 1usize), (0, 2), (0, 8), (2, 4), (0x4, 3), (0xff, 1)] {
+            let mut data = vec![0xffu8; len];
+            t.read(offset, &mut data);
+            assert!(data.iter().all(|&b| b == 0), "{offset:#x}/{len}");
+        }
+        // Unknown and write-only registers read as zero.
+        for reg in [0x18, 0x40, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xf8] {
+            assert_eq!(read(t, reg), 0, "{reg:#x}");
+        }
+        // Odd-sized and misaligned writes never reach the state machine.
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &[1]);
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &[1, 0, 0, 0, 0, 0, 0, 0]);
+        t.write(u64::from(VIRTIO_MMIO_STATUS) + 1, &[1, 0, 0, 0]);
+        t.write(u64::MAX - 3, &[1, 0, 0, 0]);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0);
+        // Read-only and unknown registers ignore writes.
+        write(t, VIRTIO_MMIO_MAGIC_VALUE, 0);
+        write(t, VIRTIO_MMIO_DEVICE_FEATURES, 0);
+        write(t, 0xf0, 1);
+        assert_eq!(read(t, VIRTIO_MMIO_MAGIC_VALUE), MAGIC_VALUE);
+        // Invalid queue values.
+        negotiate(t, VIRTIO_F_VERSION_1);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        write(t, VIRTIO_MMIO_QUEUE_NUM, 0x1_0000);
+        write(t, VIRTIO_MMIO_QUEUE_NUM, 3);
+        write(t, VIRTIO_MMIO_QUEUE_NUM, 32);
+        write(t, VIRTIO_MMIO_QUEUE_READY, 2);
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 9);
+        write(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        let d = dev.lock().unwrap();
+        assert_eq!(d.common.queues[0].size(), 16);
+        assert!(!d.common.queues[0].ready());
+        assert!(!d.common.queues[1].ready());
+    }
+}

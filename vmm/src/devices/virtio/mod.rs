@@ -100,7 +100,10 @@ pub struct VirtioCommon {
     pub avail_features: u64,
     pub acked_features: u64,
     pub queues: Vec<Queue>,
-    pub queue_evts: Vec<EventFd>,
+    /// One per queue. Shared: the transport writes them on the vCPU threads
+    /// (QueueNotify) without taking the device lock; the device reads them
+    /// on the event loop.
+    pub queue_evts: Vec<Arc<EventFd>>,
     activate_evt: EventFd,
     mem: Option<GuestMemoryMmap>,
     interrupt: Option<Arc<VirtioInterrupt>>,
@@ -119,7 +122,11 @@ impl VirtioCommon {
             .collect::<Result<Vec<_>, _>>()?;
         let queue_evts = queue_sizes
             .iter()
-            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd))
+            .map(|_| {
+                EventFd::new(EFD_NONBLOCK)
+                    .map(Arc::new)
+                    .map_err(VirtioError::EventFd)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             device_type,
@@ -148,6 +155,24 @@ impl VirtioCommon {
 
     pub fn interrupt(&self) -> Result<&VirtioInterrupt, VirtioError> {
         self.interrupt.as_deref().ok_or(VirtioError::NotReady)
+    }
+
+    /// Everything processing queue `index` needs, borrowed at once so a
+    /// device can pop chains, touch guest memory and signal the guest in one
+    /// loop. Fails until the driver has activated the device (and again after
+    /// a reset).
+    pub fn queue_parts(
+        &mut self,
+        index: usize,
+    ) -> Result<(&mut Queue, &GuestMemoryMmap, &VirtioInterrupt), VirtioError> {
+        let (Some(mem), Some(interrupt)) = (self.mem.as_ref(), self.interrupt.as_deref()) else {
+            return Err(VirtioError::NotReady);
+        };
+        let queue = self
+            .queues
+            .get_mut(index)
+            .ok_or(VirtioError::InvalidQueue { index })?;
+        Ok((queue, mem, interrupt))
     }
 
     /// Called by the transport at DRIVER_OK: records memory and interrupt and
@@ -197,6 +222,25 @@ impl VirtioCommon {
                 .map_err(VirtioError::EventLoop)?;
         }
         Ok(())
+    }
+}
+
+/// Rate limit for warnings a guest can trigger at will (bad register
+/// accesses, malformed requests): the first few are logged, then only every
+/// power of two, so a hostile guest cannot flood the VMM's log.
+#[derive(Debug, Default)]
+pub struct GuestWarnings {
+    count: u64,
+}
+
+impl GuestWarnings {
+    const ALWAYS: u64 = 8;
+
+    pub fn warn(&mut self, args: std::fmt::Arguments<'_>) {
+        self.count = self.count.saturating_add(1);
+        if self.count <= Self::ALWAYS || self.count.is_power_of_two() {
+            log::warn!("{args} (guest warning #{})", self.count);
+        }
     }
 }
 

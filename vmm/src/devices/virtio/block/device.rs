@@ -1,0 +1,781 @@
+//! The virtio-blk device: a raw image file, one request queue.
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::disk::{Disk, DiskError};
+use super::request::{Rejected, Request, RequestKind};
+use super::BlockConfig;
+use crate::devices::virtio::{
+    read_config_bytes, GuestWarnings, VirtioCommon, VirtioDevice, VirtioError, TAG_ACTIVATE,
+    TYPE_BLOCK,
+};
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// Descriptors in the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+const REQUEST_QUEUE: usize = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("opening the disk image")]
+    Disk(#[source] DiskError),
+    #[error("virtio plumbing")]
+    Virtio(#[source] VirtioError),
+    #[error("accessing the request queue")]
+    Queue(#[source] virtio_queue::Error),
+}
+
+/// A virtio-blk device. Share it as `Arc<Mutex<Block>>` between its
+/// [`MmioTransport`](crate::devices::virtio::mmio::MmioTransport) and the
+/// event loop.
+pub struct Block {
+    common: VirtioCommon,
+    disk: Disk,
+    config_space: [u8; 16],
+    /// Reused for the descriptors of each chain.
+    descs: Vec<Descriptor>,
+    warnings: GuestWarnings,
+}
+
+impl Block {
+    pub fn new(config: &BlockConfig) -> Result<Self, BlockError> {
+        let disk = Disk::open(config).map_err(BlockError::Disk)?;
+        let mut features =
+            1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_RING_F_EVENT_IDX;
+        if config.read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let common =
+            VirtioCommon::new(TYPE_BLOCK, features, &[QUEUE_SIZE]).map_err(BlockError::Virtio)?;
+
+        // struct virtio_blk_config: capacity, size_max (not offered), seg_max.
+        // Header and status take two descriptors of every chain.
+        let seg_max = u32::from(QUEUE_SIZE) - 2;
+        let mut config_space = [0u8; 16];
+        config_space[..8].copy_from_slice(&disk.sectors().to_le_bytes());
+        config_space[12..].copy_from_slice(&seg_max.to_le_bytes());
+
+        Ok(Self {
+            common,
+            disk,
+            config_space,
+            descs: Vec::new(),
+            warnings: GuestWarnings::default(),
+        })
+    }
+
+    /// Disk size in 512-byte sectors, as the guest sees it.
+    pub fn capacity(&self) -> u64 {
+        self.disk.sectors()
+    }
+
+    /// Run every request the driver has made available, then interrupt the
+    /// guest if it asked for it. Does nothing until the device is activated.
+    pub fn process_queue(&mut self) -> Result<(), BlockError> {
+        let (queue, mem, interrupt) = match self.common.queue_parts(REQUEST_QUEUE) {
+            Ok(parts) => parts,
+            Err(VirtioError::NotReady) => return Ok(()),
+            Err(e) => return Err(BlockError::Virtio(e)),
+        };
+        if !queue.ready() {
+            return Ok(());
+        }
+        let mut used = false;
+        loop {
+            queue.disable_notification(mem).map_err(BlockError::Queue)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                self.descs.clear();
+                self.descs.extend(chain);
+                let len = handle(&mut self.disk, mem, &self.descs, &mut self.warnings);
+                // Fails only for a head index beyond the queue, which the
+                // guest put in its own avail ring; nothing to give back then.
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    self.warnings
+                        .warn(format_args!("virtio-blk: returning chain {head}: {e}"));
+                    continue;
+                }
+                used = true;
+            }
+            // Re-check after re-enabling notifications, so a request made
+            // available in between is not left waiting for a kick.
+            if !queue.enable_notification(mem).map_err(BlockError::Queue)? {
+                break;
+            }
+        }
+        if used && queue.needs_notification(mem).map_err(BlockError::Queue)? {
+            interrupt.signal_used_queue().map_err(BlockError::Virtio)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse and run one chain, write its status byte; returns the used length.
+fn handle(
+    disk: &mut Disk,
+    mem: &GuestMemoryMmap,
+    descs: &[Descriptor],
+    warnings: &mut GuestWarnings,
+) -> u32 {
+    let request = match Request::parse(mem, descs, disk.sectors()) {
+        Ok(request) => request,
+        Err(Rejected { error, status }) => {
+            warnings.warn(format_args!(
+                "virtio-blk: malformed request: {}",
+                chain(&error)
+            ));
+            return match status {
+                Some(addr) => complete(mem, addr, VIRTIO_BLK_S_IOERR, 0),
+                None => 0,
+            };
+        }
+    };
+    let result = match &request.kind {
+        RequestKind::In { sector, data } => disk.read(mem, *sector, data),
+        RequestKind::Out { sector, data } => disk.write(mem, *sector, data).map(|()| 0),
+        RequestKind::Flush => disk.flush().map(|()| 0),
+        RequestKind::GetId { data } => disk.write_id(mem, data),
+        RequestKind::Unsupported { request_type } => {
+            log::debug!("virtio-blk: unsupported request type {request_type}");
+            return complete(mem, request.status, VIRTIO_BLK_S_UNSUPP, 0);
+        }
+    };
+    match result {
+        Ok(written) => complete(mem, request.status, VIRTIO_BLK_S_OK, written),
+        Err(e) => {
+            warnings.warn(format_args!("virtio-blk: request failed: {}", chain(&e)));
+            complete(mem, request.status, VIRTIO_BLK_S_IOERR, 0)
+        }
+    }
+}
+
+/// Write the status byte; the used length counts the data the device wrote
+/// plus the status. After a failure only the status is counted, even if some
+/// data was written (the length is a lower bound, virtio 1.2, 2.7.8.2).
+fn complete(mem: &GuestMemoryMmap, status_addr: GuestAddress, status: u32, written: u32) -> u32 {
+    // The status address was checked by Request::parse.
+    if let Err(e) = mem.write_obj(status as u8, status_addr) {
+        log::error!("virtio-blk: writing the status byte at {status_addr:?}: {e}");
+        return 0;
+    }
+    written.saturating_add(1)
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+impl VirtioDevice for Block {
+    fn common(&self) -> &VirtioCommon {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = self.common.init_events(ops) {
+            log::error!("virtio-blk: {}", chain(&e));
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TAG_ACTIVATE => {
+                if let Err(e) = self.common.on_activate(ops) {
+                    log::error!("virtio-blk: activating: {}", chain(&e));
+                }
+            }
+            tag if tag as usize == REQUEST_QUEUE => {
+                // Nonblocking; an empty counter just means a spurious wakeup.
+                let _ = self.common.queue_evts[REQUEST_QUEUE].read();
+                if let Err(e) = self.process_queue() {
+                    log::error!("virtio-blk: processing the request queue: {}", chain(&e));
+                }
+            }
+            tag => log::warn!("virtio-blk: event with unknown tag {tag:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    use event_manager::{EventManager, SubscriberOps};
+    use tempfile::NamedTempFile;
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    };
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::devices::virtio::block::request::SECTOR_SIZE;
+    use crate::devices::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1};
+    use crate::devices::EventFdIrq;
+
+    const MEM_SIZE: u64 = 0x10_0000;
+    const QSIZE: u16 = 16;
+    /// The used ring. Not the mock's: `MockSplitQueue` (0.18) puts it at
+    /// `avail + 4 + len` bytes, on top of the avail ring's tail and `used_event`.
+    const USED: u64 = 0x8000;
+    const HDR: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const STATUS: u64 = 0x3_0000;
+    const SECTORS: u64 = 8;
+    const DISK_LEN: usize = (SECTORS * SECTOR_SIZE) as usize;
+    /// What untouched guest bytes hold.
+    const FILL: u8 = 0xee;
+    const R: bool = false;
+    const W: bool = true;
+
+    /// A chain as the driver builds it: (address, length, device-writable).
+    type Chain = [(u64, u32, bool)];
+
+    fn pattern() -> Vec<u8> {
+        (0..DISK_LEN)
+            .map(|i| (i % 251) as u8 ^ (i / 512) as u8)
+            .collect()
+    }
+
+    fn guest_mem() -> GuestMemoryMmap {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        for addr in [HDR, DATA, STATUS] {
+            mem.write_slice(&[FILL; 0x1_0000], GuestAddress(addr))
+                .unwrap();
+        }
+        mem
+    }
+
+    /// A block device on a fresh 8-sector image, with its request queue in
+    /// `mem`, driven from the driver's side by a mock queue.
+    struct Rig<'a> {
+        mem: &'a GuestMemoryMmap,
+        mock: MockSplitQueue<'a, GuestMemoryMmap>,
+        file: NamedTempFile,
+        block: Arc<Mutex<Block>>,
+        irq: EventFd,
+        next_desc: u16,
+        next_used: u16,
+    }
+
+    impl<'a> Rig<'a> {
+        fn new(mem: &'a GuestMemoryMmap, read_only: bool) -> Self {
+            let rig = Self::inactive(mem, read_only);
+            rig.install_queue(false);
+            rig.activate();
+            rig
+        }
+
+        fn inactive(mem: &'a GuestMemoryMmap, read_only: bool) -> Self {
+            let mut file = NamedTempFile::new().unwrap();
+            file.write_all(&pattern()).unwrap();
+            let config = BlockConfig {
+                path: file.path().into(),
+                read_only,
+                id: Some("hull-disk-0".into()),
+            };
+            let block = Arc::new(Mutex::new(Block::new(&config).unwrap()));
+            Self {
+                mem,
+                mock: MockSplitQueue::new(mem, QSIZE),
+                file,
+                block,
+                irq: EventFd::new(EFD_NONBLOCK).unwrap(),
+                next_desc: 0,
+                next_used: 0,
+            }
+        }
+
+        fn dev(&self) -> MutexGuard<'_, Block> {
+            self.block.lock().unwrap()
+        }
+
+        fn install_queue(&self, event_idx: bool) {
+            let mut queue: Queue = self.mock.create_queue().unwrap();
+            queue.set_used_ring_address(Some(USED as u32), Some(0));
+            queue.set_event_idx(event_idx);
+            self.dev().common.queues[0] = queue;
+        }
+
+        fn activate(&self) {
+            let line = Arc::new(EventFdIrq(self.irq.try_clone().unwrap()));
+            let interrupt = Arc::new(VirtioInterrupt::new(line));
+            self.dev()
+                .common
+                .activate(self.mem.clone(), interrupt)
+                .unwrap();
+        }
+
+        fn header(&self, request_type: u32, sector: u64) {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+            bytes[8..].copy_from_slice(&sector.to_le_bytes());
+            self.mem.write_slice(&bytes, GuestAddress(HDR)).unwrap();
+        }
+
+        /// Make a chain of (address, length, device-writable) available.
+        fn push(&mut self, descs: &Chain) {
+            let first = self.next_desc;
+            let raw: Vec<_> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, writable))| {
+                    let last = i + 1 == descs.len();
+                    let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
+                    if !last {
+                        flags |= VRING_DESC_F_NEXT;
+                    }
+                    let next = if last { 0 } else { first + i as u16 + 1 };
+                    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+                })
+                .collect();
+            self.mock.add_desc_chains(&raw, first).unwrap();
+            self.next_desc += descs.len() as u16;
+        }
+
+        /// Process the queue; returns the new used entries as (head, len).
+        fn run(&mut self) -> Vec<(u32, u32)> {
+            self.dev().process_queue().unwrap();
+            self.collect_used()
+        }
+
+        fn collect_used(&mut self) -> Vec<(u32, u32)> {
+            let end: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+            let used = (self.next_used..end)
+                .map(|i| {
+                    let elem = USED + 4 + 8 * u64::from(i % QSIZE);
+                    let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
+                    let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+                    (id, len)
+                })
+                .collect();
+            self.next_used = end;
+            used
+        }
+
+        fn status(&self) -> u8 {
+            self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+        }
+
+        fn guest(&self, addr: u64, len: usize) -> Vec<u8> {
+            let mut buf = vec![0; len];
+            self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+            buf
+        }
+
+        fn disk(&self) -> Vec<u8> {
+            std::fs::read(self.file.path()).unwrap()
+        }
+
+        fn interrupts(&self) -> u64 {
+            self.irq.read().unwrap_or(0)
+        }
+    }
+
+    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+
+    #[test]
+    fn config_space_and_features() {
+        let mem = guest_mem();
+        let rig = Rig::inactive(&mem, false);
+        let dev = rig.dev();
+        let mut capacity = [0u8; 8];
+        dev.read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), SECTORS);
+        let mut seg_max = [0u8; 4];
+        dev.read_config(12, &mut seg_max);
+        assert_eq!(u32::from_le_bytes(seg_max), u32::from(QUEUE_SIZE) - 2);
+        assert_eq!(
+            dev.common.avail_features,
+            VIRTIO_F_VERSION_1
+                | 1 << VIRTIO_BLK_F_FLUSH
+                | 1 << VIRTIO_BLK_F_SEG_MAX
+                | 1 << VIRTIO_RING_F_EVENT_IDX
+        );
+        assert_eq!(dev.common.device_type, TYPE_BLOCK);
+        let ro = Rig::inactive(&mem, true);
+        assert_ne!(ro.dev().common.avail_features & 1 << VIRTIO_BLK_F_RO, 0);
+    }
+
+    #[test]
+    fn read_fills_guest_memory() {
+        let mem = guest_mem();
+        let mut rig = Rig::new(&mem, false);
+        rig.header(VIRTIO_BLK_T_IN, 2);
+        rig.push(&[
+            (HDR, 16, R),
+            (DATA, 512, W),
+            (DATA + 0x1000, 1024, W),
+            (STATUS, 1, W),
+        ]);
+        assert_eq!(rig.run(), [(0, 1537)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+        let disk = pattern();
+        assert_eq!(rig.guest(DATA, 512), disk[1024..1536]);
+        assert_eq!(rig.guest(DATA + 0x1000, 1024), disk[1536..2560]);
+        assert_eq!(rig.guest(DATA + 512, 1), [FILL]);
+        assert_eq!(rig.interrupts(), 1);
+    }
+
+    #[test]
+    fn write_updates_the_file() {
+        let mem = guest_mem();
+        let mut rig = Rig::new(&mem, false);
+        rig.mem
+            .write_slice(&[0xab; 1024], GuestAddress(DATA))
+            .unwrap();
+        rig.mem
+            .write_slice(&[0xcd; 512], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        rig.header(VIRTIO_BLK_T_OUT, 5);
+        rig.push(&[
+            (HDR, 16, R),
+            (DATA, 1024, R),
+            (DATA + 0x1000, 512, R),
+            (STATUS, 1, W),
+        ]);
+        assert_eq!(rig.run(), [(0, 1)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+        let mut want = pattern();
+        want[2560..3584].fill(0xab);
+        want[3584..4096].fill(0xcd);
+        assert_eq!(rig.disk(), want);
+    }
+
+    #[test]
+    fn flush_and_get_id() {
+        let mem = guest_mem();
+        let mut rig = Rig::new(&mem, false);
+        rig.header(VIRTIO_BLK_T_FLUSH, 0);
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(0, 1)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+
+        rig.header(VIRTIO_BLK_T_GET_ID, 0);
+        rig.push(&[(HDR, 16, R), (DATA, 20, W), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(2, 21)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(rig.guest(DATA, 21), b"hull-disk-0\0\0\0\0\0\0\0\0\0\xee");
+
+        // A short buffer gets what fits.
+        rig.push(&[(HDR, 16, R), (DATA + 0x100, 8, W), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(5, 9)]);
+        assert_eq!(rig.guest(DATA + 0x100, 9), b"hull-dis\xee");
+
+        // Split over two buffers, the id continues where the first ended.
+        rig.push(&[
+            (HDR, 16, R),
+            (DATA + 0x200, 5, W),
+            (DATA + 0x300, 32, W),
+            (STATUS, 1, W),
+        ]);
+        assert_eq!(rig.run(), [(8, 21)]);
+        assert_eq!(rig.guest(DATA + 0x200, 6), b"hull-\xee");
+        assert_eq!(rig.guest(DATA + 0x300, 16), b"disk-0\0\0\0\0\0\0\0\0\0\xee");
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes() {
+        let mem = guest_mem();
+        let mut rig = Rig::new(&mem, true);
+        rig.mem
+            .write_slice(&[0xab; 512], GuestAddress(DATA))
+            .unwrap();
+        rig.header(VIRTIO_BLK_T_OUT, 0);
+        rig.push(&[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(0, 1)]);
+        assert_eq!(rig.status(), IOERR);
+        assert_eq!(rig.disk(), pattern());
+        // Reads and flushes still work.
+        rig.header(VIRTIO_BLK_T_IN, 1);
+        rig.push(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(3, 513)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(rig.guest(DATA, 512), pattern()[512..1024]);
+        rig.header(VIRTIO_BLK_T_FLUSH, 0);
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(6, 1)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+    }
+
+    #[test]
+    fn unsupported_type_answers_unsupp() {
+        let mem = guest_mem();
+        let mut rig = Rig::new(&mem, false);
+        rig.header(11, 0); // VIRTIO_BLK_T_DISCARD, not offered
+        rig.push(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(0, 1)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    }
+
+    #[test]
+    fn malformed_chains_fail_with_ioerr_and_touch_nothing() {
+        let past_mem = MEM_SIZE - 256;
+        let cases: &[(&str, u32, u64, &Chain)] = &[
+            ("status only", VIRTIO_BLK_T_IN, 0, &[(STATUS, 1, W)]),
+            (
+                "writable header",
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(HDR, 16, W), (DATA, 512, W), (STATUS, 1, W)],
+            ),
+            (
+                "short header",
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(HDR, 8, R), (DATA, 512, W), (STATUS, 1, W)],
+            ),
+            (
+                "header outside memory",
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(MEM_SIZE, 16, R), (STATUS, 1, W)],
+            ),
+            (
+                "2-byte status",
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(HDR, 16, R), (DATA, 512, W), (STATUS, 2, W)],
+            ),
+            (
+                "read into readable",
+                VIRTIO_BLK_T_IN,
+                0,
+                &[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)],
+            ),
+            (
+                "write from writable",
+                VIRTIO_BLK_T_OUT,
+                0,
+                &[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)],
+            ),
+            (
+                "partial sector",
+                VIRTIO_BLK_T_OUT,
+                0,
+                &[(HDR, 16, R), (DATA, 100, R), (STATUS, 1, W)],
+            ),
+            (
+                "read past the end",
+                VIRTIO_BLK_T_IN,
+                SECTORS - 1,
+                &[(HDR, 16, R), (DATA, 1024, W), (STATUS, 1, W)],
+            ),
+            (
+                "write past the end",
+                VIRTIO_BLK_T_OUT,
+                SECTORS,
+                &[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)],
+            ),
+            (
+                "sector overflow",
+                VIRTIO_BLK_T_OUT,
+                u64::MAX,
+                &[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)],
+            ),
+            (
+                "read to outside memory",
+                VIRTIO_BLK_T_IN,
+                0,
+                &[
+                    (HDR, 16, R),
+                    (DATA, 512, W),
+                    (past_mem, 512, W),
+                    (STATUS, 1, W),
+                ],
+            ),
+            (
+                "write from outside memory",
+                VIRTIO_BLK_T_OUT,
+                0,
+                &[
+                    (HDR, 16, R),
+                    (DATA, 512, R),
+                    (past_mem, 512, R),
+                    (STATUS, 1, W),
+                ],
+            ),
+            (
+                "get-id into readable",
+                VIRTIO_BLK_T_GET_ID,
+                0,
+                &[(HDR, 16, R), (DATA, 20, R), (STATUS, 1, W)],
+            ),
+        ];
+        for &(name, request_type, sector, descs) in cases {
+            let mem = guest_mem();
+            let mut rig = Rig::new(&mem, false);
+            rig.mem
+                .write_slice(&[0xab; 512], GuestAddress(DATA))
+                .unwrap();
+            rig.header(request_type, sector);
+            rig.push(descs);
+            assert_eq!(rig.run(), [(0, 1)], "{name}");
+            assert_eq!(rig.status(), IOERR, "{name}");
+            assert_eq!(rig.disk(), pattern(), "{name}: disk changed");
+            assert_eq!(
+                rig.guest(DATA, 512),
+                [0xab; 512],
+                "{name}: guest memory changed"
+            );
+            assert_eq!(rig.guest(DATA + 512, 1), [FILL], "{name}");
+        }
+    }
+
+    #[test]
+    fn chains_without_a_status_byte_are_returned_empty() {
+        let cases: &[(&str, &Chain)] = &[
+            (
+                "readable status",
+                &[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, R)],
+            ),
+            (
+                "empty status",
+                &[(HDR, 16, R), (DATA, 512, W), (STATUS, 0, W)],
+            ),
+            (
+                "status outside memory",
+                &[(HDR, 16, R), (DATA, 512, W), (MEM_SIZE, 1, W)],
+            ),
+        ];
+        for &(name, descs) in cases {
+            let mem = guest_mem();
+            let mut rig = Rig::new(&mem, false);
+            rig.header(VIRTIO_BLK_T_IN, 0);
+            rig.push(descs);
+            assert_eq!(rig.run(), [(0, 0)], "{name}");
+            assert_eq!(rig.status(), FILL, "{name}");
+            assert_eq!(rig.guest(DATA, 16), [FILL; 16], "{name}");
+        }
+    }
+
+    #[test]
+    fn descriptor_loop_and_bad_head_do_not_hang() {
+        let mem = guest_mem();
+        let mut rig = Rig::new(&mem, false);
+        rig.header(VIRTIO_BLK_T_IN, 0);
+        // Descriptor 1 chains back to 0: the chain ends at the queue size.
+        let looped = [
+            Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1),
+            Descriptor::new(
+                STATUS,
+                1,
+                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+                0,
+            ),
+        ]
+        .map(RawDescriptor::from);
+        rig.mock.add_desc_chains(&looped, 0).unwrap();
+        rig.next_desc = 2;
+        // A head index beyond the queue, then a good request.
+        {
+            let mock = &rig.mock;
+            let idx = mock.avail().idx().load();
+            mock.avail()
+                .ring()
+                .ref_at(usize::from(idx))
+                .unwrap()
+                .store(100);
+            mock.avail().idx().store(idx + 1);
+        }
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        // The loop's status is IOERR; the bad head is skipped; the read of
+        // zero sectors succeeds.
+        let used = rig.run();
+        assert_eq!(used, [(0, 1), (2, 1)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(rig.guest(DATA, 1), [FILL]);
+    }
+
+    #[test]
+    fn event_idx_suppresses_interrupts_and_publishes_avail_event() {
+        let mem = guest_mem();
+        let mut rig = Rig::inactive(&mem, false);
+        rig.install_queue(true);
+        rig.activate();
+        let used_event = |rig: &Rig, v: u16| {
+            let addr = rig.mock.avail_addr().0 + 4 + 2 * u64::from(QSIZE);
+            rig.mem.write_obj(v, GuestAddress(addr)).unwrap();
+        };
+        let avail_event = |rig: &Rig| -> u16 {
+            let addr = USED + 4 + 8 * u64::from(QSIZE);
+            rig.mem.read_obj(GuestAddress(addr)).unwrap()
+        };
+        rig.header(VIRTIO_BLK_T_FLUSH, 0);
+        used_event(&rig, 0);
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(0, 1)]);
+        assert_eq!(rig.interrupts(), 1);
+        assert_eq!(avail_event(&rig), 1);
+        // The driver only wants to hear about used entry 3.
+        used_event(&rig, 3);
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(2, 1)]);
+        assert_eq!(rig.interrupts(), 0);
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        rig.push(&[(HDR, 16, R), (STATUS, 1, W)]);
+        assert_eq!(rig.run(), [(4, 1), (6, 1)]);
+        assert_eq!(rig.interrupts(), 1);
+        assert_eq!(avail_event(&rig), 4);
+    }
+
+    #[test]
+    fn event_loop_activates_then_processes_kicks() {
+        let mem = guest_mem();
+        let mut rig = Rig::inactive(&mem, false);
+        let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+        em.add_subscriber(rig.block.clone());
+
+        // Before activation a kick is not even watched, and processing is a no-op.
+        rig.header(VIRTIO_BLK_T_IN, 0);
+        rig.push(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        rig.dev().process_queue().unwrap();
+        assert!(rig.collect_used().is_empty());
+
+        rig.install_queue(false);
+        rig.activate();
+        assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+        rig.dev().common.queue_evts[0].write(1).unwrap();
+        assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(rig.collect_used(), [(0, 513)]);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(rig.guest(DATA, 512), pattern()[..512]);
+        assert_eq!(rig.interrupts(), 1);
+
+        // After a reset, kicks are drained but nothing is processed.
+        rig.dev().common.reset();
+        rig.push(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        rig.dev().common.queue_evts[0].write(1).unwrap();
+        assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+        assert!(rig.collect_used().is_empty());
+    }
+}
