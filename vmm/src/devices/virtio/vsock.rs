@@ -1,1 +1,0 @@
-//! virtio-vsock with the host side speaking hybrid vsock.

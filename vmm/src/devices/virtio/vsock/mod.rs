@@ -1,0 +1,153 @@
+//! virtio-vsock with Firecracker's "hybrid vsock" host side.
+//!
+//! The guest sees a standard virtio-vsock device (virtio 1.2, section 5.10).
+//! The host sees Unix sockets:
+//! - host-initiated: connect to `uds_path`, write `CONNECT <port>\n`, read
+//!   `OK <local port>\n` once the guest accepted, then stream bytes. If the
+//!   guest refuses or does not answer, the VMM closes the stream.
+//! - guest-initiated: a guest connection to CID 2, port P is forwarded to the
+//!   Unix socket `<uds_path>_P`.
+//!
+//! [`device::Vsock`] is the virtio device and event subscriber;
+//! [`muxer::Muxer`] owns the Unix sockets and the connection table;
+//! [`connection::Connection`] is one stream's state machine;
+//! [`packet`] reads and writes the wire format from descriptor chains.
+
+pub mod connection;
+pub mod device;
+pub mod muxer;
+pub mod packet;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use device::Vsock;
+pub use muxer::MuxerOptions;
+
+use super::VirtioError;
+
+/// The vsock device as configured for a VM.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID: 3 or more (0-2 are reserved, `u32::MAX` is
+    /// `VMADDR_CID_ANY`).
+    pub guest_cid: u32,
+    /// Where the VMM listens for host connections; `<uds_path>_<port>` is
+    /// where guest connections to host port `<port>` go.
+    pub uds_path: PathBuf,
+}
+
+impl VsockConfig {
+    pub fn validate(&self) -> Result<(), VsockError> {
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(VsockError::InvalidCid {
+                cid: self.guest_cid,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error(
+        "guest CID {cid} is reserved (it must be at least 3 and not {})",
+        u32::MAX
+    )]
+    InvalidCid { cid: u32 },
+    #[error("setting up the hybrid vsock host side")]
+    Muxer(#[source] muxer::MuxerError),
+    #[error("setting up the virtio device")]
+    Virtio(#[source] VirtioError),
+}
+
+/// Caps how many guest-triggered warnings reach the log, so that a guest
+/// cannot flood it; reports how many it swallowed.
+pub(crate) struct LogLimiter {
+    window: Instant,
+    left: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PER_SECOND: u32 = 10;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            window: Instant::now(),
+            left: Self::PER_SECOND,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether the next message may be logged.
+    pub(crate) fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                log::warn!(
+                    "vsock: {} guest-triggered messages suppressed",
+                    self.suppressed
+                );
+            }
+            self.window = now;
+            self.left = Self::PER_SECOND;
+            self.suppressed = 0;
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// `Display` for an error and its `source` chain, for log lines.
+pub(crate) struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_rejects_reserved_cids_and_unknown_fields() {
+        let ok: VsockConfig =
+            serde_json::from_str(r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#).unwrap();
+        assert!(ok.validate().is_ok());
+        for cid in [0, 1, 2, u32::MAX] {
+            let c = VsockConfig {
+                guest_cid: cid,
+                ..ok.clone()
+            };
+            assert!(matches!(c.validate(), Err(VsockError::InvalidCid { .. })));
+        }
+        assert!(serde_json::from_str::<VsockConfig>(
+            r#"{"guest_cid": 3, "uds_path": "/v", "cid": 4}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn log_limiter_caps_a_burst() {
+        let mut l = LogLimiter::new();
+        let allowed = (0..100).filter(|_| l.allow()).count();
+        assert_eq!(allowed, LogLimiter::PER_SECOND as usize);
+    }
+}
