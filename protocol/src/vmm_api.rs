@@ -33,3 +33,29 @@ pub enum VmmResponse {
     Ok { state: VmState },
     Error { message: String },
 }
+
+/// How `hull-vmm` exits: the shim and the CLI read the guest's fate from it.
+pub mod exit_code {
+    /// The guest shut down (reset or power-off), or the VMM was asked to stop.
+    pub const OK: i32 = 0;
+    /// The VMM failed (KVM, a device, I/O).
+    pub const VMM_ERROR: i32 = 1;
+    /// The configuration or the command line was invalid; nothing was started.
+    pub const BAD_CONFIG: i32 = 2;
+    /// The guest kernel panicked.
+    pub const GUEST_PANIC: i32 = 3;
+    /// The guest crashed: triple fault, or an instruction nobody can emulate.
+    pub const GUEST_CRASH: i32 = 4;
+
+    /// A one-line description of an exit code, for operators.
+    pub fn describe(code: i32) -> &'static str {
+        match code {
+            OK => "guest shut down",
+            VMM_ERROR => "VMM error",
+            BAD_CONFIG => "invalid VMM configuration",
+            GUEST_PANIC => "guest kernel panicked",
+            GUEST_CRASH => "guest crashed",
+            _ => "unknown exit code",
+        }
+    }
+}

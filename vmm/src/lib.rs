@@ -2,9 +2,16 @@
 //!
 //! A KVM microVM with a Linux kernel loaded directly (no firmware), a 16550
 //! console, an i8042 reset line and virtio-mmio devices (block, vsock).
-//! Dependencies point one way: `main` -> `api`/`builder` -> `devices` ->
-//! `vstate`/`arch`. Only `vstate` talks to KVM. Must not depend on the shim
-//! or the agent; shares wire types with them through `hull-protocol` only.
+//! Dependencies point one way: `main` -> `builder`/`api`/`machine` ->
+//! `devices` -> `vstate`/`arch`. Only `vstate` talks to KVM. Must not depend
+//! on the shim or the agent; shares wire types with them through
+//! `hull-protocol` only.
 
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
 pub mod devices;
+pub mod logger;
+pub mod machine;
 pub mod vstate;

@@ -1,0 +1,421 @@
+//! Assembling a microVM, top to bottom: KVM, memory, VM, kernel, initramfs,
+//! devices, command line, boot structures, vCPUs, start.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::api::{ApiError, ApiServer};
+use crate::arch::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
+use crate::arch::{cpuid, mptable, regs};
+use crate::config::{Console, VmConfig};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{ConsoleSink, ConsoleTail, SerialConsole};
+use crate::devices::legacy::IrqTrigger;
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use crate::machine::{error_chain, stop_signals, Machine};
+use crate::vstate::kvm::{HostKvm, Kvm, KvmError};
+use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vstate::pvm::PVM_KERNEL_ARGS;
+use crate::vstate::vcpu::{register_kick_signal, VcpuControl, VcpuError, VcpuRunContext};
+use crate::vstate::vm::{Vm, VmError};
+
+/// The command line every hull guest gets. `reboot=k`: reboot through the
+/// i8042, which the VMM treats as shutdown; `panic=-1`: reboot at once on a
+/// panic (the VMM tells the two apart from the console). The rest makes boot
+/// cheaper under emulation (see guest-kernel/README.md).
+const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 rodata=off retain_initrd no_timer_check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot open {what} {path}")]
+    Open {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the kernel {path} (an uncompressed ELF vmlinux is expected)")]
+    Kernel {
+        path: std::path::PathBuf,
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    #[error("loading the initramfs into guest memory")]
+    Initramfs(#[source] vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    Boot(#[from] regs::BootError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error("the kernel command line is invalid or longer than {CMDLINE_MAX_SIZE} bytes")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("writing the kernel command line to guest memory")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
+    #[error("drive {path}")]
+    Block {
+        path: std::path::PathBuf,
+        #[source]
+        source: BlockError,
+    },
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error("virtio device setup")]
+    Virtio(#[source] crate::devices::virtio::VirtioError),
+    #[error("too many devices: no IRQ left after {0}")]
+    OutOfIrqs(u32),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("creating {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the event loop")]
+    EventLoop(#[source] event_manager::Error),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Io { what, source }
+}
+
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// A built and started microVM, and the event loop that serves it.
+pub struct RunningVm {
+    pub machine: Arc<Mutex<Machine>>,
+    pub event_loop: EventLoop,
+    pub host: HostKvm,
+}
+
+/// Build the VM described by `config` and start its vCPUs.
+pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
+    config_checked(config);
+    let signals = stop_signals().map_err(io("the signal fd"))?;
+    register_kick_signal().map_err(|e| BuildError::Io {
+        what: "the vCPU kick signal handler",
+        source: e.into(),
+    })?;
+
+    let kvm = Kvm::open()?;
+    if kvm.host == HostKvm::NestedPvm {
+        log::info!("nested PVM detected (kvm_pvm): applying the PVM guest workarounds");
+    }
+    let mem_size = u64::from(config.memory_mib) << 20;
+    let regions: Vec<_> = layout::ram_regions(mem_size)
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    let mem = memory::create(&regions)?;
+    let vm = Vm::new(&kvm, &mem)?;
+
+    let kernel = load_kernel(&mem, config)?;
+    let initrd = load_initramfs(&mem, config, mem_size, kernel.end)?;
+    let mut cmdline = base_cmdline(config, kvm.host)?;
+
+    let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let console = Arc::new(Mutex::new(ConsoleTail::default()));
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("the reset eventfd"))?;
+    attach_legacy_devices(&vm, &mut pio, config, &console, &reset_evt)?;
+    let mut virtio = VirtioSlots {
+        vm: &vm,
+        mem: &mem,
+        mmio: &mut mmio,
+        cmdline: &mut cmdline,
+        event_loop: &mut event_loop,
+        next: 0,
+    };
+    for drive in &config.drives {
+        let block = Block::new(drive).map_err(|source| BuildError::Block {
+            path: drive.path.clone(),
+            source,
+        })?;
+        virtio.attach(Arc::new(Mutex::new(block)))?;
+    }
+    if let Some(vsock) = &config.vsock {
+        virtio.attach(Arc::new(Mutex::new(Vsock::new(vsock)?)))?;
+    }
+
+    linux_loader::loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(BuildError::CmdlineWrite)?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BuildError::Cmdline)?
+        .as_bytes()
+        .len();
+    log::debug!(
+        "kernel command line: {}",
+        cmdline
+            .as_cstring()
+            .map_err(BuildError::Cmdline)?
+            .to_string_lossy()
+    );
+    regs::setup_zero_page(&mem, cmdline_len, initrd)?;
+    mptable::setup(&mem, config.vcpus)?;
+
+    let supported_cpuid = kvm.supported_cpuid()?;
+    let mut vcpus = Vec::new();
+    for id in 0..config.vcpus {
+        let vcpu = vm.create_vcpu(id)?;
+        let mut cpuid = supported_cpuid.clone();
+        cpuid::apply_template(&mut cpuid, id, config.vcpus);
+        vcpu.configure(&cpuid)?;
+        vcpus.push(vcpu);
+    }
+    let mut sregs = vcpus[0].sregs()?;
+    regs::setup_long_mode(&mem, &mut sregs)?;
+    vcpus[0].set_boot_state(&regs::boot_regs(kernel.entry), &sregs)?;
+
+    let api = config
+        .api_socket
+        .as_deref()
+        .map(ApiServer::bind)
+        .transpose()?;
+    let control = Arc::new(VcpuControl::default());
+    let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io("the vCPU exit eventfd"))?;
+    let mut machine = Machine::new(
+        control.clone(),
+        console,
+        reset_evt,
+        vcpu_exit_evt.try_clone().map_err(io("an eventfd clone"))?,
+        signals,
+        api,
+    );
+    for vcpu in vcpus {
+        let ctx = VcpuRunContext {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            mem: mem.clone(),
+            control: control.clone(),
+            pvm: kvm.host == HostKvm::NestedPvm,
+        };
+        let exit_evt = vcpu_exit_evt.try_clone().map_err(io("an eventfd clone"))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.id()))
+            .spawn(move || {
+                let result = vcpu.run(ctx);
+                let _ = exit_evt.write(1);
+                result
+            })
+            .map_err(io("a vCPU thread"))?;
+        machine.add_vcpu_thread(thread);
+    }
+    let machine = Arc::new(Mutex::new(machine));
+    event_loop.add_subscriber(machine.clone());
+    Ok(RunningVm {
+        machine,
+        event_loop,
+        host: kvm.host,
+    })
+}
+
+fn config_checked(config: &VmConfig) {
+    debug_assert!(
+        config.validate().is_ok(),
+        "build_and_start wants a validated config"
+    );
+}
+
+struct LoadedKernel {
+    entry: u64,
+    end: u64,
+}
+
+fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel, BuildError> {
+    let path = &config.kernel;
+    let mut file = File::open(path).map_err(|source| BuildError::Open {
+        what: "kernel",
+        path: path.clone(),
+        source,
+    })?;
+    // The Linux 64-bit boot protocol, at the ELF entry point (startup_64).
+    // We do not take a PVH entry even when the kernel has one: it starts in
+    // 32-bit mode and builds its own page tables, more emulated work here.
+    let loaded =
+        Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            BuildError::Kernel {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    Ok(LoadedKernel {
+        entry: loaded.kernel_load.0,
+        end: loaded.kernel_end,
+    })
+}
+
+fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    mem_size: u64,
+    kernel_end: u64,
+) -> Result<Option<regs::InitrdPlacement>, BuildError> {
+    let Some(path) = &config.initramfs else {
+        return Ok(None);
+    };
+    let data = std::fs::read(path).map_err(|source| BuildError::Open {
+        what: "initramfs",
+        path: path.clone(),
+        source,
+    })?;
+    let placement = regs::place_initrd(mem_size, kernel_end, data.len() as u64)?;
+    mem.write_slice(&data, GuestAddress(placement.addr))
+        .map_err(BuildError::Initramfs)?;
+    Ok(Some(placement))
+}
+
+fn base_cmdline(config: &VmConfig, host: HostKvm) -> Result<Cmdline, BuildError> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+    cmdline
+        .insert_str(BASE_CMDLINE)
+        .map_err(BuildError::Cmdline)?;
+    if !config.verbose_boot {
+        cmdline.insert_str("quiet").map_err(BuildError::Cmdline)?;
+    }
+    if host == HostKvm::NestedPvm {
+        for arg in PVM_KERNEL_ARGS {
+            cmdline.insert_str(arg).map_err(BuildError::Cmdline)?;
+        }
+    }
+    for arg in &config.kernel_args {
+        cmdline.insert_str(arg).map_err(BuildError::Cmdline)?;
+    }
+    Ok(cmdline)
+}
+
+fn attach_legacy_devices(
+    vm: &Vm,
+    pio: &mut Bus,
+    config: &VmConfig,
+    console: &Arc<Mutex<ConsoleTail>>,
+    reset_evt: &EventFd,
+) -> Result<(), BuildError> {
+    let out: Option<Box<dyn Write + Send>> = match &config.console {
+        Console::Off => None,
+        Console::Stdout => Some(Box::new(std::io::stdout())),
+        Console::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+            BuildError::Open {
+                what: "console file",
+                path: path.clone(),
+                source,
+            }
+        })?)),
+    };
+    let irq = IrqTrigger(Arc::new(vm.irq_line(layout::SERIAL_IRQ)?));
+    let serial = SerialConsole::new(irq, ConsoleSink::new(out, console.clone()));
+    pio.insert(
+        Arc::new(Mutex::new(serial)),
+        u64::from(layout::SERIAL_PORT),
+        SerialConsole::PORT_LEN,
+    )?;
+    let i8042 = I8042::new(reset_evt.try_clone().map_err(io("an eventfd clone"))?);
+    pio.insert(
+        Arc::new(Mutex::new(i8042)),
+        u64::from(layout::I8042_DATA_PORT),
+        I8042::PORT_LEN,
+    )?;
+    Ok(())
+}
+
+/// Hands out virtio-mmio windows and IRQs, and declares each device on the
+/// kernel command line.
+struct VirtioSlots<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    cmdline: &'a mut Cmdline,
+    event_loop: &'a mut EventLoop,
+    next: u32,
+}
+
+impl VirtioSlots<'_> {
+    fn attach<D: VirtioDevice + MutEventSubscriber + 'static>(
+        &mut self,
+        device: Arc<Mutex<D>>,
+    ) -> Result<(), BuildError> {
+        let irq = layout::VIRTIO_IRQ_BASE + self.next;
+        if irq > layout::IRQ_MAX {
+            return Err(BuildError::OutOfIrqs(self.next));
+        }
+        let base = layout::VIRTIO_MMIO_START + u64::from(self.next) * layout::VIRTIO_MMIO_SIZE;
+        let interrupt = Arc::new(VirtioInterrupt::new(Arc::new(self.vm.irq_line(irq)?)));
+        let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt);
+        self.mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            layout::VIRTIO_MMIO_SIZE,
+        )?;
+        self.cmdline
+            .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
+            .map_err(BuildError::Cmdline)?;
+        self.event_loop.add_subscriber(device);
+        self.next += 1;
+        Ok(())
+    }
+}
+
+/// Build, start and serve a VM until it ends; returns the exit code.
+pub fn run(config: &VmConfig) -> i32 {
+    let mut vm = match build_and_start(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            log::error!("starting the VM: {}", error_chain(&e));
+            return hull_protocol::vmm_api::exit_code::VMM_ERROR;
+        }
+    };
+    while vm
+        .machine
+        .lock()
+        .expect("machine poisoned")
+        .outcome()
+        .is_none()
+    {
+        if let Err(e) = vm.event_loop.run() {
+            log::error!("event loop: {e}");
+            break;
+        }
+    }
+    let mut machine = vm.machine.lock().expect("machine poisoned");
+    machine.stop_vcpus();
+    let outcome = machine
+        .outcome()
+        .cloned()
+        .unwrap_or(crate::machine::Outcome::VmmError(
+            "event loop failed".into(),
+        ));
+    match &outcome {
+        crate::machine::Outcome::GuestShutdown | crate::machine::Outcome::Requested => {
+            log::info!("VM stopped: {outcome:?}")
+        }
+        other => {
+            log::error!("VM stopped: {other:?}");
+            for line in machine.console_tail() {
+                log::error!("guest console: {line}");
+            }
+        }
+    }
+    outcome.exit_code()
+}

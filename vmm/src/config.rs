@@ -1,0 +1,293 @@
+//! The VM configuration: one typed struct, read from a JSON or TOML file or
+//! built from command-line flags, validated before anything is started.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::mptable;
+use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::vsock::VsockConfig;
+
+/// Longest path a Unix socket address can hold (sun_path less the NUL).
+pub const UNIX_PATH_MAX: usize = 107;
+/// The vsock device also binds `<uds_path>_<port>` for guest-initiated
+/// connections: keep room for `_` and a 10-digit port.
+const VSOCK_PORT_SUFFIX: usize = 11;
+pub const MIN_MEMORY_MIB: u32 = 32;
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Console {
+    /// Dropped (the VMM still keeps the last lines for error reports).
+    #[default]
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Uncompressed ELF `vmlinux`.
+    pub kernel: PathBuf,
+    /// Uncompressed (newc cpio) initramfs.
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Appended to the kernel command line hull builds.
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub console: Console,
+    /// Print the kernel's boot messages (drops `quiet`; slower under emulation).
+    #[serde(default)]
+    pub verbose_boot: bool,
+    #[serde(default)]
+    pub drives: Vec<BlockConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// The control socket (status, pause, resume, shutdown).
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+
+fn default_memory_mib() -> u32 {
+    128
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl VmConfig {
+    /// Read a config file: TOML when it ends in `.toml`, JSON otherwise.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let parsed = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Check every value that can be checked before starting anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > mptable::max_cpus() {
+            return Err(invalid(
+                "vcpus",
+                format!(
+                    "{} is not between 1 and {}",
+                    self.vcpus,
+                    mptable::max_cpus()
+                ),
+            ));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(invalid(
+                "memory_mib",
+                format!(
+                    "{} MiB is less than the minimum {MIN_MEMORY_MIB} MiB",
+                    self.memory_mib
+                ),
+            ));
+        }
+        if u64::from(self.memory_mib) > host_memory_mib() {
+            return Err(invalid(
+                "memory_mib",
+                format!("{} MiB is more than this host has", self.memory_mib),
+            ));
+        }
+        require_file("kernel", &self.kernel)?;
+        if let Some(initramfs) = &self.initramfs {
+            require_file("initramfs", initramfs)?;
+        }
+        for drive in &self.drives {
+            require_file("drives.path", &drive.path)?;
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < 3 {
+                return Err(invalid(
+                    "vsock.guest_cid",
+                    format!("{} is reserved (guest CIDs start at 3)", vsock.guest_cid),
+                ));
+            }
+            socket_path("vsock.uds_path", &vsock.uds_path, VSOCK_PORT_SUFFIX)?;
+        }
+        if let Some(api) = &self.api_socket {
+            socket_path("api_socket", api, 0)?;
+        }
+        if let Console::File(path) = &self.console {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("console", "file path is empty"));
+            }
+        }
+        for arg in &self.kernel_args {
+            if arg.is_empty() || arg.contains(['\0', '\n']) {
+                return Err(invalid(
+                    "kernel_args",
+                    format!("{arg:?} is not a kernel argument"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn require_file(field: &'static str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(invalid(
+            field,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(invalid(field, format!("{}: {e}", path.display()))),
+    }
+}
+
+fn socket_path(field: &'static str, path: &Path, suffix: usize) -> Result<(), ConfigError> {
+    let len = path.as_os_str().len();
+    if len == 0 || len + suffix > UNIX_PATH_MAX {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is {len} bytes; a Unix socket path holds at most {} here",
+                path.display(),
+                UNIX_PATH_MAX - suffix
+            ),
+        ));
+    }
+    match path.parent() {
+        Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => Ok(()),
+        _ => Err(invalid(
+            field,
+            format!("the directory of {} does not exist", path.display()),
+        )),
+    }
+}
+
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(u64::MAX, |kib| kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> VmConfig {
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, b"x").unwrap();
+        serde_json::from_str(&format!(r#"{{"kernel": {:?}}}"#, kernel)).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = base(dir.path());
+        assert_eq!(
+            (c.vcpus, c.memory_mib, c.console.clone()),
+            (1, 128, Console::Off)
+        );
+        c.validate().unwrap();
+        let err =
+            serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "memroy_mib": 5}"#).unwrap_err();
+        assert!(err.to_string().contains("memroy_mib"), "{err}");
+        let t: VmConfig =
+            toml::from_str("kernel = \"k\"\nconsole = { file = \"/tmp/c\" }\n").unwrap();
+        assert_eq!(t.console, Console::File("/tmp/c".into()));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let field_of = |c: VmConfig| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(
+            field_of(VmConfig {
+                memory_mib: 0,
+                ..base(dir.path())
+            }),
+            "memory_mib"
+        );
+        assert_eq!(
+            field_of(VmConfig {
+                vcpus: 0,
+                ..base(dir.path())
+            }),
+            "vcpus"
+        );
+        assert_eq!(
+            field_of(VmConfig {
+                kernel: dir.path().join("nope"),
+                ..base(dir.path())
+            }),
+            "kernel"
+        );
+        assert_eq!(
+            field_of(VmConfig {
+                kernel: dir.path().into(),
+                ..base(dir.path())
+            }),
+            "kernel"
+        );
+        let long = dir.path().join("s".repeat(120));
+        assert_eq!(
+            field_of(VmConfig {
+                api_socket: Some(long),
+                ..base(dir.path())
+            }),
+            "api_socket"
+        );
+        assert_eq!(
+            field_of(VmConfig {
+                kernel_args: vec!["a\nb".into()],
+                ..base(dir.path())
+            }),
+            "kernel_args"
+        );
+    }
+}
