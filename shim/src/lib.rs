@@ -1,0 +1,8 @@
+//! hull-shim: the host side of a hull sandbox.
+//!
+//! `sandbox` starts `hull-vmm` as a separate process, dials the guest agent
+//! through the VMM's hybrid vsock socket and cleans up whatever it created.
+//! The containerd shim v2 binary builds on it. Depends on `hull-protocol`
+//! only: never on the VMM or the agent crates.
+
+pub mod sandbox;

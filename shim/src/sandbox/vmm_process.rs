@@ -1,0 +1,235 @@
+//! `hull-vmm` as a child process: started with an explicit command line,
+//! its sockets and logs in a state directory of its own, and never leaked:
+//! dropping a [`VmmProcess`] kills the VMM if it still runs and removes the
+//! state directory.
+
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmProcessError {
+    #[error("creating the sandbox state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for the VMM")]
+    Wait(#[source] std::io::Error),
+}
+
+/// A raw disk image for the guest.
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct VmmSpec {
+    pub vmm_binary: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub kernel_args: Vec<String>,
+    pub drives: Vec<Drive>,
+    /// Keep the guest console in `<state dir>/console.log`.
+    pub console_log: bool,
+    pub verbose_boot: bool,
+}
+
+pub struct VmmProcess {
+    child: Child,
+    state_dir: PathBuf,
+    started: Instant,
+    exit: Option<ExitStatus>,
+}
+
+impl VmmProcess {
+    /// Start the VMM. `state_dir` must not exist yet; it is created here and
+    /// removed when the process handle is dropped.
+    pub fn spawn(spec: &VmmSpec, state_dir: &Path) -> Result<Self, VmmProcessError> {
+        let dir_err = |source| VmmProcessError::StateDir {
+            path: state_dir.into(),
+            source,
+        };
+        std::fs::create_dir(state_dir).map_err(dir_err)?;
+        let cleanup_on_error = |e| {
+            let _ = std::fs::remove_dir_all(state_dir);
+            e
+        };
+        let log = File::create(state_dir.join("vmm.log"))
+            .map_err(dir_err)
+            .map_err(cleanup_on_error)?;
+        let mut cmd = Command::new(&spec.vmm_binary);
+        cmd.arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--initramfs")
+            .arg(&spec.initramfs)
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--vsock-uds")
+            .arg(Self::vsock_path_in(state_dir))
+            .arg("--api-sock")
+            .arg(state_dir.join("api.sock"));
+        if spec.console_log {
+            cmd.arg("--console").arg(state_dir.join("console.log"));
+        }
+        if spec.verbose_boot {
+            cmd.arg("--verbose-boot");
+        }
+        for arg in &spec.kernel_args {
+            cmd.arg("--kernel-arg").arg(arg);
+        }
+        for drive in &spec.drives {
+            let mut value = drive.path.clone().into_os_string();
+            if drive.read_only {
+                value.push(",ro");
+            }
+            cmd.arg("--drive").arg(value);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|source| VmmProcessError::Spawn {
+                binary: spec.vmm_binary.clone(),
+                source,
+            })
+            .map_err(cleanup_on_error)?;
+        Ok(Self {
+            child,
+            state_dir: state_dir.into(),
+            started,
+            exit: None,
+        })
+    }
+
+    fn vsock_path_in(dir: &Path) -> PathBuf {
+        dir.join("vsock.sock")
+    }
+
+    /// The host end of the guest's vsock device (hybrid vsock).
+    pub fn vsock_path(&self) -> PathBuf {
+        Self::vsock_path_in(&self.state_dir)
+    }
+
+    /// The VMM's control socket.
+    pub fn api_path(&self) -> PathBuf {
+        self.state_dir.join("api.sock")
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// When the VMM was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The exit status, if the VMM has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Wait up to `timeout` for the VMM to end by itself.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, VmmProcessError> {
+        if let Some(status) = self.exit {
+            return Ok(Some(status));
+        }
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => {
+                self.exit = Some(status.map_err(VmmProcessError::Wait)?);
+                Ok(self.exit)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Ask the VMM to stop (SIGTERM), then kill it if it has not ended
+    /// within `grace`. Returns how it ended.
+    pub async fn stop(&mut self, grace: Duration) -> Result<ExitStatus, VmmProcessError> {
+        if self.try_exit().is_none() {
+            if let Some(pid) = self.child.id() {
+                // SAFETY: kill(2) with a pid we spawned and have not reaped
+                // (try_exit saw it running), so it cannot name another process.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            if self.wait(grace).await?.is_none() {
+                let _ = self.child.start_kill();
+                self.exit = Some(self.child.wait().await.map_err(VmmProcessError::Wait)?);
+            }
+        }
+        Ok(self.exit.expect("the VMM has exited"))
+    }
+
+    /// The last `n` lines the VMM logged.
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        tail(&self.state_dir.join("vmm.log"), n)
+    }
+
+    /// The last `n` lines of the guest console (when `console_log` was set).
+    pub fn console_tail(&self, n: usize) -> Vec<String> {
+        tail(&self.state_dir.join("console.log"), n)
+    }
+}
+
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Describe an exit status the way `hull-vmm` defines its exit codes.
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!(
+            "exit code {code} ({})",
+            hull_protocol::vmm_api::exit_code::describe(code)
+        ),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown exit".into(),
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            if let Some(pid) = self.child.id() {
+                // SAFETY: the child is ours and not yet reaped (try_exit saw
+                // it running), so the pid cannot have been reused.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                let mut status = 0;
+                // SAFETY: as above; reap it so no zombie outlives the handle.
+                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
