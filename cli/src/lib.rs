@@ -1,8 +1,12 @@
-//! hull: the library behind the `hull` command line.
+//! hull: the library behind the `hull` operator command line.
 //!
-//! - [`initramfs`]: builds the guest's initramfs around the agent binary.
+//! - [`boot`]: boot a microVM to a ready agent and shut it down (`hull boot`);
+//! - [`initramfs`]: builds the guest's initramfs around the agent binary;
+//! - [`paths`]: where the VMM, kernel and initramfs are found.
 //!
-//! It handles the agent and the VMM as files and processes: it must not
-//! depend on `hull-agent` or `hull-vmm` (nor link KVM code).
+//! It drives the VMM as a process through `hull-shim`'s sandbox library: it
+//! must not depend on `hull-agent` or `hull-vmm` (nor link KVM code).
 
+pub mod boot;
 pub mod initramfs;
+pub mod paths;

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use hull_shim::sandbox::vmm_process::VmmSpec;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Boot a microVM to a ready agent, report the boot time, and shut it down.
+    Boot(BootArgs),
     /// Build the guest initramfs (uncompressed newc cpio) with the agent as /init.
     Initramfs {
         /// The statically linked hull-agent binary (see agent/build.sh).
@@ -26,8 +31,89 @@ enum Commands {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct BootArgs {
+    /// Guest kernel (default: $HULL_KERNEL or /usr/local/share/hull/vmlinux).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs with the agent (default: $HULL_INITRAMFS or /usr/local/share/hull/initramfs.cpio).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// hull-vmm binary (default: $HULL_VMM, next to hull, or on PATH).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// Seconds to wait for the agent.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Print the guest console (kernel messages) to a file in the state dir and show its tail.
+    #[arg(long)]
+    console: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn boot(args: BootArgs) -> Result<(), String> {
+    let chain = |e: &dyn std::error::Error| error_chain(e);
+    let spec = VmmSpec {
+        vmm_binary: hull::paths::vmm(args.vmm.as_deref()).map_err(|e| chain(&e))?,
+        kernel: hull::paths::kernel(args.kernel.as_deref()).map_err(|e| chain(&e))?,
+        initramfs: hull::paths::initramfs(args.initramfs.as_deref()).map_err(|e| chain(&e))?,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        kernel_args: Vec::new(),
+        drives: Vec::new(),
+        console_log: args.console,
+        verbose_boot: args.console,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| chain(&e))?;
+    let state_dir = hull::paths::new_state_dir("boot");
+    let report = runtime
+        .block_on(hull::boot::boot_once(
+            &spec,
+            state_dir,
+            Duration::from_secs(args.timeout),
+        ))
+        .map_err(|e| chain(&e))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("the report serializes")
+        );
+    } else {
+        println!(
+            "agent:        hull-agent {} (protocol {})",
+            report.agent_version, report.protocol_version
+        );
+        println!("guest kernel: {}", report.guest_kernel);
+        println!(
+            "boot:         {} ms from VMM start to agent ready",
+            report.boot_ms
+        );
+        println!(
+            "shutdown:     clean, {} ms after VMM start",
+            report.total_ms
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Commands::Boot(args) => match boot(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("hull boot: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Commands::Initramfs { agent, out } => {
             match hull::initramfs::build_initramfs(&agent, &out) {
                 Ok(len) => {

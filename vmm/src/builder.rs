@@ -324,7 +324,7 @@ fn attach_legacy_devices(
             }
         })?)),
     };
-    let irq = IrqTrigger(Arc::new(vm.irq_line(layout::SERIAL_IRQ)?));
+    let irq = IrqTrigger(vm.irq_line(layout::SERIAL_IRQ)?);
     let serial = SerialConsole::new(irq, ConsoleSink::new(out, console.clone()));
     pio.insert(
         Arc::new(Mutex::new(serial)),
@@ -361,7 +361,7 @@ impl VirtioSlots<'_> {
             return Err(BuildError::OutOfIrqs(self.next));
         }
         let base = layout::VIRTIO_MMIO_START + u64::from(self.next) * layout::VIRTIO_MMIO_SIZE;
-        let interrupt = Arc::new(VirtioInterrupt::new(Arc::new(self.vm.irq_line(irq)?)));
+        let interrupt = Arc::new(VirtioInterrupt::new(self.vm.irq_line(irq)?));
         let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt);
         self.mmio.insert(
             Arc::new(Mutex::new(transport)),

@@ -275,6 +275,10 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
+        log::debug!(
+            "virtio-mmio (type {}): status {old:#x} -> {value:#x}",
+            self.device_type
+        );
         let added = value & !old;
         let valid = value & old == old
             && match added {
