@@ -15,6 +15,8 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 say "build"
 cargo build -q --workspace
 build_kernel
+say "guest kernel: the aarch64 fragment configures"
+guest-kernel/build.sh --arch aarch64 --configure-only >/dev/null
 build_initramfs "$HULL_ROOT/target/debug/hull"
 say "test probe initramfs"
 probe=$(build_static_guest_bin hull-guest-probe)
