@@ -1,0 +1,105 @@
+//! The vsock check: a guest-initiated connection to the host (CID 2), which
+//! hull's hybrid vsock forwards to the Unix socket `<uds>_<port>` on the host.
+//! The probe sends [`HELLO`] and reads one reply line.
+//!
+//! Report lines (`HULL_PROBE` prefix omitted):
+//! - `vsock ok port=5000 reply="..."`
+//! - `vsock error port=5000 step=connect errno=ECONNRESET`
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use rustix::fd::OwnedFd;
+use rustix::io::Errno;
+use rustix::net::sockopt::{set_socket_timeout, Timeout};
+use rustix::net::{socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+
+use crate::report::{errno_name, Report};
+
+/// The line the probe sends to the host.
+pub const HELLO: &str = "hello from hull-guest-probe\n";
+/// Longest reply read.
+const MAX_REPLY: usize = 256;
+/// No send or receive may block longer (the host test fails on its own
+/// timeout anyway; this keeps the probe from hanging past it).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct StepError {
+    step: &'static str,
+    errno: Errno,
+}
+
+fn at(step: &'static str) -> impl FnOnce(Errno) -> StepError {
+    move |errno| StepError { step, errno }
+}
+
+/// Talk to host port `port` and report the outcome.
+pub fn probe(port: u32, report: &mut Report) {
+    let line = match exchange(port) {
+        Ok(reply) => format!("vsock ok port={port} reply={reply:?}"),
+        Err(e) => format!(
+            "vsock error port={port} step={} errno={}",
+            e.step,
+            errno_name(e.errno.raw_os_error())
+        ),
+    };
+    report.line(&line);
+}
+
+/// Connect, send [`HELLO`], return the host's reply up to its newline.
+fn exchange(port: u32) -> Result<String, StepError> {
+    let fd = socket_with(
+        AddressFamily::VSOCK,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(at("socket"))?;
+    set_socket_timeout(&fd, Timeout::Recv, Some(IO_TIMEOUT)).map_err(at("setsockopt"))?;
+    set_socket_timeout(&fd, Timeout::Send, Some(IO_TIMEOUT)).map_err(at("setsockopt"))?;
+    connect_host(&fd, port).map_err(at("connect"))?;
+    let mut rest = HELLO.as_bytes();
+    while !rest.is_empty() {
+        let n = rustix::net::send(&fd, rest, SendFlags::NOSIGNAL).map_err(at("send"))?;
+        rest = rest.get(n..).unwrap_or_default();
+    }
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 64];
+    while reply.len() < MAX_REPLY && !reply.contains(&b'\n') {
+        match rustix::net::recv(&fd, &mut chunk, RecvFlags::empty()).map_err(at("recv"))? {
+            (0, _) => break,
+            (n, _) => reply.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    Ok(text.split('\n').next().unwrap_or_default().to_string())
+}
+
+/// `connect(2)` to the host CID. rustix has no vsock address type, so the
+/// `sockaddr_vm` is built and passed with libc.
+fn connect_host(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
+    let addr = libc::sockaddr_vm {
+        svm_family: libc::AF_VSOCK as libc::sa_family_t,
+        svm_reserved1: 0,
+        svm_port: port,
+        svm_cid: libc::VMADDR_CID_HOST,
+        svm_zero: [0; 4],
+    };
+    // SAFETY: `fd` is an open socket owned by the caller for the whole call;
+    // `addr` is a fully initialised sockaddr_vm that lives across the call,
+    // and the length passed is exactly its size.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
+    }
+}

@@ -1,0 +1,124 @@
+//! What a test checks at its end: no process it started still runs, and no
+//! socket or state directory is left. Each test keeps everything it creates
+//! under its own temporary directory, so "left behind" means "under that
+//! directory", and "still running" means "a process whose command line
+//! names that directory".
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Processes other than this one whose command line contains `dir`.
+pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            cmdline
+                .windows(needle.len())
+                .any(|w| w == needle)
+                .then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .collect()
+}
+
+/// Fail if any process still names `dir` on its command line. A process
+/// that is exiting gets a moment to finish.
+pub fn assert_no_process_mentions(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = processes_mentioning(dir);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("processes left running by the test: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Unix sockets anywhere under `dir`.
+pub fn sockets_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(entry.path()),
+                Ok(t) if t.is_socket() => found.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// Fail if a socket file is left under `dir`.
+pub fn assert_no_sockets(dir: &Path) {
+    let left = sockets_under(dir);
+    assert!(left.is_empty(), "socket files left behind: {left:?}");
+}
+
+/// Fail if `path` still exists.
+pub fn assert_gone(path: &Path, what: &str) {
+    assert!(
+        !path.exists(),
+        "{what} {} was left behind: {:?}",
+        path.display(),
+        crate::dir_entries(path)
+    );
+}
+
+/// The checks every test ends with: no process naming `dir` runs and no
+/// socket is left under it.
+pub fn assert_clean(dir: &Path) {
+    assert_no_process_mentions(dir);
+    assert_no_sockets(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_naming_the_directory_is_found_and_a_socket_too() {
+        let dir = crate::test_dir();
+        let marker = dir.path().join("marker");
+        std::fs::write(&marker, b"").unwrap();
+        let mut child = std::process::Command::new("tail")
+            .arg("-f")
+            .arg(&marker)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting tail -f");
+        // The parent of a vfork-style spawn resumes before the child's new
+        // command line is in place: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = processes_mentioning(dir.path());
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = processes_mentioning(dir.path());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, child.id());
+        assert!(processes_mentioning(dir.path()).is_empty());
+
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(sub.join("s.sock")).unwrap();
+        assert_eq!(sockets_under(dir.path()), [sub.join("s.sock")]);
+    }
+}

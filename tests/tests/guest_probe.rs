@@ -1,0 +1,204 @@
+//! One boot of the test guest (real kernel, hull-guest-probe as /init) that
+//! exercises the devices from inside: a guest-initiated vsock connection to
+//! a host listener, an ext4 read-write drive (/dev/vda) the guest reads and
+//! writes, and a read-only drive (/dev/vdb) the guest must fail to write.
+//! The results are checked on the host: what the listener received, the
+//! probe's console lines, and the images themselves (debugfs, e2fsck).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hull_protocol::vmm_api::exit_code;
+use hull_tests::child::Spawned;
+use hull_tests::console::{probe_lines, tail};
+use hull_tests::{ext4, leaks, prereq, test_dir};
+
+/// The host port the probe connects to (`<uds>_5000` on the host).
+const PROBE_PORT: u32 = 5000;
+/// What the probe sends (its `vsock::HELLO`).
+const PROBE_HELLO: &str = "hello from hull-guest-probe";
+/// Boot (~50 s here with two drives) plus the checks, with margin.
+const VM_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the host peer waits for the probe's line once connected.
+const PEER_IO_TIMEOUT: Duration = Duration::from_secs(30);
+const INPUT: &[u8] = b"hull block test: the quick brown fox\n";
+
+/// The host end of the probe's vsock connection: listens on `<uds>_<port>`
+/// until the probe connects or it is told to stop, reads one line, answers
+/// with `reply`, and removes its socket file.
+struct HostPeer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<String, String>>,
+}
+
+impl HostPeer {
+    fn listen(uds: &Path, port: u32, reply: String) -> Self {
+        let mut path = uds.as_os_str().to_owned();
+        path.push(format!("_{port}"));
+        let path = PathBuf::from(path);
+        let listener =
+            UnixListener::bind(&path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let result = serve_once(&listener, &stopped, &reply);
+            drop(listener);
+            let _ = std::fs::remove_file(&path);
+            result
+        });
+        Self { stop, thread }
+    }
+
+    /// Stop waiting; what the probe sent, or why nothing was received.
+    fn finish(self) -> Result<String, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the host peer thread panicked".into()))
+    }
+}
+
+fn serve_once(listener: &UnixListener, stop: &AtomicBool, reply: &str) -> Result<String, String> {
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stop.load(Ordering::SeqCst) {
+                    return Err("the probe never connected".into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    let io = |e: std::io::Error| format!("talking to the probe: {e}");
+    stream.set_nonblocking(false).map_err(io)?;
+    stream.set_read_timeout(Some(PEER_IO_TIMEOUT)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(PEER_IO_TIMEOUT))
+        .map_err(io)?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(256))
+        .read_line(&mut line)
+        .map_err(io)?;
+    (&stream)
+        .write_all(format!("{reply}\n").as_bytes())
+        .map_err(io)?;
+    Ok(line)
+}
+
+/// What the probe writes to out.txt: the input reversed, then a marker.
+fn expected_output(input: &[u8], dev: &str) -> Vec<u8> {
+    let reversed: String = String::from_utf8_lossy(input)
+        .trim_end()
+        .chars()
+        .rev()
+        .collect();
+    format!("{reversed}\nwritten by hull-guest-probe on /dev/{dev}\n").into_bytes()
+}
+
+#[test]
+fn guest_vsock_and_block_kvm() {
+    prereq::require_kvm();
+    let (vmm_bin, kernel, initramfs) = (prereq::vmm(), prereq::kernel(), prereq::probe_initramfs());
+    let dir = test_dir();
+    let d = dir.path();
+    let rw_image = ext4::make_image(d, "rw", 16, &[("in.txt", INPUT)]);
+    let ro_image = ext4::make_image(d, "ro", 16, &[("in.txt", INPUT)]);
+    let ro_before = std::fs::read(&ro_image).expect("reading the read-only image");
+    let uds = d.join("v.sock");
+    let console = d.join("console.log");
+    let reply = format!("hull-test-reply-{}", std::process::id());
+    let peer = HostPeer::listen(&uds, PROBE_PORT, reply.clone());
+
+    let mut cmd = Command::new(&vmm_bin);
+    cmd.arg("--kernel")
+        .arg(&kernel)
+        .arg("--initramfs")
+        .arg(&initramfs)
+        .arg("--console")
+        .arg(&console)
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--drive")
+        .arg(&rw_image)
+        .arg("--drive")
+        .arg(format!("{},ro", ro_image.display()))
+        .args(["--kernel-arg", "HULL_PROBE_BLK=1"])
+        .args(["--kernel-arg", "HULL_PROBE_BLK_RO=1"])
+        .arg("--kernel-arg")
+        .arg(format!("HULL_PROBE_VSOCK_PORT={PROBE_PORT}"));
+    let started = Instant::now();
+    let mut vm = Spawned::start(cmd, &d.join("vmm.stderr"));
+    let status = vm.wait(VM_TIMEOUT);
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    let context = format!(
+        "VMM stderr:\n{}\nguest console (tail):\n{}",
+        vm.stderr_text(),
+        tail(&console_text, 30)
+    );
+    let Some(status) = status else {
+        drop(vm);
+        let _ = peer.finish();
+        panic!("the probe VM did not exit within {VM_TIMEOUT:?} (killed); {context}");
+    };
+    eprintln!("probe VM ran {:?}", started.elapsed());
+    let received = peer.finish();
+    drop(vm);
+
+    assert_eq!(
+        status.code(),
+        Some(exit_code::OK),
+        "the probe VM ended with {status:?}; {context}"
+    );
+    assert_eq!(
+        received.as_deref().map(str::trim_end),
+        Ok(PROBE_HELLO),
+        "the host listener on {}_{PROBE_PORT}; {context}",
+        uds.display()
+    );
+
+    let lines = probe_lines(&console_text);
+    let n = INPUT.len();
+    let expected_start = [
+        "start".to_string(),
+        format!("vsock ok port={PROBE_PORT} reply={reply:?}"),
+        format!("blk vda mount=rw read={n} write=ok"),
+    ];
+    assert!(
+        lines.len() == 5 && lines[..3] == expected_start && lines[4] == "done",
+        "probe report lines: expected {expected_start:?}, the vdb line, \"done\"; got {lines:?}; {context}"
+    );
+    // The guest kernel refuses the read-write mount of a drive the VMM
+    // offers with VIRTIO_BLK_F_RO (EACCES or EROFS, by kernel version),
+    // then the write on the read-only mount fails.
+    let vdb = &lines[3];
+    assert!(
+        vdb.starts_with("blk vdb mount=ro rw_refused=")
+            && vdb.ends_with(&format!(" read={n} write=EROFS")),
+        "the read-only drive: expected a read-only mount and a refused write, got {vdb:?}"
+    );
+
+    assert_eq!(
+        ext4::read_file(&rw_image, "/out.txt").map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Some(String::from_utf8_lossy(&expected_output(INPUT, "vda")).into_owned()),
+        "out.txt on the read-write drive"
+    );
+    ext4::assert_consistent(&rw_image);
+    assert!(
+        std::fs::read(&ro_image).expect("reading the read-only image") == ro_before,
+        "the read-only image changed"
+    );
+
+    leaks::assert_gone(&uds, "vsock socket");
+    leaks::assert_clean(d);
+}
