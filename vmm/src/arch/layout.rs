@@ -9,6 +9,10 @@ pub const PML4_START: u64 = 0x9000;
 pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 pub const IDENTITY_MAPPED_GIB: u64 = 4;
+/// PVH boot: hvm_start_info, its module list (the initramfs) and memory map.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MODLIST_START: u64 = 0x6100;
+pub const PVH_MEMMAP_START: u64 = 0x6200;
 /// Linux boot parameters ("zero page") and the kernel command line.
 pub const ZERO_PAGE_START: u64 = 0x7000;
 pub const CMDLINE_START: u64 = 0x20000;
@@ -77,6 +81,9 @@ mod tests {
     fn fixed_structures_do_not_overlap() {
         let mut spans = [
             (BOOT_GDT_START, 0x20),
+            (PVH_INFO_START, 0x100),
+            (PVH_MODLIST_START, 0x100),
+            (PVH_MEMMAP_START, 0xe00),
             (BOOT_IDT_START, 8),
             (ZERO_PAGE_START, 0x1000),
             (PML4_START, 0x1000),

@@ -3,7 +3,7 @@
 //! register values of the boot vCPU. Pure computation plus guest-memory
 //! writes; `vstate` loads the registers into KVM.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -158,13 +158,19 @@ pub fn boot_regs(entry: u64) -> kvm_regs {
     }
 }
 
-/// x87/SSE state at reset (as a PC's firmware would leave it).
-pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
+/// The guest's RAM as the firmware would report it: below the EBDA, and from
+/// 1 MiB up (the MP table lives in the EBDA, the BIOS area is not RAM).
+fn e820_ram<M: GuestMemoryBackend>(mem: &M) -> Vec<(u64, u64)> {
+    let mut e820 = vec![(0, EBDA_START)];
+    for region in mem.iter() {
+        let start = region.start_addr().raw_value();
+        let end = start + region.len();
+        let start = start.max(HIMEM_START);
+        if end > start {
+            e820.push((start, end - start));
+        }
     }
+    e820
 }
 
 /// Wrapper so `boot_params` can be written with vm-memory.
@@ -193,16 +199,7 @@ pub fn setup_zero_page<M: GuestMemoryBackend>(
         ramdisk_size: initrd.map_or(0, |i| i.size as u32),
         ..Default::default()
     };
-    let mut e820 = Vec::new();
-    e820.push((0, EBDA_START));
-    for region in mem.iter() {
-        let start = region.start_addr().raw_value();
-        let end = start + region.len();
-        let start = start.max(HIMEM_START);
-        if end > start {
-            e820.push((start, end - start));
-        }
-    }
+    let e820 = e820_ram(mem);
     for (i, (addr, size)) in e820.iter().take(E820_MAX_ENTRIES).enumerate() {
         params.0.e820_table[i].addr = *addr;
         params.0.e820_table[i].size = *size;
@@ -216,6 +213,98 @@ pub fn setup_zero_page<M: GuestMemoryBackend>(
         })
 }
 
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+
+/// Write the PVH `hvm_start_info` (version 1), the initramfs as module 0 and
+/// the memory map. The PVH entry finds it through RBX.
+pub fn setup_pvh_info<M: GuestMemoryBackend>(
+    mem: &M,
+    initrd: Option<InitrdPlacement>,
+) -> Result<(), BootError> {
+    let write = |what, bytes: &[u8], at: u64| {
+        mem.write_slice(bytes, GuestAddress(at))
+            .map_err(|source| BootError::Write { what, source })
+    };
+    let e820 = e820_ram(mem);
+    let memmap: Vec<u8> = e820
+        .iter()
+        .flat_map(|&(addr, size)| {
+            [
+                addr.to_le_bytes(),
+                size.to_le_bytes(),
+                u64::from(E820_RAM).to_le_bytes(),
+            ]
+            .concat()
+        })
+        .collect();
+    write("PVH memory map", &memmap, PVH_MEMMAP_START)?;
+    if let Some(i) = initrd {
+        let module = [i.addr.to_le_bytes(), i.size.to_le_bytes(), [0; 8], [0; 8]].concat();
+        write("PVH module list", &module, PVH_MODLIST_START)?;
+    }
+    let mut info = Vec::with_capacity(56);
+    info.extend_from_slice(&XEN_HVM_START_MAGIC.to_le_bytes());
+    info.extend_from_slice(&1u32.to_le_bytes()); // version
+    info.extend_from_slice(&0u32.to_le_bytes()); // flags
+    info.extend_from_slice(&u32::from(initrd.is_some()).to_le_bytes());
+    info.extend_from_slice(&PVH_MODLIST_START.to_le_bytes());
+    info.extend_from_slice(&CMDLINE_START.to_le_bytes());
+    info.extend_from_slice(&0u64.to_le_bytes()); // no ACPI RSDP
+    info.extend_from_slice(&PVH_MEMMAP_START.to_le_bytes());
+    info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
+    info.extend_from_slice(&0u32.to_le_bytes());
+    write("PVH start info", &info, PVH_INFO_START)
+}
+
+/// The boot GDT for PVH: flat 32-bit code and data, TSS.
+const PVH_GDT: [u64; 4] = [
+    0,
+    0x00cf_9b00_0000_ffff, // code: present, exec/read, 32-bit, 4 GiB
+    0x00cf_9300_0000_ffff, // data: present, read/write, 32-bit, 4 GiB
+    0x0000_8b00_0000_0067, // TSS
+];
+
+/// Write the PVH GDT and compute the special registers: 32-bit protected
+/// mode, paging off, as the PVH ABI requires.
+pub fn setup_pvh_mode<M: GuestMemoryBackend>(
+    mem: &M,
+    sregs: &mut kvm_sregs,
+) -> Result<(), BootError> {
+    let gdt: Vec<u8> = PVH_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
+    mem.write_slice(&gdt, GuestAddress(BOOT_GDT_START))
+        .map_err(|source| BootError::Write {
+            what: "GDT",
+            source,
+        })?;
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (PVH_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    let data = segment_from_gdt(PVH_GDT[2], 2);
+    sregs.cs = segment_from_gdt(PVH_GDT[1], 1);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(PVH_GDT[3], 3);
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    Ok(())
+}
+
+/// General-purpose registers at the PVH entry point.
+pub fn pvh_regs(entry: u64) -> kvm_regs {
+    kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: PVH_INFO_START,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +312,34 @@ mod tests {
 
     fn mem(size: usize) -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+    }
+
+    #[test]
+    fn pvh_start_info_points_at_cmdline_modules_and_memmap() {
+        let m = mem(64 << 20);
+        setup_pvh_info(
+            &m,
+            Some(InitrdPlacement {
+                addr: 0x300_0000,
+                size: 77,
+            }),
+        )
+        .unwrap();
+        let magic: u32 = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(magic, XEN_HVM_START_MAGIC);
+        let nr_modules: u32 = m.read_obj(GuestAddress(PVH_INFO_START + 12)).unwrap();
+        assert_eq!(nr_modules, 1);
+        let cmdline: u64 = m.read_obj(GuestAddress(PVH_INFO_START + 24)).unwrap();
+        assert_eq!(cmdline, CMDLINE_START);
+        let entries: u32 = m.read_obj(GuestAddress(PVH_INFO_START + 48)).unwrap();
+        assert_eq!(entries, 2);
+        let module_size: u64 = m.read_obj(GuestAddress(PVH_MODLIST_START + 8)).unwrap();
+        assert_eq!(module_size, 77);
+        let second_ram: u64 = m.read_obj(GuestAddress(PVH_MEMMAP_START + 24)).unwrap();
+        assert_eq!(second_ram, HIMEM_START);
+        let mut sregs = kvm_sregs::default();
+        setup_pvh_mode(&m, &mut sregs).unwrap();
+        assert_eq!((sregs.cs.db, sregs.cs.l, sregs.cr0 & X86_CR0_PG), (1, 0, 0));
     }
 
     #[test]
