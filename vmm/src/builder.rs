@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::{elf::Elf, KernelLoader};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::KernelLoader;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -23,7 +24,8 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
-use crate::machine::{error_chain, stop_signals, Machine};
+use crate::logger::ErrorChain;
+use crate::machine::{stop_signals, Machine};
 use crate::vstate::kvm::{HostKvm, Kvm, KvmError};
 use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::pvm::PVM_KERNEL_ARGS;
@@ -179,7 +181,6 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
             .map_err(BuildError::Cmdline)?
             .to_string_lossy()
     );
-    regs::setup_zero_page(&mem, cmdline_len, initrd)?;
     mptable::setup(&mem, config.vcpus)?;
 
     let supported_cpuid = kvm.supported_cpuid()?;
@@ -191,9 +192,25 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
         vcpu.configure(&cpuid)?;
         vcpus.push(vcpu);
     }
+    // PVH when the kernel offers it (the ABI shared with QEMU and Cloud
+    // Hypervisor), else the Linux 64-bit boot protocol at the ELF entry. Not
+    // under nested PVM: its emulator cannot run the 32-bit, paging-off PVH
+    // entry (the guest triple-faults at the first instruction).
+    let pvh_entry = kernel.pvh_entry.filter(|_| kvm.host == HostKvm::Hardware);
     let mut sregs = vcpus[0].sregs()?;
-    regs::setup_long_mode(&mem, &mut sregs)?;
-    vcpus[0].set_boot_state(&regs::boot_regs(kernel.entry), &sregs)?;
+    let boot_regs = match pvh_entry {
+        Some(entry) => {
+            regs::setup_pvh_info(&mem, initrd)?;
+            regs::setup_pvh_mode(&mem, &mut sregs)?;
+            regs::pvh_regs(entry)
+        }
+        None => {
+            regs::setup_zero_page(&mem, cmdline_len, initrd)?;
+            regs::setup_long_mode(&mem, &mut sregs)?;
+            regs::boot_regs(kernel.entry)
+        }
+    };
+    vcpus[0].set_boot_state(&boot_regs, &sregs)?;
 
     let api = config
         .api_socket
@@ -246,7 +263,10 @@ fn config_checked(config: &VmConfig) {
 }
 
 struct LoadedKernel {
+    /// The 64-bit entry (ELF entry point, `startup_64`).
     entry: u64,
+    /// The PVH entry, when the kernel has the Xen PVH ELF note.
+    pvh_entry: Option<u64>,
     end: u64,
 }
 
@@ -267,8 +287,13 @@ fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel,
                 source,
             }
         })?;
+    let pvh_entry = match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+        _ => None,
+    };
     Ok(LoadedKernel {
         entry: loaded.kernel_load.0,
+        pvh_entry,
         end: loaded.kernel_end,
     })
 }
@@ -388,7 +413,7 @@ pub fn run(config: &VmConfig) -> i32 {
     let mut vm = match build_and_start(config) {
         Ok(vm) => vm,
         Err(e) => {
-            log::error!("starting the VM: {}", error_chain(&e));
+            log::error!("starting the VM: {}", ErrorChain(&e));
             return hull_protocol::vmm_api::exit_code::VMM_ERROR;
         }
     };

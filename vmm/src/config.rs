@@ -93,14 +93,28 @@ impl VmConfig {
             source,
         })?;
         let parsed = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| e.to_string())
+            Self::from_toml(&text)
         } else {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
+            Self::from_json(&text)
         };
         parsed.map_err(|message| ConfigError::Parse {
             path: path.into(),
             message,
         })
+    }
+
+    /// Parse JSON; a type error names its field (`vcpus: invalid type ...`).
+    fn from_json(text: &str) -> Result<Self, String> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config = serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())?;
+        // What `serde_json::from_str` also checks: nothing but whitespace after.
+        de.end().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// Parse TOML; a type error names its field (`vcpus: invalid type ...`).
+    fn from_toml(text: &str) -> Result<Self, String> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| e.to_string())
     }
 
     /// Check every value that can be checked before starting anything.
@@ -289,5 +303,43 @@ mod tests {
             }),
             "kernel_args"
         );
+    }
+
+    #[test]
+    fn type_errors_in_config_files_name_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse_error = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            match VmConfig::from_file(&path) {
+                Err(ConfigError::Parse { message, .. }) => message,
+                other => panic!("{name}: expected a parse error, got {other:?}"),
+            }
+        };
+        let json = parse_error("c.json", r#"{"kernel":"k","vcpus":"two"}"#);
+        assert!(
+            json.starts_with(r#"vcpus: invalid type: string "two", expected u8"#),
+            "{json}"
+        );
+        let toml = parse_error("c.toml", "kernel = \"k\"\nvcpus = \"two\"\n");
+        assert!(toml.starts_with("vcpus: "), "{toml}");
+        assert!(
+            toml.contains(r#"invalid type: string "two", expected u8"#),
+            "{toml}"
+        );
+        let nested = parse_error(
+            "n.json",
+            r#"{"kernel":"k","vsock":{"guest_cid":"3","uds_path":"/v"}}"#,
+        );
+        assert!(
+            nested.starts_with("vsock.guest_cid: invalid type"),
+            "{nested}"
+        );
+        // Errors without a field keep their plain message, and trailing
+        // garbage is still refused.
+        let syntax = parse_error("s.json", "{");
+        assert!(syntax.starts_with("EOF while parsing"), "{syntax}");
+        let trailing = parse_error("t.json", r#"{"kernel":"k"} x"#);
+        assert!(trailing.contains("trailing characters"), "{trailing}");
     }
 }

@@ -3,9 +3,10 @@
 //! A KVM microVM with a Linux kernel loaded directly (no firmware), a 16550
 //! console, an i8042 reset line and virtio-mmio devices (block, vsock).
 //! Dependencies point one way: `main` -> `builder`/`api`/`machine` ->
-//! `devices` -> `vstate`/`arch`. Only `vstate` talks to KVM. Must not depend
-//! on the shim or the agent; shares wire types with them through
-//! `hull-protocol` only.
+//! `devices` -> `vstate`/`arch`; every module may use `logger` (error chains,
+//! rate limits for guest-triggered messages), which uses none of them. Only
+//! `vstate` talks to KVM. Must not depend on the shim or the agent; shares
+//! wire types with them through `hull-protocol` only.
 
 pub mod api;
 pub mod arch;

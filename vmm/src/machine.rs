@@ -15,6 +15,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::api::{ApiEvent, ApiServer};
 use crate::devices::legacy::serial::ConsoleTail;
+use crate::logger::ErrorChain;
 use crate::vstate::vcpu::{kick_signal, RunState, VcpuControl, VcpuError, VcpuStop};
 
 const TAG_RESET: u32 = 1;
@@ -129,7 +130,7 @@ impl Machine {
                 Ok(Err(e @ VcpuError::Emulation { .. })) => {
                     self.finish(Outcome::GuestCrash(e.to_string()))
                 }
-                Ok(Err(e)) => self.finish(Outcome::VmmError(error_chain(&e))),
+                Ok(Err(e)) => self.finish(Outcome::VmmError(ErrorChain(&e).to_string())),
                 Err(_) => self.finish(Outcome::VmmError("a vCPU thread panicked".into())),
             }
         }
@@ -320,16 +321,4 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
     }
     // SAFETY: signalfd returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// An error and its causes on one line: "a: b: c".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

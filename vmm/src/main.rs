@@ -8,6 +8,7 @@ use hull_protocol::vmm_api::exit_code;
 use hull_vmm::config::{ConfigError, Console, VmConfig};
 use hull_vmm::devices::virtio::block::BlockConfig;
 use hull_vmm::devices::virtio::vsock::VsockConfig;
+use hull_vmm::logger::ErrorChain;
 
 /// Run a hull microVM. Exit codes: 0 guest shut down or stop requested,
 /// 1 VMM error, 2 invalid configuration, 3 guest panic, 4 guest crash.
@@ -115,7 +116,7 @@ fn main() -> ExitCode {
     let config = match config_from(args).and_then(|c| c.validate().map(|_| c)) {
         Ok(config) => config,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{}", ErrorChain(&e));
             return ExitCode::from(exit_code::BAD_CONFIG as u8);
         }
     };

@@ -22,8 +22,9 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{GuestWarnings, VirtioDevice, VirtioError, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{VirtioDevice, VirtioError, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
+use crate::logger::LogLimiter;
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// "virt" in little endian, at offset 0 of every virtio-mmio device.
@@ -56,7 +57,7 @@ pub struct MmioTransport {
     device_features_sel: u32,
     driver_features_sel: u32,
     queue_sel: u32,
-    warnings: GuestWarnings,
+    warnings: LogLimiter,
 }
 
 impl MmioTransport {
@@ -82,7 +83,7 @@ impl MmioTransport {
             device_features_sel: 0,
             driver_features_sel: 0,
             queue_sel: 0,
-            warnings: GuestWarnings::default(),
+            warnings: LogLimiter::new(format!("virtio-mmio (type {device_type})")),
         }
     }
 

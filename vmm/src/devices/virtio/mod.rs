@@ -20,6 +20,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::IrqLine;
+use crate::logger::LogLimiter;
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// virtio device IDs (virtio 1.2, section 5).
@@ -107,6 +108,9 @@ pub struct VirtioCommon {
     activate_evt: EventFd,
     mem: Option<GuestMemoryMmap>,
     interrupt: Option<Arc<VirtioInterrupt>>,
+    /// For what the shared plumbing logs on the guest's behalf (writes to
+    /// read-only config space).
+    guest_log: LogLimiter,
 }
 
 impl VirtioCommon {
@@ -137,6 +141,7 @@ impl VirtioCommon {
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
             mem: None,
             interrupt: None,
+            guest_log: LogLimiter::new(format!("virtio device type {device_type}")),
         })
     }
 
@@ -225,25 +230,6 @@ impl VirtioCommon {
     }
 }
 
-/// Rate limit for warnings a guest can trigger at will (bad register
-/// accesses, malformed requests): the first few are logged, then only every
-/// power of two, so a hostile guest cannot flood the VMM's log.
-#[derive(Debug, Default)]
-pub struct GuestWarnings {
-    count: u64,
-}
-
-impl GuestWarnings {
-    const ALWAYS: u64 = 8;
-
-    pub fn warn(&mut self, args: std::fmt::Arguments<'_>) {
-        self.count = self.count.saturating_add(1);
-        if self.count <= Self::ALWAYS || self.count.is_power_of_two() {
-            log::warn!("{args} (guest warning #{})", self.count);
-        }
-    }
-}
-
 /// A virtio device as the transport sees it.
 pub trait VirtioDevice: Send {
     fn common(&self) -> &VirtioCommon;
@@ -252,13 +238,15 @@ pub trait VirtioDevice: Send {
     /// Read from the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
 
-    /// Write to the device-specific configuration space (ignored by default).
+    /// Write to the device-specific configuration space (ignored by
+    /// default, with a rate-limited warning: the guest decides how often).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
-            "virtio device type {}: guest wrote {} bytes of read-only config at {offset:#x}",
-            self.common().device_type,
+        let common = self.common_mut();
+        let device_type = common.device_type;
+        common.guest_log.warn(format_args!(
+            "virtio device type {device_type}: guest wrote {} bytes of read-only config at {offset:#x}",
             data.len()
-        );
+        ));
     }
 }
 
@@ -270,5 +258,38 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     };
     if let Some(src) = config.get(start..).and_then(|s| s.get(..data.len())) {
         data.copy_from_slice(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device with nothing writable in its config space.
+    struct ReadOnly(VirtioCommon);
+
+    impl VirtioDevice for ReadOnly {
+        fn common(&self) -> &VirtioCommon {
+            &self.0
+        }
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.0
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&[7; 4], offset, data);
+        }
+    }
+
+    #[test]
+    fn writes_to_read_only_config_are_ignored_and_rate_limited() {
+        let mut dev = ReadOnly(VirtioCommon::new(TYPE_NET, 0, &[8]).unwrap());
+        for offset in 0..100 {
+            dev.write_config(offset % 4, &[0xff]);
+        }
+        let mut config = [0; 4];
+        dev.read_config(0, &mut config);
+        assert_eq!(config, [7; 4]);
+        // The flood used up this second's budget: nothing more is logged.
+        assert!(!dev.common_mut().guest_log.allow());
     }
 }

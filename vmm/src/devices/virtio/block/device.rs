@@ -14,9 +14,9 @@ use super::disk::{Disk, DiskError};
 use super::request::{Rejected, Request, RequestKind};
 use super::BlockConfig;
 use crate::devices::virtio::{
-    read_config_bytes, GuestWarnings, VirtioCommon, VirtioDevice, VirtioError, TAG_ACTIVATE,
-    TYPE_BLOCK,
+    read_config_bytes, VirtioCommon, VirtioDevice, VirtioError, TAG_ACTIVATE, TYPE_BLOCK,
 };
+use crate::logger::{ErrorChain, LogLimiter};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Descriptors in the request queue.
@@ -42,7 +42,7 @@ pub struct Block {
     config_space: [u8; 16],
     /// Reused for the descriptors of each chain.
     descs: Vec<Descriptor>,
-    warnings: GuestWarnings,
+    warnings: LogLimiter,
 }
 
 impl Block {
@@ -68,7 +68,7 @@ impl Block {
             disk,
             config_space,
             descs: Vec::new(),
-            warnings: GuestWarnings::default(),
+            warnings: LogLimiter::new("virtio-blk"),
         })
     }
 
@@ -123,14 +123,14 @@ fn handle(
     disk: &mut Disk,
     mem: &GuestMemoryMmap,
     descs: &[Descriptor],
-    warnings: &mut GuestWarnings,
+    warnings: &mut LogLimiter,
 ) -> u32 {
     let request = match Request::parse(mem, descs, disk.sectors()) {
         Ok(request) => request,
         Err(Rejected { error, status }) => {
             warnings.warn(format_args!(
                 "virtio-blk: malformed request: {}",
-                chain(&error)
+                ErrorChain(&error)
             ));
             return match status {
                 Some(addr) => complete(mem, addr, VIRTIO_BLK_S_IOERR, 0),
@@ -151,7 +151,10 @@ fn handle(
     match result {
         Ok(written) => complete(mem, request.status, VIRTIO_BLK_S_OK, written),
         Err(e) => {
-            warnings.warn(format_args!("virtio-blk: request failed: {}", chain(&e)));
+            warnings.warn(format_args!(
+                "virtio-blk: request failed: {}",
+                ErrorChain(&e)
+            ));
             complete(mem, request.status, VIRTIO_BLK_S_IOERR, 0)
         }
     }
@@ -167,18 +170,6 @@ fn complete(mem: &GuestMemoryMmap, status_addr: GuestAddress, status: u32, writt
         return 0;
     }
     written.saturating_add(1)
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 impl VirtioDevice for Block {
@@ -198,7 +189,7 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = self.common.init_events(ops) {
-            log::error!("virtio-blk: {}", chain(&e));
+            log::error!("virtio-blk: {}", ErrorChain(&e));
         }
     }
 
@@ -206,14 +197,17 @@ impl MutEventSubscriber for Block {
         match events.data() {
             TAG_ACTIVATE => {
                 if let Err(e) = self.common.on_activate(ops) {
-                    log::error!("virtio-blk: activating: {}", chain(&e));
+                    log::error!("virtio-blk: activating: {}", ErrorChain(&e));
                 }
             }
             tag if tag as usize == REQUEST_QUEUE => {
                 // Nonblocking; an empty counter just means a spurious wakeup.
                 let _ = self.common.queue_evts[REQUEST_QUEUE].read();
                 if let Err(e) = self.process_queue() {
-                    log::error!("virtio-blk: processing the request queue: {}", chain(&e));
+                    log::error!(
+                        "virtio-blk: processing the request queue: {}",
+                        ErrorChain(&e)
+                    );
                 }
             }
             tag => log::warn!("virtio-blk: event with unknown tag {tag:#x}"),

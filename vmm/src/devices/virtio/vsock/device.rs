@@ -17,11 +17,12 @@ use virtio_queue::QueueT;
 
 use super::muxer::{EventRegistry, Muxer, MuxerOptions};
 use super::packet::{self, PacketHeader, RxBuffer, MAX_PKT_DATA, OP_RW};
-use super::{ErrorChain, LogLimiter, VsockConfig, VsockError};
+use super::{VsockConfig, VsockError};
 use crate::devices::virtio::{
     read_config_bytes, VirtioCommon, VirtioDevice, VirtioError, TAG_ACTIVATE, TAG_DEVICE_BASE,
     TYPE_VSOCK,
 };
+use crate::logger::{ErrorChain, LogLimiter};
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const RXQ: usize = 0;
@@ -69,7 +70,7 @@ impl Vsock {
             muxer: Muxer::new(guest_cid, &config.uds_path, opts).map_err(VsockError::Muxer)?,
             rx_data: vec![0; MAX_PKT_DATA],
             tx_data: vec![0; MAX_PKT_DATA],
-            log: LogLimiter::new(),
+            log: LogLimiter::new("vsock"),
         })
     }
 

@@ -19,7 +19,6 @@ pub mod muxer;
 pub mod packet;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,64 +63,6 @@ pub enum VsockError {
     Virtio(#[source] VirtioError),
 }
 
-/// Caps how many guest-triggered warnings reach the log, so that a guest
-/// cannot flood it; reports how many it swallowed.
-pub(crate) struct LogLimiter {
-    window: Instant,
-    left: u32,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    const PER_SECOND: u32 = 10;
-
-    pub(crate) fn new() -> Self {
-        Self {
-            window: Instant::now(),
-            left: Self::PER_SECOND,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether the next message may be logged.
-    pub(crate) fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            if self.suppressed > 0 {
-                log::warn!(
-                    "vsock: {} guest-triggered messages suppressed",
-                    self.suppressed
-                );
-            }
-            self.window = now;
-            self.left = Self::PER_SECOND;
-            self.suppressed = 0;
-        }
-        if self.left > 0 {
-            self.left -= 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
-/// `Display` for an error and its `source` chain, for log lines.
-pub(crate) struct ErrorChain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,12 +83,5 @@ mod tests {
             r#"{"guest_cid": 3, "uds_path": "/v", "cid": 4}"#
         )
         .is_err());
-    }
-
-    #[test]
-    fn log_limiter_caps_a_burst() {
-        let mut l = LogLimiter::new();
-        let allowed = (0..100).filter(|_| l.allow()).count();
-        assert_eq!(allowed, LogLimiter::PER_SECOND as usize);
     }
 }

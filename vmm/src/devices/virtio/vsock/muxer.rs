@@ -24,8 +24,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnState, Connection};
 use super::packet::{PacketHeader, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM};
-use super::{ErrorChain, LogLimiter};
 use crate::devices::virtio::TAG_DEVICE_BASE;
+use crate::logger::{ErrorChain, LogLimiter};
 
 /// Tag of the listening socket.
 pub const TAG_LISTENER: u32 = TAG_DEVICE_BASE;
@@ -187,7 +187,7 @@ impl Muxer {
             rx_rsts: VecDeque::new(),
             local_ports: HashSet::new(),
             next_local_port: LOCAL_PORT_MAX,
-            log: LogLimiter::new(),
+            log: LogLimiter::new("vsock"),
         };
         muxer.listener.set_nonblocking(true).map_err(bind_err)?;
         Ok(muxer)
