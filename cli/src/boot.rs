@@ -34,8 +34,20 @@ fn log_lines(lines: &[String]) -> String {
     if lines.is_empty() {
         String::new()
     } else {
-        format!("; VMM log:\n  {}", lines.join("\n  "))
+        format!("; VMM log and guest console:\n  {}", lines.join("\n  "))
     }
+}
+
+/// What to show when something went wrong: the VMM's last log lines, then
+/// the guest console's (when it was kept).
+fn diagnostics(vmm: &VmmProcess) -> Vec<String> {
+    let mut lines = vmm.log_tail(15);
+    lines.extend(
+        vmm.console_tail(20)
+            .into_iter()
+            .map(|l| format!("console: {l}")),
+    );
+    lines
 }
 
 /// What `hull boot --json` prints.
@@ -56,6 +68,17 @@ pub async fn boot_once(
     state_dir: PathBuf,
     boot_timeout: Duration,
 ) -> Result<BootReport, BootError> {
+    boot_once_with(spec, state_dir, boot_timeout, |_| {}).await
+}
+
+/// [`boot_once`], calling `while_up` once the agent is ready and before the
+/// VM is shut down (e.g. to measure the running VMM: `hull bench boot`).
+pub async fn boot_once_with(
+    spec: &VmmSpec,
+    state_dir: PathBuf,
+    boot_timeout: Duration,
+    while_up: impl FnOnce(&VmmProcess),
+) -> Result<BootReport, BootError> {
     let mut vmm = VmmProcess::spawn(spec, &state_dir)?;
     let uds = vmm.vsock_path();
     let deadline = vmm.started() + boot_timeout;
@@ -72,19 +95,20 @@ pub async fn boot_once(
             (Err(_), Some(status)) => {
                 return Err(BootError::VmmExited {
                     status: describe_exit(status),
-                    log: vmm.log_tail(15),
+                    log: diagnostics(&vmm),
                 })
             }
             (Err(source), None) => {
                 return Err(BootError::Agent {
                     source,
-                    log: vmm.log_tail(15),
+                    log: diagnostics(&vmm),
                 })
             }
         }
     };
     let boot_ms = vmm.started().elapsed().as_millis() as u64;
     let version = agent.version().clone();
+    while_up(&vmm);
     // The reply may race the guest's power-off; the VMM's exit code decides.
     let _ = agent.shutdown().await;
     drop(agent);
@@ -95,7 +119,7 @@ pub async fn boot_once(
     if !status.success() {
         return Err(BootError::Shutdown {
             status: describe_exit(status),
-            log: vmm.log_tail(15),
+            log: diagnostics(&vmm),
         });
     }
     Ok(BootReport {

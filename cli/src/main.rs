@@ -20,6 +20,9 @@ struct Cli {
 enum Commands {
     /// Boot a microVM to a ready agent, report the boot time, and shut it down.
     Boot(BootArgs),
+    /// Benchmarks, measured on this machine and printed with it and the date.
+    #[command(subcommand)]
+    Bench(hull::bench::BenchCommand),
     /// Build the guest initramfs (uncompressed newc cpio) with the agent as /init.
     Initramfs {
         /// The statically linked hull-agent binary (see agent/build.sh).
@@ -49,7 +52,7 @@ struct BootArgs {
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
-    /// Print the guest console (kernel messages) to a file in the state dir and show its tail.
+    /// Keep the guest kernel's boot messages (verbose boot) and show their tail if anything fails.
     #[arg(long)]
     console: bool,
     /// Print one JSON object instead of text.
@@ -61,7 +64,7 @@ fn boot(args: BootArgs) -> Result<(), String> {
     let chain = |e: &dyn std::error::Error| error_chain(e);
     let spec = VmmSpec {
         vmm_binary: hull::paths::vmm(args.vmm.as_deref()).map_err(|e| chain(&e))?,
-        kernel: hull::paths::kernel(args.kernel.as_deref()).map_err(|e| chain(&e))?,
+        kernel: hull::paths::kernel(args.kernel.as_deref(), args.vcpus).map_err(|e| chain(&e))?,
         initramfs: hull::paths::initramfs(args.initramfs.as_deref()).map_err(|e| chain(&e))?,
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
@@ -111,6 +114,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("hull boot: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        Commands::Bench(command) => match hull::bench::run(&command, &mut |l| eprintln!("{l}")) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("hull bench: {}", error_chain(&err));
                 ExitCode::FAILURE
             }
         },
