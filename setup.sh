@@ -16,7 +16,8 @@ build_initramfs "$HULL_ROOT/target/release/hull"
 say "installing to /usr/local/bin and /usr/local/share/hull"
 install -m 0755 target/release/hull target/release/hull-vmm /usr/local/bin/
 install -d /usr/local/share/hull
-install -m 0644 "$HULL_KERNEL" /usr/local/share/hull/vmlinux
+install -m 0644 "$HULL_KERNEL_SMP" /usr/local/share/hull/vmlinux
+install -m 0644 "$HULL_KERNEL" /usr/local/share/hull/vmlinux-up
 install -m 0644 "$HULL_INITRAMFS" /usr/local/share/hull/initramfs.cpio
 
 say "hull boot"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build hull's guest kernel from Debian's linux-source-6.1 package.
 #
-#   guest-kernel/build.sh [--arch x86_64|aarch64] [--configure-only] [--jobs N]
+#   guest-kernel/build.sh [--arch x86_64|aarch64] [--up] [--configure-only] [--jobs N]
+#
+# --up builds the uniprocessor variant (up.config on top), for 1-vCPU VMs.
 #
 # The result is cached under ${HULL_CACHE:-~/.cache/hull}/kernel/<hash>/, where
 # <hash> covers everything that decides the output: the config fragments, the
@@ -14,11 +16,13 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 arch=x86_64
 configure_only=0
+variant=smp
 jobs=$(nproc)
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
     --configure-only) configure_only=1; shift ;;
+    --up) variant=up; shift ;;
     --jobs) jobs=$2; shift 2 ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -47,8 +51,9 @@ cache=${HULL_CACHE:-$HOME/.cache/hull}/kernel
 mkdir -p "$cache"
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || stat -c %s "$tarball")
 fragments=("$here/common.config" "$here/$arch.config")
+[ "$variant" = up ] && fragments+=("$here/up.config")
 patch_hash=$( { echo "$src_version"; cat "$here"/patches/*.patch; } | sha256sum | cut -c1-16)
-config_hash=$( { echo "$arch $src_version"; gcc --version | head -1; cat "${fragments[@]}" "$here"/patches/*.patch "$here/build.sh"; } | sha256sum | cut -c1-16)
+config_hash=$( { echo "$arch $variant $src_version"; gcc --version | head -1; cat "${fragments[@]}" "$here"/patches/*.patch "$here/build.sh"; } | sha256sum | cut -c1-16)
 out=$cache/$config_hash
 result=$out/$( [ "$configure_only" = 1 ] && echo config || echo vmlinux )
 if [ "$configure_only" = 1 ]; then result=$out/$arch.config; fi
@@ -78,7 +83,8 @@ if [ ! -f "$src/.hull-patched" ]; then
   touch "$src/.hull-patched"
 fi
 
-build=$cache/build-$patch_hash-$arch
+# One object tree per variant: switching SMP on and off rebuilds everything.
+build=$cache/build-$patch_hash-$arch-$variant
 mkdir -p "$build"
 mk=(make -C "$src" O="$build" ARCH="$karch" -j"$jobs")
 echo "build.sh: configuring ($arch: tinyconfig + ${fragments[*]##*/})" >&2
@@ -88,16 +94,20 @@ echo "build.sh: configuring ($arch: tinyconfig + ${fragments[*]##*/})" >&2
 
 # Every option a fragment asks for must have survived olddefconfig: a typo or
 # an unmet dependency otherwise disappears silently.
-missing=0
+# Later fragments override earlier ones, as in merge_config.sh.
+declare -A want
 while IFS= read -r line; do
   case "$line" in ''|'#'*) continue ;; esac
-  opt=${line%%=*}; want=${line#*=}
-  if [ "$want" = n ]; then
-    if grep -q "^$opt=" "$build/.config"; then echo "build.sh: $opt should be off but is $(grep "^$opt=" "$build/.config")" >&2; missing=1; fi
-  elif ! grep -qx "$opt=$want" "$build/.config"; then
-    echo "build.sh: $opt=$want asked for, .config has: $(grep -E "^(# )?$opt[= ]" "$build/.config" || echo nothing)" >&2; missing=1
-  fi
+  want[${line%%=*}]=${line#*=}
 done < <(cat "${fragments[@]}")
+missing=0
+for opt in "${!want[@]}"; do
+  if [ "${want[$opt]}" = n ]; then
+    if grep -q "^$opt=" "$build/.config"; then echo "build.sh: $opt should be off but is $(grep "^$opt=" "$build/.config")" >&2; missing=1; fi
+  elif ! grep -qx "$opt=${want[$opt]}" "$build/.config"; then
+    echo "build.sh: $opt=${want[$opt]} asked for, .config has: $(grep -E "^(# )?$opt[= ]" "$build/.config" || echo nothing)" >&2; missing=1
+  fi
+done
 if [ "$missing" = 1 ]; then
   echo "build.sh: the config fragments ask for options the kernel did not take (see above)" >&2
   exit 1

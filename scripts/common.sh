@@ -29,11 +29,13 @@ install_deps() {
   [ -e /dev/kvm ] || { echo "hull: /dev/kvm is missing: hull needs KVM" >&2; return 1; }
 }
 
-# The guest kernel, cached by config hash. Sets HULL_KERNEL.
+# The guest kernels, cached by config hash: SMP (HULL_KERNEL_SMP) and the
+# uniprocessor build for 1-vCPU VMs (HULL_KERNEL, what the tests boot).
 build_kernel() {
-  say "guest kernel (cached under $HULL_CACHE/kernel by config hash)"
-  HULL_KERNEL=$("$HULL_ROOT/guest-kernel/build.sh" | tail -1)
-  export HULL_KERNEL
+  say "guest kernels, SMP and UP (cached under $HULL_CACHE/kernel by config hash)"
+  HULL_KERNEL_SMP=$("$HULL_ROOT/guest-kernel/build.sh" | tail -1)
+  HULL_KERNEL=$("$HULL_ROOT/guest-kernel/build.sh" --up | tail -1)
+  export HULL_KERNEL HULL_KERNEL_SMP
 }
 
 # A static guest binary (the agent, or a test program) for /init.
