@@ -193,12 +193,9 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
         vcpus.push(vcpu);
     }
     // PVH when the kernel offers it (the ABI shared with QEMU and Cloud
-    // Hypervisor), else the Linux 64-bit boot protocol at the ELF entry. Not
-    // under nested PVM: its emulator cannot run the 32-bit, paging-off PVH
-    // entry (the guest triple-faults at the first instruction).
-    let pvh_entry = kernel.pvh_entry.filter(|_| kvm.host == HostKvm::Hardware);
+    // Hypervisor), else the Linux 64-bit boot protocol at the ELF entry.
     let mut sregs = vcpus[0].sregs()?;
-    let boot_regs = match pvh_entry {
+    let boot_regs = match kernel.pvh_entry {
         Some(entry) => {
             regs::setup_pvh_info(&mem, initrd)?;
             regs::setup_pvh_mode(&mem, &mut sregs)?;

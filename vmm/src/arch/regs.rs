@@ -75,9 +75,16 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let bit = |shift: u64, mask: u64| ((entry >> shift) & mask) as u8;
+    let raw_limit = (((entry >> 32) & 0xf_0000) | (entry & 0xffff)) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24),
-        limit: (((entry >> 32) & 0xf_0000) | (entry & 0xffff)) as u32,
+        // KVM wants the limit in bytes: with 4 KiB granularity, scale it.
+        // (Long mode ignores limits; 32-bit protected mode, PVH, does not.)
+        limit: if bit(55, 1) == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: u16::from(index) * 8,
         type_: bit(40, 0xf),
         present: bit(47, 1),
@@ -340,6 +347,9 @@ mod tests {
         let mut sregs = kvm_sregs::default();
         setup_pvh_mode(&m, &mut sregs).unwrap();
         assert_eq!((sregs.cs.db, sregs.cs.l, sregs.cr0 & X86_CR0_PG), (1, 0, 0));
+        // A flat 4 GiB code segment: the PVH entry lies far above 1 MiB.
+        assert_eq!(sregs.cs.limit, 0xffff_ffff);
+        assert_eq!(sregs.tr.limit, 0x67);
     }
 
     #[test]
@@ -352,7 +362,7 @@ mod tests {
         let data = segment_from_gdt(GDT[2], 2);
         assert_eq!(
             (data.l, data.db, data.selector, data.limit),
-            (0, 1, 16, 0xfffff)
+            (0, 1, 16, 0xffff_ffff)
         );
         assert_eq!(GDT[2], gdt_entry(0xc093, 0, 0xfffff));
     }
