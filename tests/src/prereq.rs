@@ -48,6 +48,15 @@ pub fn kernel() -> PathBuf {
     )
 }
 
+/// The SMP guest kernel (`$HULL_KERNEL_SMP`), for VMs with several vCPUs.
+pub fn kernel_smp() -> PathBuf {
+    file_from_env(
+        "HULL_KERNEL_SMP",
+        "the SMP guest kernel (vmlinux)",
+        "guest-kernel/build.sh prints its path (without --up)",
+    )
+}
+
 /// The product initramfs, with hull-agent as /init (`$HULL_INITRAMFS`).
 pub fn agent_initramfs() -> PathBuf {
     file_from_env(
