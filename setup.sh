@@ -8,13 +8,14 @@ cd "$(dirname "$0")"
 source scripts/common.sh
 
 install_deps
-say "building hull (release)"
-cargo build -q --release -p hull-vmm -p hull
+say "building hull (release; hull-vmm static and size-optimised)"
+cargo build -q --release -p hull
+vmm=$(build_static_bin hull-vmm)
 build_kernel
 build_initramfs "$HULL_ROOT/target/release/hull"
 
 say "installing to /usr/local/bin and /usr/local/share/hull"
-install -m 0755 target/release/hull target/release/hull-vmm /usr/local/bin/
+install -m 0755 target/release/hull "$vmm" /usr/local/bin/
 install -d /usr/local/share/hull
 install -m 0644 "$HULL_KERNEL_SMP" /usr/local/share/hull/vmlinux
 install -m 0644 "$HULL_KERNEL" /usr/local/share/hull/vmlinux-up

@@ -19,7 +19,7 @@ say "guest kernel: the aarch64 fragment configures"
 guest-kernel/build.sh --arch aarch64 --configure-only >/dev/null
 build_initramfs "$HULL_ROOT/target/debug/hull"
 say "test probe initramfs"
-probe=$(build_static_guest_bin hull-guest-probe)
+probe=$(build_static_bin hull-guest-probe)
 HULL_PROBE_INITRAMFS=$HULL_CACHE/initramfs/hull-guest-probe.cpio
 "$HULL_ROOT/target/debug/hull" initramfs --agent "$probe" --out "$HULL_PROBE_INITRAMFS" >/dev/null
 export HULL_PROBE_INITRAMFS
