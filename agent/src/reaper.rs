@@ -58,6 +58,9 @@ pub enum ReaperError {
     Signal(#[source] io::Error),
 }
 
+/// How often the reaper sweeps even without a SIGCHLD.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Reaps every child of the agent and tells its subscribers. Clones share
 /// the subscribers.
 #[derive(Debug, Clone, Default)]
@@ -103,16 +106,31 @@ impl Reaper {
 
     /// Installs the SIGCHLD handler and spawns the reaping task on the
     /// current tokio runtime. Children that ended before are reaped at once.
+    ///
+    /// The task sweeps on every SIGCHLD and, as a safety net, at least every
+    /// [`SWEEP_INTERVAL`]: a wake-up lost anywhere between the kernel and
+    /// tokio's signal driver (seen, rarely, under host load) then delays an
+    /// exit by at most that long instead of losing it. The extra sweep is one
+    /// `waitpid` a second.
     pub fn start(&self) -> Result<(), ReaperError> {
         let mut sigchld = signal(SignalKind::child()).map_err(ReaperError::Signal)?;
         let reaper = self.clone();
         tokio::spawn(async move {
+            let mut sigchld = Some(sigchld);
             loop {
                 reaper.reap();
                 // SIGCHLDs coalesce: one wake-up may stand for many exits,
-                // which the next sweep collects.
-                if sigchld.recv().await.is_none() {
-                    break;
+                // which the next sweep collects. PID 1 never stops reaping: if
+                // the signal stream ends, the periodic sweep carries on alone.
+                match sigchld.as_mut() {
+                    Some(stream) => tokio::select! {
+                        received = stream.recv() => if received.is_none() {
+                            log::warn!("SIGCHLD stream ended; reaping every {SWEEP_INTERVAL:?}");
+                            sigchld = None;
+                        },
+                        () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                    },
+                    None => tokio::time::sleep(SWEEP_INTERVAL).await,
                 }
             }
         });
@@ -143,6 +161,12 @@ impl Reaper {
         }
     }
 
+    /// How many subscriptions are live (dropped ones are forgotten at the
+    /// next exit published).
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().len()
+    }
+
     fn publish(&self, exit: Exit) {
         // A send fails only when that subscription was dropped: forget it.
         self.lock()
@@ -153,68 +177,5 @@ impl Reaper {
         self.subscribers
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::process::Command;
-    use std::time::Duration;
-
-    use tokio::time::timeout;
-
-    use super::*;
-
-    // The reaper, not `Child::wait`, collects it: that is what is tested.
-    #[allow(clippy::zombie_processes)]
-    fn spawn_shell(script: &str) -> i32 {
-        let child = Command::new("sh")
-            .args(["-c", script])
-            .spawn()
-            .expect("spawn sh");
-        i32::try_from(child.id()).expect("pid fits i32")
-    }
-
-    // One test only: every reaper in this process reaps all its children.
-    #[tokio::test(flavor = "current_thread")]
-    async fn exits_reach_every_subscriber_with_their_status() {
-        let reaper = Reaper::new();
-        let mut first = reaper.subscribe();
-        let mut second = reaper.subscribe();
-        let dropped = reaper.subscribe();
-        drop(dropped);
-        reaper.start().expect("install SIGCHLD handler");
-
-        let exited = spawn_shell("exit 3");
-        let killed = spawn_shell("kill -9 $$");
-        let wait = Duration::from_secs(20);
-
-        let status = timeout(wait, first.wait_for(exited))
-            .await
-            .expect("exit in time");
-        assert_eq!(status, Some(ExitStatus::Exited(3)));
-        let status = timeout(wait, first.wait_for(killed))
-            .await
-            .expect("exit in time");
-        assert_eq!(status, Some(ExitStatus::Signaled(9)));
-        assert_eq!(status.map(ExitStatus::code), Some(137));
-
-        let mut seen = Vec::new();
-        while seen.len() < 2 {
-            let exit = timeout(wait, second.recv())
-                .await
-                .expect("exit in time")
-                .expect("reaper alive");
-            seen.push(exit.pid);
-        }
-        seen.sort_unstable();
-        let mut expected = vec![exited, killed];
-        expected.sort_unstable();
-        assert_eq!(seen, expected);
-        assert_eq!(
-            reaper.lock().len(),
-            2,
-            "the dropped subscription is forgotten"
-        );
     }
 }

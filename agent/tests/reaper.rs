@@ -1,0 +1,64 @@
+//! The reaper on real child processes. In a test binary of its own: tokio
+//! delivers signals process-wide, and other tests' runtimes listening for
+//! signals in the same process could take the SIGCHLD wake-up this test
+//! waits for (seen as a rare timeout under load).
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::time::timeout;
+
+use hull_agent::reaper::{ExitStatus, Reaper};
+
+// The reaper, not `Child::wait`, collects it: that is what is tested.
+#[allow(clippy::zombie_processes)]
+fn spawn_shell(script: &str) -> i32 {
+    let child = Command::new("sh")
+        .args(["-c", script])
+        .spawn()
+        .expect("spawn sh");
+    i32::try_from(child.id()).expect("pid fits i32")
+}
+
+// One test only: every reaper in this process reaps all its children.
+#[tokio::test(flavor = "current_thread")]
+async fn exits_reach_every_subscriber_with_their_status() {
+    let reaper = Reaper::new();
+    let mut first = reaper.subscribe();
+    let mut second = reaper.subscribe();
+    let dropped = reaper.subscribe();
+    drop(dropped);
+    reaper.start().expect("install SIGCHLD handler");
+
+    let exited = spawn_shell("exit 3");
+    let killed = spawn_shell("kill -9 $$");
+    let wait = Duration::from_secs(20);
+
+    let status = timeout(wait, first.wait_for(exited))
+        .await
+        .expect("exit in time");
+    assert_eq!(status, Some(ExitStatus::Exited(3)));
+    let status = timeout(wait, first.wait_for(killed))
+        .await
+        .expect("exit in time");
+    assert_eq!(status, Some(ExitStatus::Signaled(9)));
+    assert_eq!(status.map(ExitStatus::code), Some(137));
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let exit = timeout(wait, second.recv())
+            .await
+            .expect("exit in time")
+            .expect("reaper alive");
+        seen.push(exit.pid);
+    }
+    seen.sort_unstable();
+    let mut expected = vec![exited, killed];
+    expected.sort_unstable();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        reaper.subscriber_count(),
+        2,
+        "the dropped subscription is forgotten"
+    );
+}
