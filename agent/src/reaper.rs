@@ -113,7 +113,7 @@ impl Reaper {
     /// exit by at most that long instead of losing it. The extra sweep is one
     /// `waitpid` a second.
     pub fn start(&self) -> Result<(), ReaperError> {
-        let mut sigchld = signal(SignalKind::child()).map_err(ReaperError::Signal)?;
+        let sigchld = signal(SignalKind::child()).map_err(ReaperError::Signal)?;
         let reaper = self.clone();
         tokio::spawn(async move {
             let mut sigchld = Some(sigchld);
