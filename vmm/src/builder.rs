@@ -117,9 +117,9 @@ pub struct RunningVm {
     pub host: HostKvm,
 }
 
-/// Build the VM described by `config` and start its vCPUs.
+/// Build the VM described by `config` and start its vCPUs. `config` must
+/// have passed [`VmConfig::validate`] (the binary does that before calling).
 pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
-    config_checked(config);
     let signals = stop_signals().map_err(io("the signal fd"))?;
     register_kick_signal().map_err(|e| BuildError::Io {
         what: "the vCPU kick signal handler",
@@ -250,13 +250,6 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
         event_loop,
         host: kvm.host,
     })
-}
-
-fn config_checked(config: &VmConfig) {
-    debug_assert!(
-        config.validate().is_ok(),
-        "build_and_start wants a validated config"
-    );
 }
 
 struct LoadedKernel {
