@@ -18,7 +18,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The version of the agent API, reported by `Version` and checked on both
 /// sides. Bump it when a change would be misread by an older peer.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The ttrpc address the agent binds in the guest (`-1` is any CID).
 pub const AGENT_VSOCK_ADDRESS: &str = "vsock://-1:1024";
@@ -33,9 +33,9 @@ pub enum ProtocolError {
 
 /// Whether a peer speaking protocol `version` can be talked to.
 ///
-/// Version 1 is the only one so far, so only an exact match is compatible;
-/// when a later version stays readable by older peers, widen this check
-/// rather than the callers.
+/// Version 2 added the container calls, which a version 1 peer lacks, so
+/// only an exact match is compatible; when a later version stays readable by
+/// older peers, widen this check rather than the callers.
 pub fn check_compatible(version: u32) -> Result<(), ProtocolError> {
     if version == PROTOCOL_VERSION {
         Ok(())
@@ -91,6 +91,6 @@ mod tests {
     #[test]
     fn incompatible_version_names_both_sides() {
         let message = check_compatible(7).unwrap_err().to_string();
-        assert!(message.contains('7') && message.contains('1'), "{message}");
+        assert!(message.contains('7') && message.contains('2'), "{message}");
     }
 }
