@@ -13,6 +13,7 @@
 
 pub mod child;
 pub mod console;
+pub mod containerd;
 pub mod control;
 pub mod ext4;
 pub mod leaks;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// A file named by environment variable `var`, which must exist.
-fn file_from_env(var: &str, what: &str, how: &str) -> PathBuf {
+pub fn file_from_env(var: &str, what: &str, how: &str) -> PathBuf {
     let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) else {
         panic!("{var} is not set: run ./test.sh, or set {var} to {what} ({how})");
     };

@@ -1,0 +1,131 @@
+//! `ctr run --runtime io.containerd.hull.v2` end to end, with containerd
+//! 1.6 (bookworm) and 1.7 (trixie): each container boots its own VM with
+//! the real guest kernel, so every test here needs KVM, containerd and the
+//! shim (see hull_tests::containerd), and fails loudly without them.
+
+use hull_tests::containerd::{stdout_ok, Containerd, Engine};
+use hull_tests::{prereq, test_dir};
+
+fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("host osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// Output, exit status and the guest's own kernel, on one containerd.
+fn run_reports_output_exit_code_and_guest_kernel(engine: Engine) {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let containerd = Containerd::start(engine, dir.path());
+
+    let out = containerd.run("uname", &[], &["uname", "-r"]);
+    let guest = stdout_ok(&out, "ctr run uname -r").trim().to_owned();
+    assert!(!guest.is_empty(), "no output from uname -r");
+    assert_ne!(
+        guest,
+        host_kernel_release(),
+        "the container ran on the host's kernel"
+    );
+    assert!(
+        guest.starts_with("6.1."),
+        "guest kernel {guest:?} is not hull's 6.1 kernel"
+    );
+
+    let out = containerd.run(
+        "exit3",
+        &[],
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "exit code through ctr: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("err"),
+        "{out:?}"
+    );
+
+    containerd.assert_nothing_left();
+}
+
+#[test]
+fn ctr_run_containerd16_kvm() {
+    run_reports_output_exit_code_and_guest_kernel(Engine::Containerd16);
+}
+
+#[test]
+fn ctr_run_containerd17_kvm() {
+    run_reports_output_exit_code_and_guest_kernel(Engine::Containerd17);
+}
+
+/// stdin reaches the container and closing it ends `cat`.
+#[test]
+fn ctr_run_stdin_is_piped_through_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd16, dir.path());
+    let input = b"hello from the host\nsecond line\n";
+    let out = containerd.run_with_stdin("cat", &[], &["sh", "-c", "cat; echo done"], Some(input));
+    let stdout = stdout_ok(&out, "ctr run cat");
+    assert_eq!(stdout, "hello from the host\nsecond line\ndone\n");
+    containerd.assert_nothing_left();
+}
+
+/// A detached container: exec, ps, metrics, pause/resume, kill.
+#[test]
+fn ctr_task_lifecycle_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd16, dir.path());
+    let id = "lifecycle";
+    let out = containerd.run_detached(
+        id,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 1; done",
+        ],
+    );
+    stdout_ok(&out, "ctr run -d");
+
+    let out = containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "sh",
+        "-c",
+        "echo exec-ok; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "task exec exit code: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec-ok\n");
+
+    let ps = stdout_ok(&containerd.ctr(&["task", "ps", id]), "task ps");
+    assert!(
+        ps.lines().count() >= 2,
+        "task ps lists the init process: {ps}"
+    );
+
+    let metrics = stdout_ok(&containerd.ctr(&["task", "metrics", id]), "task metrics");
+    assert!(
+        metrics.contains("memory.usage_in_bytes"),
+        "task metrics: {metrics}"
+    );
+
+    stdout_ok(&containerd.ctr(&["task", "pause", id]), "task pause");
+    let ls = stdout_ok(&containerd.ctr(&["task", "ls"]), "task ls");
+    assert!(ls.contains("PAUSED"), "after pause: {ls}");
+    stdout_ok(&containerd.ctr(&["task", "resume", id]), "task resume");
+    let ls = stdout_ok(&containerd.ctr(&["task", "ls"]), "task ls");
+    assert!(ls.contains("RUNNING"), "after resume: {ls}");
+
+    stdout_ok(
+        &containerd.ctr(&["task", "kill", "-s", "SIGTERM", id]),
+        "task kill",
+    );
+    let status = containerd.wait_task_stopped_and_delete(id);
+    assert_eq!(status, 42, "exit status after SIGTERM (trap exits 42)");
+    stdout_ok(&containerd.ctr(&["container", "rm", id]), "container rm");
+    containerd.assert_nothing_left();
+}
