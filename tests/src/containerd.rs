@@ -168,6 +168,11 @@ impl Containerd {
         );
     }
 
+    /// containerd's gRPC socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// The hull config file the shim is given (`--runtime-config-path`).
     pub fn hull_config_path(&self) -> &Path {
         &self.config

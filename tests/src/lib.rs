@@ -15,6 +15,7 @@ pub mod child;
 pub mod console;
 pub mod containerd;
 pub mod control;
+pub mod docker;
 pub mod ext4;
 pub mod leaks;
 pub mod prereq;

@@ -1,0 +1,168 @@
+//! A private Docker 26 for one test, on a private containerd 1.7: data,
+//! exec root and sockets under the test's directory, no bridge and no
+//! iptables (the host firewall is never touched), the hull runtime
+//! registered as `hull` (with the test's hull config) next to the runtime
+//! name users type, `io.containerd.hull.v2`.
+//!
+//! Binaries: `$HULL_DOCKERD` and `$HULL_DOCKER` (trixie's, extracted by
+//! scripts/engines.sh), containerd as in [`crate::containerd`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::{kill_and_reap, wait_output, Containerd, Engine, CTR_TIMEOUT, IMAGE};
+use crate::prereq;
+
+/// The image as Docker names it.
+pub const DOCKER_IMAGE: &str = "busybox:hull";
+
+/// A running private dockerd and the containerd under it.
+pub struct Docker {
+    // Dropped after the daemon: dockerd first, then containerd.
+    daemon: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    containerd: Containerd,
+}
+
+impl Docker {
+    /// Start containerd 1.7 and dockerd under `dir` and load the busybox image.
+    pub fn start(dir: &Path) -> Self {
+        let dockerd = prereq::file_from_env(
+            "HULL_DOCKERD",
+            "dockerd 26 (trixie, extracted)",
+            "source scripts/common.sh scripts/engines.sh; install_trixie_engines",
+        );
+        let containerd = Containerd::start(Engine::Containerd17, dir);
+        let socket = dir.join("d.sock");
+        let config = serde_json::json!({
+            "userland-proxy": false,
+            "iptables": false,
+            "ip6tables": false,
+            "bridge": "none",
+            "containerd": containerd.socket(),
+            "data-root": dir.join("docker"),
+            "exec-root": dir.join("docker-exec"),
+            "pidfile": dir.join("docker.pid"),
+            "hosts": [format!("unix://{}", socket.display())],
+            "runtimes": {
+                "hull": {
+                    "runtimeType": crate::containerd::RUNTIME,
+                    "options": { "ConfigPath": containerd.hull_config_path() }
+                }
+            }
+        });
+        let config_path = dir.join("daemon.json");
+        std::fs::write(&config_path, config.to_string()).expect("write daemon.json");
+        let log = std::fs::File::create(dir.join("dockerd.log")).expect("dockerd log");
+        let daemon = Command::new(dockerd)
+            .arg("--config-file")
+            .arg(&config_path)
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let mut docker = Docker {
+            daemon: Some(daemon),
+            dir: dir.to_path_buf(),
+            socket,
+            containerd,
+        };
+        docker.wait_ready();
+        let image = dir.join("busybox.tar");
+        let out = docker.docker(&["load", "-i", image.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "docker load: {out:?}");
+        let out = docker.docker(&["image", "inspect", DOCKER_IMAGE]);
+        assert!(
+            out.status.success(),
+            "{DOCKER_IMAGE} not loaded ({IMAGE}): {out:?}"
+        );
+        docker
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(daemon) = self.daemon.as_mut() {
+                if let Ok(Some(status)) = daemon.try_wait() {
+                    panic!("dockerd exited at start ({status}):\n{}", self.log());
+                }
+            }
+            if self.socket.exists() && self.docker(&["version"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("dockerd did not answer within 60 s:\n{}", self.log());
+    }
+
+    /// dockerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// The containerd under this Docker.
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
+    /// `docker -H unix://SOCK ARGS...`, bounded.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_with_stdin(args, None)
+    }
+
+    /// [`Self::docker`] with `input` on stdin (then closed).
+    pub fn docker_with_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let cli = prereq::file_from_env(
+            "HULL_DOCKER",
+            "the docker CLI (trixie, extracted)",
+            "source scripts/common.sh scripts/engines.sh; install_trixie_engines",
+        );
+        let mut child = Command::new(cli)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.join("docker-cli"))
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run docker");
+        if let Some(input) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("docker stdin");
+            stdin.write_all(input).expect("write docker stdin");
+        }
+        wait_output(child, CTR_TIMEOUT, &format!("docker {}", args.join(" ")))
+    }
+
+    /// No container left in Docker, and nothing left by the shim.
+    pub fn assert_nothing_left(&self) {
+        let ps = self.docker(&["ps", "-aq"]);
+        assert_eq!(
+            String::from_utf8_lossy(&ps.stdout).trim(),
+            "",
+            "containers left in Docker"
+        );
+        self.containerd.assert_no_shim_leftovers();
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            kill_and_reap(daemon);
+        }
+        // containerd's Drop (next) kills shims and VMMs naming the dir.
+    }
+}
