@@ -26,6 +26,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::logger::ErrorChain;
 use crate::machine::{stop_signals, Machine};
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::{HostKvm, Kvm, KvmError};
 use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::pvm::PVM_KERNEL_ARGS;
@@ -102,6 +103,8 @@ pub enum BuildError {
     },
     #[error("the event loop")]
     EventLoop(#[source] event_manager::Error),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -126,6 +129,8 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
         source: e.into(),
     })?;
 
+    // Compiled before anything else, so a bad list fails before any work.
+    let filters = Filters::compile(config.seccomp)?;
     let kvm = Kvm::open()?;
     if kvm.host == HostKvm::NestedPvm {
         log::info!("nested PVM detected (kvm_pvm): applying the PVM guest workarounds");
@@ -233,15 +238,30 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
             pvm: kvm.host == HostKvm::NestedPvm,
         };
         let exit_evt = vcpu_exit_evt.try_clone().map_err(io("an eventfd clone"))?;
+        let filters = filters.clone();
+        let (installed_tx, installed) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
             .spawn(move || {
+                // The filter goes in before the first KVM_RUN.
+                let filter = filters.install(ThreadKind::Vcpu);
+                let ok = filter.is_ok();
+                let _ = installed_tx.send(filter);
+                if !ok {
+                    return Ok(crate::vstate::vcpu::VcpuStop::Requested);
+                }
                 let result = vcpu.run(ctx);
                 let _ = exit_evt.write(1);
                 result
             })
             .map_err(io("a vCPU thread"))?;
+        installed.recv().unwrap_or(Err(SeccompError::ThreadGone))?;
         machine.add_vcpu_thread(thread);
+    }
+    // After the vCPU threads exist: they must not inherit this filter.
+    filters.install(ThreadKind::Main)?;
+    if config.test_forbidden_syscall {
+        forbidden_syscall_for_tests();
     }
     let machine = Arc::new(Mutex::new(machine));
     event_loop.add_subscriber(machine.clone());
@@ -250,6 +270,18 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
         event_loop,
         host: kvm.host,
     })
+}
+
+/// The test trigger `--test-forbidden-syscall`: once the filters are in,
+/// open an Internet socket, which the main thread's list does not allow.
+/// With the filter working the kernel kills the VMM here (SIGSYS); if the
+/// call returns, the filter is missing and the VMM says so and exits.
+fn forbidden_syscall_for_tests() {
+    log::warn!("test trigger: calling socket(AF_INET), which seccomp forbids");
+    // SAFETY: a plain syscall whose result is only inspected.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    log::error!("socket(AF_INET) returned {fd}: the seccomp filter did not stop it");
+    std::process::exit(hull_protocol::vmm_api::exit_code::VMM_ERROR);
 }
 
 struct LoadedKernel {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::mptable;
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::vsock::VsockConfig;
+use crate::seccomp::SeccompMode;
 
 /// Longest path a Unix socket address can hold (sun_path less the NUL).
 pub const UNIX_PATH_MAX: usize = 107;
@@ -54,6 +55,13 @@ pub struct VmConfig {
     /// The control socket (status, pause, resume, shutdown).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// `enforce` (default): a syscall outside a thread's seccomp list kills
+    /// the VMM; `log`: the kernel logs it instead, to find a missing entry.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// Test trigger: make a forbidden syscall once the filters are in.
+    #[serde(skip)]
+    pub test_forbidden_syscall: bool,
 }
 
 fn default_vcpus() -> u8 {

@@ -15,4 +15,5 @@ pub mod config;
 pub mod devices;
 pub mod logger;
 pub mod machine;
+pub mod seccomp;
 pub mod vstate;

@@ -9,6 +9,7 @@ use hull_vmm::config::{ConfigError, Console, VmConfig};
 use hull_vmm::devices::virtio::block::BlockConfig;
 use hull_vmm::devices::virtio::vsock::VsockConfig;
 use hull_vmm::logger::ErrorChain;
+use hull_vmm::seccomp::SeccompMode;
 
 /// Run a hull microVM. Exit codes: 0 guest shut down or stop requested,
 /// 1 VMM error, 2 invalid configuration, 3 guest panic, 4 guest crash.
@@ -35,7 +36,8 @@ struct Args {
     /// Print the kernel's boot messages.
     #[arg(long)]
     verbose_boot: bool,
-    /// A raw disk image: `PATH` or `PATH,ro` (repeatable).
+    /// A raw disk image: `PATH[,ro][,id=SERIAL]` (repeatable); the id is
+    /// the serial the guest reads (virtio-blk GET_ID, at most 20 bytes).
     #[arg(long = "drive")]
     drives: Vec<String>,
     /// Guest CID of the vsock device (needs --vsock-uds).
@@ -47,6 +49,12 @@ struct Args {
     /// The control socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Seccomp on a forbidden syscall: `enforce` (kill) or `log`.
+    #[arg(long)]
+    seccomp: Option<SeccompMode>,
+    /// Test trigger: call a syscall seccomp forbids once the VM runs.
+    #[arg(long, hide = true)]
+    test_forbidden_syscall: bool,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
@@ -66,6 +74,8 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
             drives: Vec::new(),
             vsock: None,
             api_socket: None,
+            seccomp: SeccompMode::default(),
+            test_forbidden_syscall: false,
         },
         (None, None) => {
             return Err(ConfigError::Invalid {
@@ -90,15 +100,7 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
         };
     }
     for drive in args.drives {
-        let (path, read_only) = match drive.strip_suffix(",ro") {
-            Some(path) => (path, true),
-            None => (drive.as_str(), false),
-        };
-        config.drives.push(BlockConfig {
-            path: path.into(),
-            read_only,
-            id: None,
-        });
+        config.drives.push(parse_drive(&drive)?);
     }
     if let Some(uds_path) = args.vsock_uds {
         config.vsock = Some(VsockConfig {
@@ -107,7 +109,36 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
         });
     }
     config.api_socket = args.api_sock.or(config.api_socket);
+    config.seccomp = args.seccomp.unwrap_or(config.seccomp);
+    config.test_forbidden_syscall = args.test_forbidden_syscall;
     Ok(config)
+}
+
+/// `PATH[,ro][,id=SERIAL]`: options after the path, in any order. A path
+/// containing a comma cannot be given here (use --config).
+fn parse_drive(text: &str) -> Result<BlockConfig, ConfigError> {
+    let mut parts = text.split(',');
+    let path = parts.next().unwrap_or_default();
+    let mut drive = BlockConfig {
+        path: path.into(),
+        read_only: false,
+        id: None,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => drive.read_only = true,
+            Some(("id", id)) if !id.is_empty() => drive.id = Some(id.to_owned()),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "drives",
+                    reason: format!(
+                        "--drive {text:?}: unknown option {option:?} (PATH[,ro][,id=SERIAL])"
+                    ),
+                })
+            }
+        }
+    }
+    Ok(drive)
 }
 
 fn main() -> ExitCode {
@@ -121,4 +152,27 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(hull_vmm::builder::run(&config) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drives_take_ro_and_an_id_in_any_order() {
+        let plain = parse_drive("/img").unwrap();
+        assert_eq!((plain.read_only, plain.id), (false, None));
+        let ro = parse_drive("/img,ro").unwrap();
+        assert!(ro.read_only);
+        for text in ["/a.img,ro,id=rootfs", "/a.img,id=rootfs,ro"] {
+            let drive = parse_drive(text).unwrap();
+            assert_eq!(drive.path, std::path::Path::new("/a.img"));
+            assert!(drive.read_only);
+            assert_eq!(drive.id.as_deref(), Some("rootfs"));
+        }
+        for bad in ["/a.img,rw", "/a.img,id=", "/a.img,serial=x"] {
+            let err = parse_drive(bad).unwrap_err().to_string();
+            assert!(err.contains("drives"), "{bad}: {err}");
+        }
+    }
 }
