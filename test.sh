@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Run every hull test. Sets up whatever is missing first (Debian packages,
-# the cached guest kernel, the agent initramfs, the test probe initramfs),
+# containerd 1.6/1.7 and Docker 26, the cached guest kernel, the agent
+# initramfs, the test probe initramfs),
 # then: format and lint checks, unit tests, and the KVM integration suites
 # against the real kernel on /dev/kvm (one VM at a time).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
+source scripts/engines.sh
 
 install_deps
+say "container engines: containerd 1.6 + runc (bookworm), containerd 1.7 + Docker 26 (trixie, extracted)"
+install_containerd
+install_trixie_engines
+engines_env
 say "format and lint"
 cargo fmt --all -- --check
 cargo clippy -q --workspace --all-targets -- -D warnings
@@ -24,6 +30,7 @@ HULL_PROBE_INITRAMFS=$HULL_CACHE/initramfs/hull-guest-probe.cpio
 "$HULL_ROOT/target/debug/hull" initramfs --agent "$probe" --out "$HULL_PROBE_INITRAMFS" >/dev/null
 export HULL_PROBE_INITRAMFS
 export HULL_VMM=$HULL_ROOT/target/debug/hull-vmm
+export HULL_SHIM=$HULL_ROOT/target/debug/containerd-shim-hull-v2
 
 say "unit tests"
 cargo test -q --workspace --exclude hull-tests

@@ -39,6 +39,18 @@ pub fn hull_cli() -> PathBuf {
     hull
 }
 
+/// `hull-jailer`: next to `hull-vmm`, as `cargo build` puts it.
+pub fn jailer() -> PathBuf {
+    let vmm = vmm();
+    let jailer = vmm.with_file_name("hull-jailer");
+    assert!(
+        jailer.is_file(),
+        "no hull-jailer next to HULL_VMM ({}): cargo build -p hull-jailer",
+        vmm.display()
+    );
+    jailer
+}
+
 /// The guest kernel (`$HULL_KERNEL`, an uncompressed vmlinux).
 pub fn kernel() -> PathBuf {
     file_from_env(

@@ -309,6 +309,24 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
     }
+    // A real (no-op) handler, not only the mask: when the jailer makes the
+    // VMM the init of a new PID namespace, the kernel drops signals whose
+    // handler is SIG_DFL, so SIGTERM would never reach the signalfd. The
+    // signals stay blocked, so the handler itself never runs.
+    extern "C" fn never_runs(_: libc::c_int) {}
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that does nothing; sigaction is plain
+        // data, zero-initialised then filled.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = never_runs as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {

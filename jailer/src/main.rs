@@ -1,0 +1,256 @@
+//! `hull-jailer`: start `hull-vmm` (or any static or dynamic binary) with
+//! as little as possible. Firecracker's jailer is the model; this is its own
+//! implementation, and it never links the VMM.
+//!
+//! ```text
+//! hull-jailer --id ID --exec-file /usr/local/bin/hull-vmm --run-dir DIR
+//!     [--uid U --gid G] [--ro PATH]... [--rw PATH]... [--dev-tun]
+//!     [--memory-bytes N] [--pids-max N] [--cpu-quota-us Q --cpu-period-us P]
+//!     -- VMM ARGS...
+//! ```
+//!
+//! Every path keeps its host name inside the jail, so the VMM's arguments
+//! need no rewriting: the jail root (a tmpfs, read-only once built) holds
+//! `/dev/kvm`, the files given with `--ro`/`--rw` bind-mounted at their own
+//! paths, the run directory (sockets, logs) and, for a dynamically linked
+//! binary, the system library directories, read-only.
+//!
+//! Order of events: the host cgroup is made and sized; the process moves
+//! into new mount, PID, IPC, UTS and network namespaces and forks. The child
+//! (PID 1 of the new namespace) joins the cgroup, builds the jail,
+//! `pivot_root`s into it, sets rlimits, drops to the unprivileged uid/gid
+//! with every capability and the bounding set cleared and `no_new_privs`
+//! set, and execs the VMM. The parent stays outside as a supervisor: it
+//! forwards SIGTERM/SIGINT, waits, removes the cgroup and the jail
+//! directory, and ends the way the VMM ended (same exit code or signal).
+//!
+//! Must not depend on the VMM, the shim or the agent.
+
+mod cgroup;
+mod jail;
+mod privileges;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Start hull-vmm in a jail (see the crate documentation).
+#[derive(Parser, Debug)]
+#[command(version)]
+pub struct Args {
+    /// The sandbox id: names the cgroup and the default uid.
+    #[arg(long)]
+    pub id: String,
+    /// The binary to run jailed.
+    #[arg(long)]
+    pub exec_file: PathBuf,
+    /// The directory for the VMM's sockets and logs; the jail root is
+    /// built in `<run-dir>/jail`. Made owned by the jail's uid.
+    #[arg(long)]
+    pub run_dir: PathBuf,
+    /// The uid the VMM runs as; by default one derived from the id, in a
+    /// range no system account uses.
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// The gid; by default the same number as the uid.
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// A file bind-mounted read-only at its own path (kernel, initramfs,
+    /// read-only disks). Repeatable.
+    #[arg(long = "ro")]
+    pub read_only: Vec<PathBuf>,
+    /// A file bind-mounted read-write and handed to the jail's uid
+    /// (writable disks). Repeatable.
+    #[arg(long = "rw")]
+    pub read_write: Vec<PathBuf>,
+    /// Create /dev/net/tun in the jail and keep the host network namespace
+    /// (for a tap device); otherwise the VMM gets an empty network namespace.
+    #[arg(long)]
+    pub dev_tun: bool,
+    /// memory limit of the host cgroup (guest RAM plus VMM overhead).
+    #[arg(long)]
+    pub memory_bytes: Option<u64>,
+    /// pids limit of the host cgroup.
+    #[arg(long)]
+    pub pids_max: Option<u64>,
+    #[arg(long, requires = "cpu_period_us")]
+    pub cpu_quota_us: Option<u64>,
+    #[arg(long, requires = "cpu_quota_us")]
+    pub cpu_period_us: Option<u64>,
+    /// The host cgroup's parent (relative to each hierarchy's root).
+    #[arg(long, default_value = "hull")]
+    pub cgroup_parent: String,
+    /// The VMM's arguments.
+    #[arg(last = true)]
+    pub vmm_args: Vec<String>,
+}
+
+/// The first uid of the range default jail uids come from.
+pub const DEFAULT_UID_BASE: u32 = 1_000_000_000;
+/// How many uids the range holds.
+pub const DEFAULT_UID_RANGE: u32 = 1 << 20;
+
+impl Args {
+    pub fn uid(&self) -> u32 {
+        self.uid
+            .unwrap_or_else(|| DEFAULT_UID_BASE + fnv1a(self.id.as_bytes()) % DEFAULT_UID_RANGE)
+    }
+
+    pub fn gid(&self) -> u32 {
+        self.gid.unwrap_or_else(|| self.uid())
+    }
+}
+
+/// A small stable hash (FNV-1a), so the same id always gets the same uid.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |hash, b| {
+        (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailerError {
+    #[error("--id {0:?}: use 1-64 characters from [A-Za-z0-9_.-]")]
+    BadId(String),
+    #[error("--{flag} {path}: {reason}")]
+    BadPath {
+        flag: &'static str,
+        path: PathBuf,
+        reason: &'static str,
+    },
+    #[error("--uid/--gid 0: the VMM must not run as root")]
+    RootUid,
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+}
+
+fn validate(args: &Args) -> Result<(), JailerError> {
+    let id_ok = !args.id.is_empty()
+        && args.id.len() <= 64
+        && args
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && args.id != "."
+        && args.id != "..";
+    if !id_ok {
+        return Err(JailerError::BadId(args.id.clone()));
+    }
+    if args.uid() == 0 || args.gid() == 0 {
+        return Err(JailerError::RootUid);
+    }
+    let check = |flag, path: &PathBuf, dir: bool| {
+        let bad = |reason| JailerError::BadPath {
+            flag,
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_absolute() {
+            return Err(bad("not an absolute path"));
+        }
+        match std::fs::metadata(path) {
+            Err(_) => Err(bad("does not exist")),
+            Ok(m) if dir && !m.is_dir() => Err(bad("is not a directory")),
+            Ok(m) if !dir && !m.is_file() => Err(bad("is not a regular file")),
+            Ok(_) => Ok(()),
+        }
+    };
+    check("exec-file", &args.exec_file, false)?;
+    check("run-dir", &args.run_dir, true)?;
+    for path in &args.read_only {
+        check("ro", path, false)?;
+    }
+    for path in &args.read_write {
+        check("rw", path, false)?;
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<supervisor::Ended, JailerError> {
+    validate(args)?;
+    let cgroups = cgroup::SandboxCgroup::create(args)?;
+    let plan = jail::Plan::from_args(args)?;
+    let ended = supervisor::spawn_and_wait(args, &plan, &cgroups);
+    cgroups.remove();
+    plan.remove();
+    Ok(ended?)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(ended) => ended.mirror(),
+        Err(err) => {
+            let mut message = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            eprintln!("hull-jailer: {message}");
+            // 2, like hull-vmm's bad-config code: nothing was started.
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec![
+            "hull-jailer",
+            "--id",
+            "box-1",
+            "--exec-file",
+            "/bin/sh",
+            "--run-dir",
+            "/tmp",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).expect("arguments parse")
+    }
+
+    #[test]
+    fn default_uid_is_stable_unprivileged_and_per_id() {
+        let a = args(&[]);
+        assert_eq!(a.uid(), args(&[]).uid());
+        assert!(a.uid() >= DEFAULT_UID_BASE);
+        assert_eq!(a.gid(), a.uid());
+        let mut b = args(&[]);
+        b.id = "box-2".into();
+        assert_ne!(a.uid(), b.uid());
+    }
+
+    #[test]
+    fn bad_input_names_what_is_wrong() {
+        let mut a = args(&[]);
+        a.id = "../escape".into();
+        assert!(validate(&a).unwrap_err().to_string().contains("--id"));
+        let a = args(&["--uid", "0"]);
+        assert!(matches!(validate(&a), Err(JailerError::RootUid)));
+        let a = args(&["--ro", "relative/vmlinux"]);
+        let err = validate(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("--ro relative/vmlinux") && err.contains("absolute"),
+            "{err}"
+        );
+        let a = args(&["--rw", "/nonexistent/disk.img"]);
+        let err = validate(&a).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        let mut a = args(&[]);
+        a.run_dir = "/bin/sh".into();
+        assert!(validate(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+    }
+}

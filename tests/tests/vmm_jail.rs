@@ -1,0 +1,262 @@
+//! `hull-jailer` around a real `hull-vmm` booting the product guest: the
+//! VMM runs unprivileged (non-zero uid, no capabilities, empty bounding
+//! set, no_new_privs, seccomp) in its own namespaces with a root that holds
+//! only what it needs, in a sized host cgroup; everything is removed when it
+//! ends, and the jailer ends the way the VMM did. Needs KVM and root.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_tests::child::Spawned;
+use hull_tests::{dir_entries, leaks, prereq, test_dir};
+
+const BOOT_RUNS: Duration = Duration::from_secs(60);
+
+fn jailed_vmm(id: &str, run_dir: &Path, extra_vmm_args: &[&str]) -> Command {
+    let (kernel, initramfs) = (prereq::kernel(), prereq::agent_initramfs());
+    let mut cmd = Command::new(prereq::jailer());
+    cmd.arg("--id")
+        .arg(id)
+        .arg("--exec-file")
+        .arg(prereq::vmm())
+        .arg("--run-dir")
+        .arg(run_dir)
+        .arg("--ro")
+        .arg(&kernel)
+        .arg("--ro")
+        .arg(&initramfs)
+        .args(["--memory-bytes", "402653184", "--pids-max", "16"])
+        .arg("--")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initramfs")
+        .arg(&initramfs)
+        .arg("--api-sock")
+        .arg(run_dir.join("api.sock"))
+        .args(extra_vmm_args);
+    cmd
+}
+
+/// The jailed VMM: the pid of the process in cgroup `hull/<id>`.
+fn vmm_pid(id: &str) -> u32 {
+    let procs = Path::new("/sys/fs/cgroup/pids/hull")
+        .join(id)
+        .join("cgroup.procs");
+    let unified = Path::new("/sys/fs/cgroup/hull")
+        .join(id)
+        .join("cgroup.procs");
+    let deadline = Instant::now() + BOOT_RUNS;
+    loop {
+        let text = std::fs::read_to_string(&procs)
+            .or_else(|_| std::fs::read_to_string(&unified))
+            .unwrap_or_default();
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            if exe.file_name() == prereq::vmm().file_name() {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no jailed hull-vmm in cgroup hull/{id}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("VMM status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    ["memory", "pids", "cpu"]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join("hull").join(id))
+        .chain([Path::new("/sys/fs/cgroup/hull").join(id)])
+        .filter(|p| p.exists())
+        .collect()
+}
+
+#[test]
+fn the_jailed_vmm_holds_nothing_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let id = format!("jail-test-{}", std::process::id());
+    let mut jailer = Spawned::start(
+        jailed_vmm(&id, &run_dir, &[]),
+        &dir.path().join("jailer.log"),
+    );
+    let pid = vmm_pid(&id);
+
+    let uid: u32 = status_field(pid, "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(uid, 0, "the VMM runs as root");
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(pid, field),
+            "0000000000000000",
+            "{field} of the VMM"
+        );
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // The VMM installs its filters once its vCPUs run.
+    let deadline = Instant::now() + BOOT_RUNS;
+    while status_field(pid, "Seccomp") != "2" {
+        assert!(Instant::now() < deadline, "the jailed VMM never ran under seccomp");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // PID 1 of its own PID namespace.
+    assert!(
+        status_field(pid, "NSpid").ends_with("\t1") || status_field(pid, "NSpid").ends_with(" 1")
+    );
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(mine, its, "the VMM shares the host's {ns} namespace");
+    }
+    // Its root is the jail: /dev holds kvm only, and every mount is the
+    // jail's tmpfs or a bind of something it was given.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert_eq!(dir_entries(&root.join("dev")), vec!["kvm".to_owned()]);
+    assert!(
+        !root.join("etc").exists() && !root.join("proc").exists() && !root.join("home").exists()
+    );
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let allowed = [
+        "/".to_owned(),
+        prereq::vmm().display().to_string(),
+        prereq::kernel().display().to_string(),
+        prereq::agent_initramfs().display().to_string(),
+        run_dir.display().to_string(),
+        "/usr/lib".into(),
+        "/usr/lib64".into(),
+        "/sys/module/kvm_pvm".into(),
+    ];
+    for line in mountinfo.lines() {
+        let point = line.split(' ').nth(4).unwrap();
+        assert!(
+            allowed.iter().any(|a| a == point),
+            "unexpected mount in the jail: {line}"
+        );
+        let options = line.split(' ').nth(5).unwrap();
+        if point != run_dir.display().to_string() {
+            assert!(
+                options.starts_with("ro"),
+                "{point} is writable in the jail: {line}"
+            );
+        }
+    }
+    let limit = cgroup_dirs(&id)
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+                .or_else(|_| std::fs::read_to_string(d.join("memory.max")))
+                .ok()
+        })
+        .expect("the sandbox's memory cgroup");
+    assert_eq!(limit.trim(), "402653184");
+
+    // SAFETY: SIGTERM to the jailer we started; the supervisor forwards it.
+    unsafe { libc::kill(jailer.pid() as i32, libc::SIGTERM) };
+    let status = jailer
+        .wait(Duration::from_secs(20))
+        .expect("the jailer ends after SIGTERM");
+    let log = std::fs::read_to_string(dir.path().join("jailer.log")).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "jailed VMM after SIGTERM: {status}; log:\n{log}"
+    );
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs(&id)
+    );
+    assert!(
+        dir_entries(&run_dir).is_empty(),
+        "left in the run dir: {:?}",
+        dir_entries(&run_dir)
+    );
+    leaks::assert_no_process_mentions(dir.path());
+}
+
+#[test]
+fn the_jailer_ends_as_the_vmm_did_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let id = format!("jail-sigsys-{}", std::process::id());
+    let cmd = jailed_vmm(&id, &run_dir, &["--test-forbidden-syscall"]);
+    let mut jailer = Spawned::start(cmd, &dir.path().join("jailer.log"));
+    let status = jailer.wait(BOOT_RUNS).expect("the jailer ends");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "jailer status {status}"
+    );
+    assert!(cgroup_dirs(&id).is_empty());
+    // The jail is gone; the killed VMM's socket file is its caller's to
+    // remove with the run directory (the shim's delete does).
+    assert!(!run_dir.join("jail").exists());
+}
+
+#[test]
+fn bad_jailer_input_is_named_and_leaves_nothing() {
+    let dir = test_dir();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let cases: [(&str, Vec<String>, &str); 3] = [
+        ("bad id", vec!["--id".into(), "../x".into()], "--id"),
+        (
+            "root uid",
+            vec!["--id".into(), "j1".into(), "--uid".into(), "0".into()],
+            "root",
+        ),
+        (
+            "missing file",
+            vec![
+                "--id".into(),
+                "j2".into(),
+                "--ro".into(),
+                "/nonexistent/vmlinux".into(),
+            ],
+            "--ro /nonexistent/vmlinux",
+        ),
+    ];
+    for (what, args, expected) in cases {
+        let out = Command::new(prereq::jailer())
+            .args(&args)
+            .arg("--exec-file")
+            .arg(prereq::vmm())
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .output()
+            .expect("run hull-jailer");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{what}: {stderr:?} does not name {expected:?}"
+        );
+        assert!(
+            dir_entries(&run_dir).is_empty(),
+            "{what} left {:?}",
+            dir_entries(&run_dir)
+        );
+        assert!(cgroup_dirs("j1").is_empty() && cgroup_dirs("j2").is_empty());
+    }
+}
