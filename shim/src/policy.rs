@@ -1,0 +1,557 @@
+//! What hull accepts in an OCI runtime spec, and what it only warns about.
+//! One set of rules, used twice: the shim refuses a container whose spec
+//! breaks a [`Severity::Refuse`] rule (before any VM starts), and `hull
+//! check` reports every finding. The README's "Spec policy" table is this
+//! file in prose; keep them together.
+//!
+//! The spec is read as JSON (`serde_json::Value`) so the rules see exactly
+//! what containerd or Docker wrote, fields they do not know included.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::Value;
+
+/// Host paths a container may not bind-mount (nor a parent or a child of
+/// them) unless the config allows that path explicitly.
+pub const SENSITIVE_HOST_PATHS: &[&str] = &[
+    "/",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/boot",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd",
+    "/var/lib/containerd",
+    "/var/lib/hull",
+    "/run/hull",
+];
+
+/// The capabilities Docker and containerd grant by default; more is worth a
+/// warning.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Fine, but worth knowing.
+    Info,
+    /// Weakens isolation inside the guest; allowed.
+    Warn,
+    /// Cannot work with a VM, or would expose the host: refused.
+    Refuse,
+}
+
+/// One rule that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Stable id, e.g. `C3.1`.
+    pub id: &'static str,
+    pub severity: Severity,
+    /// The spec field, e.g. `linux.namespaces`.
+    pub field: String,
+    pub message: String,
+    /// One line saying what to do about it.
+    pub remedy: &'static str,
+}
+
+/// Exceptions the operator allowed in hull's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Host paths that may be bind-mounted although they are sensitive.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message} ({id}; {remedy})")]
+pub struct PolicyError {
+    pub id: &'static str,
+    pub field: String,
+    pub message: String,
+    pub remedy: &'static str,
+}
+
+/// Refuses the spec if any rule says so; the error names the first one.
+pub fn enforce(spec: &Value, config: &PolicyConfig) -> Result<(), PolicyError> {
+    match review(spec, config)
+        .into_iter()
+        .find(|f| f.severity == Severity::Refuse)
+    {
+        Some(f) => Err(PolicyError {
+            id: f.id,
+            field: f.field,
+            message: f.message,
+            remedy: f.remedy,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Every finding for `spec`, refusals first.
+pub fn review(spec: &Value, config: &PolicyConfig) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    host_namespaces(spec, &mut findings);
+    mounts(spec, config, &mut findings);
+    devices(spec, &mut findings);
+    privileges(spec, &mut findings);
+    limits(spec, &mut findings);
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(b.id)));
+    findings
+}
+
+fn finding(
+    findings: &mut Vec<Finding>,
+    id: &'static str,
+    severity: Severity,
+    field: impl Into<String>,
+    message: impl Into<String>,
+    remedy: &'static str,
+) {
+    findings.push(Finding {
+        id,
+        severity,
+        field: field.into(),
+        message: message.into(),
+        remedy,
+    });
+}
+
+fn host_namespaces(spec: &Value, findings: &mut Vec<Finding>) {
+    let namespaces: Vec<&Value> = spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let has = |kind: &str| {
+        namespaces
+            .iter()
+            .any(|ns| ns.get("type").and_then(Value::as_str) == Some(kind))
+    };
+    let rules: [(&str, &'static str, &str); 3] = [
+        (
+            "pid",
+            "C1.1",
+            "shares the host's PID namespace: the container runs under the VM's own kernel, which cannot see or signal host processes",
+        ),
+        (
+            "ipc",
+            "C1.2",
+            "shares the host's IPC namespace: SysV and POSIX IPC objects cannot cross the VM boundary",
+        ),
+        (
+            "network",
+            "C1.3",
+            "shares the host's network namespace: the guest kernel has its own network stack and cannot join the host's",
+        ),
+    ];
+    for (kind, id, message) in rules {
+        if !has(kind) {
+            finding(
+                findings,
+                id,
+                Severity::Refuse,
+                "linux.namespaces",
+                message,
+                "drop --pid/--ipc/--net host (hostPID, hostIPC, hostNetwork) or use runc for this container",
+            );
+        }
+    }
+    if !has("uts") {
+        finding(
+            findings,
+            "C1.4",
+            Severity::Info,
+            "linux.namespaces",
+            "no UTS namespace: the hostname is the guest's, never the host's",
+            "nothing to do",
+        );
+    }
+}
+
+/// A normalised absolute path (`.` and `..` resolved lexically).
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(part) => out.push(part),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether bind-mounting `source` exposes `sensitive`: the same path, a
+/// parent of it, or something inside it ("/" counts only as itself).
+fn exposes(source: &Path, sensitive: &Path) -> bool {
+    if sensitive == Path::new("/") {
+        return source == sensitive;
+    }
+    source.starts_with(sensitive) || sensitive.starts_with(source)
+}
+
+/// containerd's CRI keeps each pod's hostname, hosts and resolv.conf files
+/// and its /dev/shm under these directories and binds them into the pod.
+fn is_cri_sandbox_file(source: &Path) -> bool {
+    [
+        "/run/containerd/io.containerd.grpc.v1.cri/sandboxes",
+        "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes",
+    ]
+    .iter()
+    .any(|dir| source.starts_with(dir) && source != Path::new(dir))
+}
+
+fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
+    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+        return;
+    };
+    for (index, mount) in mounts.iter().enumerate() {
+        let options: Vec<&str> = mount
+            .get("options")
+            .and_then(Value::as_array)
+            .map(|o| o.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let is_bind = mount.get("type").and_then(Value::as_str) == Some("bind")
+            || options.iter().any(|o| *o == "bind" || *o == "rbind");
+        let Some(source) = mount.get("source").and_then(Value::as_str) else {
+            continue;
+        };
+        if !is_bind || !source.starts_with('/') {
+            continue;
+        }
+        let source = normalise(Path::new(source));
+        if is_cri_sandbox_file(&source) {
+            continue;
+        }
+        let allowed = config
+            .allowed_host_paths
+            .iter()
+            .any(|p| normalise(p) == source);
+        let Some(sensitive) = SENSITIVE_HOST_PATHS
+            .iter()
+            .map(Path::new)
+            .find(|s| exposes(&source, s))
+        else {
+            continue;
+        };
+        let field = format!("mounts[{index}].source");
+        if allowed {
+            finding(
+                findings,
+                "C2.2",
+                Severity::Warn,
+                field,
+                format!(
+                    "bind-mounts {} (sensitive: {}), allowed by the config",
+                    source.display(),
+                    sensitive.display()
+                ),
+                "remove the path from policy.allowed_host_paths unless it is needed",
+            );
+        } else {
+            finding(
+                findings,
+                "C2.1",
+                Severity::Refuse,
+                field,
+                format!(
+                    "bind-mounts the sensitive host path {} (it exposes {})",
+                    source.display(),
+                    sensitive.display()
+                ),
+                "do not mount it, or allow this exact path in hull's config (policy.allowed_host_paths)",
+            );
+        }
+    }
+}
+
+fn devices(spec: &Value, findings: &mut Vec<Finding>) {
+    let count = spec
+        .pointer("/linux/devices")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if count > 0 {
+        finding(
+            findings,
+            "C3.1",
+            Severity::Info,
+            "linux.devices",
+            format!("{count} host device(s) requested: hull never passes host devices; the guest gets its own standard nodes"),
+            "nothing to do: devices are dropped",
+        );
+    }
+}
+
+fn capabilities(spec: &Value, set: &str) -> Vec<String> {
+    spec.pointer(&format!("/process/capabilities/{set}"))
+        .and_then(Value::as_array)
+        .map(|caps| {
+            caps.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn privileges(spec: &Value, findings: &mut Vec<Finding>) {
+    let bounding = capabilities(spec, "bounding");
+    let added: Vec<&String> = bounding
+        .iter()
+        .filter(|c| !DEFAULT_CAPABILITIES.contains(&c.as_str()))
+        .collect();
+    let no_seccomp = spec.pointer("/linux/seccomp").is_none();
+    let privileged = bounding.iter().any(|c| c == "CAP_SYS_ADMIN")
+        && no_seccomp
+        && spec
+            .pointer("/linux/maskedPaths")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+    if privileged {
+        finding(
+            findings,
+            "C4.1",
+            Severity::Warn,
+            "process.capabilities",
+            "privileged: every capability, no seccomp, no masked paths (inside the guest only; no host devices)",
+            "drop --privileged; add only the capabilities the workload needs",
+        );
+    } else if !added.is_empty() {
+        let names: Vec<&str> = added.iter().map(|c| c.as_str()).collect();
+        finding(
+            findings,
+            "C4.2",
+            Severity::Warn,
+            "process.capabilities.bounding",
+            format!("capabilities beyond the default set: {}", names.join(", ")),
+            "drop the --cap-add entries the workload does not need",
+        );
+    }
+    if no_seccomp && !privileged {
+        finding(
+            findings,
+            "C4.3",
+            Severity::Warn,
+            "linux.seccomp",
+            "no seccomp profile",
+            "run with the default seccomp profile (do not pass seccomp=unconfined)",
+        );
+    }
+    if spec
+        .pointer("/process/noNewPrivileges")
+        .and_then(Value::as_bool)
+        != Some(true)
+    {
+        finding(
+            findings,
+            "C4.4",
+            Severity::Warn,
+            "process.noNewPrivileges",
+            "no_new_privs is off: setuid binaries can gain privileges",
+            "run with --security-opt no-new-privileges",
+        );
+    }
+    if spec
+        .pointer("/process/user/uid")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        == 0
+    {
+        finding(
+            findings,
+            "C4.5",
+            Severity::Warn,
+            "process.user.uid",
+            "runs as root (inside the guest)",
+            "run as an unprivileged user (--user)",
+        );
+    }
+    if spec.pointer("/root/readonly").and_then(Value::as_bool) != Some(true) {
+        finding(
+            findings,
+            "C4.6",
+            Severity::Info,
+            "root.readonly",
+            "the root filesystem is writable",
+            "use --read-only with tmpfs mounts where writes are needed",
+        );
+    }
+}
+
+fn limits(spec: &Value, findings: &mut Vec<Finding>) {
+    let limit = |pointer: &str| {
+        spec.pointer(pointer)
+            .and_then(Value::as_i64)
+            .filter(|v| *v > 0)
+    };
+    if limit("/linux/resources/memory/limit").is_none() {
+        finding(
+            findings,
+            "C5.1",
+            Severity::Warn,
+            "linux.resources.memory.limit",
+            "no memory limit: the VM gets the configured default size",
+            "set a memory limit (-m / --memory-limit)",
+        );
+    }
+    if limit("/linux/resources/pids/limit").is_none() {
+        finding(
+            findings,
+            "C5.2",
+            Severity::Warn,
+            "linux.resources.pids.limit",
+            "no pids limit: a fork bomb can exhaust the guest",
+            "set a pids limit (--pids-limit)",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A spec as `ctr run` writes it, cut to what the rules read.
+    fn base() -> Value {
+        json!({
+            "process": {"user": {"uid": 1000, "gid": 1000}, "noNewPrivileges": true,
+                        "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL"]}},
+            "root": {"path": "rootfs", "readonly": true},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/containers/x/hosts", "options": ["rbind", "ro"]}
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+                "resources": {"memory": {"limit": 268435456}, "pids": {"limit": 64}},
+                "seccomp": {"defaultAction": "SCMP_ACT_ERRNO"},
+                "maskedPaths": ["/proc/kcore"]
+            }
+        })
+    }
+
+    fn ids(spec: &Value, config: &PolicyConfig) -> Vec<&'static str> {
+        review(spec, config).iter().map(|f| f.id).collect()
+    }
+
+    #[test]
+    fn a_careful_spec_passes_without_findings() {
+        let config = PolicyConfig::default();
+        assert_eq!(ids(&base(), &config), Vec::<&str>::new());
+        enforce(&base(), &config).unwrap();
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_with_the_reason() {
+        for (kind, id) in [("pid", "C1.1"), ("ipc", "C1.2"), ("network", "C1.3")] {
+            let mut spec = base();
+            let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+            namespaces.retain(|ns| ns["type"] != kind);
+            let err = enforce(&spec, &PolicyConfig::default()).unwrap_err();
+            assert_eq!(err.id, id);
+            assert_eq!(err.field, "linux.namespaces");
+            assert!(err.to_string().contains("host's"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_network_namespace_path_is_the_containers_own_network() {
+        let mut spec = base();
+        spec["linux"]["namespaces"][4] = json!({"type": "network", "path": "/var/run/netns/cni-1"});
+        enforce(&spec, &PolicyConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn sensitive_bind_mounts_are_refused_unless_allowed() {
+        for source in [
+            "/",
+            "/etc",
+            "/etc/shadow",
+            "/var/run/docker.sock",
+            "/var/run",
+            "/run/containerd/containerd.sock",
+            "/proc/1/root",
+            "/dev/sda",
+            "/sys/../etc",
+        ] {
+            let mut spec = base();
+            spec["mounts"][1]["source"] = json!(source);
+            let err = enforce(&spec, &PolicyConfig::default()).unwrap_err();
+            assert_eq!(
+                (err.id, err.field.as_str()),
+                ("C2.1", "mounts[1].source"),
+                "{source}"
+            );
+            let allowed = PolicyConfig {
+                allowed_host_paths: vec![source.into()],
+            };
+            enforce(&spec, &allowed).unwrap();
+            assert!(ids(&spec, &allowed).contains(&"C2.2"), "{source}");
+        }
+        for fine in [
+            "/home/user/data",
+            "/var/lib/docker/containers/x/hosts",
+            "/tmp/x",
+        ] {
+            let mut spec = base();
+            spec["mounts"][1]["source"] = json!(fine);
+            enforce(&spec, &PolicyConfig::default()).unwrap();
+        }
+        // Not a bind mount: "proc" as a source is a file system, not a path.
+        let mut spec = base();
+        spec["mounts"][1] = json!({"destination": "/sys", "type": "sysfs", "source": "/sys"});
+        enforce(&spec, &PolicyConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn cri_pod_files_under_the_containerd_state_are_fine() {
+        let mut spec = base();
+        spec["mounts"][1]["source"] =
+            json!("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/shm");
+        enforce(&spec, &PolicyConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn risky_settings_are_warned_about() {
+        let mut spec = base();
+        spec["process"]["user"]["uid"] = json!(0);
+        spec["process"]["noNewPrivileges"] = json!(false);
+        spec["process"]["capabilities"]["bounding"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]);
+        spec["root"]["readonly"] = json!(false);
+        spec["linux"]["resources"] = json!({});
+        spec["linux"].as_object_mut().unwrap().remove("seccomp");
+        spec["linux"]["devices"] = json!([{"path": "/dev/sda", "type": "b"}]);
+        let found = ids(&spec, &PolicyConfig::default());
+        for id in [
+            "C3.1", "C4.2", "C4.3", "C4.4", "C4.5", "C4.6", "C5.1", "C5.2",
+        ] {
+            assert!(found.contains(&id), "{id} missing from {found:?}");
+        }
+        enforce(&spec, &PolicyConfig::default()).unwrap();
+
+        spec["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN", "CAP_SYS_MODULE"]);
+        spec["linux"]["maskedPaths"] = json!([]);
+        let found = ids(&spec, &PolicyConfig::default());
+        assert!(
+            found.contains(&"C4.1") && !found.contains(&"C4.3"),
+            "{found:?}"
+        );
+    }
+}
