@@ -1,5 +1,6 @@
 //! hull: the library behind the `hull` operator command line.
 //!
+//! - [`check`]: the host and container audit (`hull check`);
 //! - [`boot`]: boot a microVM to a ready agent and shut it down (`hull boot`);
 //! - [`bench`]: boot time and VMM memory, against QEMU (`hull bench boot`);
 //! - [`initramfs`]: builds the guest's initramfs around the agent binary;
@@ -9,6 +10,7 @@
 //! must not depend on `hull-agent` or `hull-vmm` (nor link KVM code).
 
 pub mod bench;
+pub mod check;
 pub mod boot;
 pub mod initramfs;
 pub mod paths;

@@ -24,6 +24,9 @@ enum Commands {
     #[command(subcommand)]
     Bench(hull::bench::BenchCommand),
     /// Build the guest initramfs (uncompressed newc cpio) with the agent as /init.
+    /// Audit the host (and optionally a container) for what weakens hull's
+    /// isolation: PASS, INFO, WARN or FAIL per check, with a remedy.
+    Check(CheckArgs),
     Initramfs {
         /// The statically linked hull-agent binary (see agent/build.sh).
         #[arg(long)]
@@ -58,6 +61,72 @@ struct BootArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Check the container of this OCI bundle directory.
+    #[arg(long, conflicts_with_all = ["task", "docker"])]
+    bundle: Option<PathBuf>,
+    /// Check this running containerd task.
+    #[arg(long, conflicts_with = "docker")]
+    task: Option<String>,
+    /// The containerd namespace of --task.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Check this Docker container (id or unique prefix).
+    #[arg(long)]
+    docker: Option<String>,
+    /// containerd's state directory (where task bundles live).
+    #[arg(long, default_value = "/run/containerd")]
+    containerd_state: PathBuf,
+    /// hull's config file (for `jail` and the policy's allowed paths).
+    #[arg(long, default_value = "/etc/hull/config.toml")]
+    config: PathBuf,
+    /// Only the container checks.
+    #[arg(long)]
+    no_host: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn check(args: CheckArgs) -> Result<u8, String> {
+    use hull::check::{self, container::Source};
+    let mut results = Vec::new();
+    if !args.no_host {
+        let paths = check::host::HostPaths {
+            config: args.config.clone(),
+            ..Default::default()
+        };
+        results.extend(check::host::run(&paths));
+    }
+    let source = match (args.bundle, args.task, args.docker) {
+        (Some(dir), _, _) => Some(Source::Bundle(dir)),
+        (_, Some(id), _) => Some(Source::Task {
+            namespace: args.namespace,
+            id,
+            state_dir: args.containerd_state.clone(),
+        }),
+        (_, _, Some(id)) => Some(Source::Docker {
+            id,
+            state_dir: args.containerd_state.clone(),
+        }),
+        _ => None,
+    };
+    if let Some(source) = source {
+        let spec = check::container::load_spec(&source).map_err(|e| error_chain(&e))?;
+        results.extend(check::container::run(&spec, &Default::default()));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).expect("results serialize")
+        );
+    } else {
+        print!("{}", check::render_text(&results));
+    }
+    Ok(check::exit_status(&results))
 }
 
 fn boot(args: BootArgs) -> Result<(), String> {
@@ -125,6 +194,13 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("hull bench: {}", error_chain(&err));
                 ExitCode::FAILURE
+            }
+        },
+        Commands::Check(args) => match check(args) {
+            Ok(status) => ExitCode::from(status),
+            Err(message) => {
+                eprintln!("hull check: {message}");
+                ExitCode::from(2)
             }
         },
         Commands::Initramfs { agent, out } => {

@@ -5,4 +5,5 @@
 //! The containerd shim v2 binary builds on it. Depends on `hull-protocol`
 //! only: never on the VMM or the agent crates.
 
+pub mod policy;
 pub mod sandbox;

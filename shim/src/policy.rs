@@ -47,6 +47,26 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// Every rule, by id, with its title (`hull check` lists each one, PASS
+/// when nothing matched).
+pub const RULES: &[(&str, &str)] = &[
+    ("C1.1", "host PID namespace"),
+    ("C1.2", "host IPC namespace"),
+    ("C1.3", "host network namespace"),
+    ("C1.4", "UTS namespace"),
+    ("C2.1", "sensitive host path mounted"),
+    ("C2.2", "sensitive host path allowed by config"),
+    ("C3.1", "host devices"),
+    ("C4.1", "privileged"),
+    ("C4.2", "added capabilities"),
+    ("C4.3", "seccomp profile"),
+    ("C4.4", "no_new_privs"),
+    ("C4.5", "runs as root"),
+    ("C4.6", "writable root filesystem"),
+    ("C5.1", "memory limit"),
+    ("C5.2", "pids limit"),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     /// Fine, but worth knowing.
@@ -449,6 +469,21 @@ mod tests {
 
     fn ids(spec: &Value, config: &PolicyConfig) -> Vec<&'static str> {
         review(spec, config).iter().map(|f| f.id).collect()
+    }
+
+    #[test]
+    fn every_finding_has_a_rule() {
+        let mut spec = base();
+        spec["linux"] = json!({"devices": [{"path": "/dev/sda"}]});
+        spec["process"] = json!({"capabilities": {"bounding": ["CAP_SYS_ADMIN"]}});
+        spec["mounts"] = json!([{"type": "bind", "source": "/etc"}]);
+        for f in review(&spec, &PolicyConfig::default()) {
+            assert!(
+                RULES.iter().any(|(id, _)| *id == f.id),
+                "{} has no rule",
+                f.id
+            );
+        }
     }
 
     #[test]
