@@ -112,18 +112,10 @@ pub fn spawn_and_wait(
     if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &blocked, &mut previous) } != 0 {
         return Err(os("blocking signals"));
     }
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(os("creating the set-up pipe"));
-    }
-    // SAFETY: both descriptors are new and owned by nothing else.
-    let (mut report_rx, report_tx) = unsafe {
-        (
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
-    };
+    // Set-up errors travel child -> parent; the lifeline's write end stays
+    // with the parent only, so the child sees it hang up if the parent dies.
+    let (mut report_rx, report_tx) = pipe()?;
+    let (lifeline, lifeline_tx) = pipe()?;
     // SAFETY: unshare(CLONE_NEWPID) only affects children created later.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         return Err(os("creating the PID namespace"));
@@ -135,7 +127,16 @@ pub fn spawn_and_wait(
     }
     if pid == 0 {
         drop(report_rx);
-        let error = child(plan, cgroup, namespaces, last_cap, &previous, &exec, &argv);
+        drop(lifeline_tx);
+        let setup = ChildSetup {
+            namespaces,
+            last_cap,
+            signals: previous,
+            lifeline,
+            exec,
+            argv,
+        };
+        let error = child(plan, cgroup, &setup);
         let mut report = report_tx;
         let _ = report.write_all(error.as_bytes());
         // SAFETY: leaving the forked child without running the parent's
@@ -143,25 +144,39 @@ pub fn spawn_and_wait(
         unsafe { libc::_exit(2) };
     }
     drop(report_tx);
+    drop(lifeline);
     let mut setup_error = String::new();
     let _ = report_rx.read_to_string(&mut setup_error);
     let ended = wait_forwarding(pid, &blocked)?;
+    drop(lifeline_tx);
     if !setup_error.is_empty() {
         return Err(SupervisorError::Setup(setup_error));
     }
     Ok(ended)
 }
 
-/// The child: returns only with a description of what failed.
-fn child(
-    plan: &Plan,
-    cgroup: &SandboxCgroup,
+/// What the child needs, prepared before the fork.
+struct ChildSetup {
     namespaces: libc::c_int,
     last_cap: u32,
-    signals: &libc::sigset_t,
-    exec: &CString,
-    argv: &[CString],
-) -> String {
+    /// The signal mask to exec with.
+    signals: libc::sigset_t,
+    lifeline: std::fs::File,
+    exec: CString,
+    argv: Vec<CString>,
+}
+
+/// The child: returns only with a description of what failed.
+fn child(plan: &Plan, cgroup: &SandboxCgroup, setup: &ChildSetup) -> String {
+    let ChildSetup {
+        namespaces,
+        last_cap,
+        signals,
+        lifeline,
+        exec,
+        argv,
+    } = setup;
+    let (namespaces, last_cap) = (*namespaces, *last_cap);
     if let Err(e) = cgroup.join_self() {
         return chain(&e);
     }
@@ -178,6 +193,15 @@ fn child(
     if let Err(e) = privileges::drop_all(plan.uid(), plan.gid(), last_cap) {
         return chain(&e);
     }
+    // If the supervisor dies (the shim SIGKILLs it), the VMM dies with it.
+    // Set after the uid change, which would clear it; kept across exec.
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return format!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error());
+    }
+    if parent_gone(lifeline) {
+        return "the supervisor died during set-up".into();
+    }
     // SAFETY: restoring the signal mask the jailer started with.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, signals, std::ptr::null_mut()) };
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -187,6 +211,36 @@ fn child(
     // end in a null pointer and outlive the call.
     unsafe { libc::execve(exec.as_ptr(), argv_ptrs.as_ptr(), env.as_ptr()) };
     format!("exec {:?}: {}", exec, std::io::Error::last_os_error())
+}
+
+/// A close-on-exec pipe as (read end, write end).
+fn pipe() -> Result<(std::fs::File, std::fs::File), SupervisorError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os("creating a pipe"));
+    }
+    // SAFETY: both descriptors are new and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
+        )
+    })
+}
+
+/// Whether the lifeline's write end (held only by the parent) is closed:
+/// the parent died before PR_SET_PDEATHSIG was in place.
+fn parent_gone(lifeline: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: lifeline.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & libc::POLLHUP != 0
 }
 
 fn chain(err: &dyn std::error::Error) -> String {

@@ -115,7 +115,10 @@ fn the_jailed_vmm_holds_nothing_kvm() {
     // The VMM installs its filters once its vCPUs run.
     let deadline = Instant::now() + BOOT_RUNS;
     while status_field(pid, "Seccomp") != "2" {
-        assert!(Instant::now() < deadline, "the jailed VMM never ran under seccomp");
+        assert!(
+            Instant::now() < deadline,
+            "the jailed VMM never ran under seccomp"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // PID 1 of its own PID namespace.
@@ -258,5 +261,48 @@ fn bad_jailer_input_is_named_and_leaves_nothing() {
             dir_entries(&run_dir)
         );
         assert!(cgroup_dirs("j1").is_empty() && cgroup_dirs("j2").is_empty());
+    }
+}
+
+/// A supervisor killed outright (the shim's last resort) takes the VMM with
+/// it: no orphaned VM keeps running in its namespace.
+#[test]
+fn killing_the_jailer_kills_the_vmm_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let id = format!("jail-kill-{}", std::process::id());
+    let mut jailer = Spawned::start(
+        jailed_vmm(&id, &run_dir, &[]),
+        &dir.path().join("jailer.log"),
+    );
+    let vmm = vmm_pid(&id);
+    // SAFETY: SIGKILL to the jailer this test started.
+    unsafe { libc::kill(jailer.pid() as i32, libc::SIGKILL) };
+    jailer
+        .wait(Duration::from_secs(10))
+        .expect("the jailer dies");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{vmm}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap_or_default();
+        if state.split(' ').nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VMM outlived its killed jailer"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    leaks::assert_no_process_mentions(&run_dir);
+    // The cgroup outlives a SIGKILLed supervisor; whoever started it (the
+    // shim's delete) removes it, as here.
+    for dir in cgroup_dirs(&id) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&dir).is_err() {
+            assert!(Instant::now() < deadline, "cannot remove {}", dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
