@@ -13,8 +13,12 @@ target=x86_64-unknown-linux-gnu
 cd "$root"
 
 # With an explicit --target, RUSTFLAGS reach only the target's crates, not
-# the build scripts and proc-macros that run on the host.
+# the build scripts and proc-macros that run on the host. libseccomp (for
+# youki's libcontainer: OCI seccomp profiles to BPF) is linked from
+# Debian's static archive (apt: libseccomp-dev).
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+LIBSECCOMP_LINK_TYPE=static \
+LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/x86_64-linux-gnu} \
     cargo build --profile agent -p hull-agent --target "$target" >&2
 
 bin="${CARGO_TARGET_DIR:-$root/target}/$target/agent/hull-agent"

@@ -12,6 +12,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 HULL_APT_PACKAGES=(
   build-essential flex bison bc libelf-dev libssl-dev linux-source-6.1 cpio
   e2fsprogs qemu-system-x86 busybox-static pkg-config
+  libseccomp-dev
 )
 
 install_deps() {
@@ -45,6 +46,7 @@ build_kernel() {
 build_static_bin() {
   local pkg=$1 target=x86_64-unknown-linux-gnu
   (cd "$HULL_ROOT" && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
     cargo build -q --profile agent -p "$pkg" --target "$target" >&2)
   echo "${CARGO_TARGET_DIR:-$HULL_ROOT/target}/$target/agent/$pkg"
 }

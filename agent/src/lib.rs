@@ -10,10 +10,16 @@
 //! runs a shell. As PID 1 it must never exit or panic: errors are logged and
 //! the agent keeps serving, or reboots the guest (see [`power`]).
 //!
+//! Containers ([`container`]) are made with youki's libcontainer, on a
+//! rootfs disk the VMM attached, in cgroup v2; the agent supervises their
+//! processes through its reaper and buffers their stdio for the host.
+//!
 //! Depends only on `hull-protocol` among hull's crates; never on the VMM or
 //! the shim.
 
 pub mod config;
+pub mod container;
+pub mod guest_log;
 pub mod init;
 pub mod logger;
 pub mod power;
@@ -41,11 +47,12 @@ pub enum AgentError {
 ///
 /// Must run inside a tokio runtime; the agent uses a current-thread one.
 pub async fn run(config: &AgentConfig, role: Role) -> Result<(), AgentError> {
-    // The container supervisor will take a clone and subscribe to exits.
     let reaper = reaper::Reaper::new();
+    // Subscribes to exits before any container process is forked.
+    let containers = container::Containers::new(reaper.clone());
     reaper.start()?;
     let shutdown = Arc::new(rpc::ShutdownSignal::default());
-    let service = rpc::AgentService::new(Arc::clone(&shutdown));
+    let service = rpc::AgentService::new(Arc::clone(&shutdown), containers);
     server::serve(&config.listen, service, &shutdown, role).await?;
     Ok(())
 }

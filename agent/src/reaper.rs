@@ -8,15 +8,22 @@
 //! children's exits by subscribing, and must [`Reaper::subscribe`] before it
 //! forks, so that no exit can be reaped before it listens (the same rule as
 //! containerd-shim's `monitor_subscribe`).
+//!
+//! One exception: youki's libcontainer forks an intermediate process while
+//! it builds a container and waits for it by pid. Code that lets a library
+//! wait for its own children takes a [`ReapHold`] first: while one is held
+//! the reaper does not sweep, and dropping it asks for a sweep at once.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::io::Errno;
-use rustix::process::{waitpid, WaitOptions, WaitStatus};
+use rustix::process::{wait, WaitOptions, WaitStatus};
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +65,13 @@ pub enum ReaperError {
     Signal(#[source] io::Error),
 }
 
+/// `__WALL`: also children whose exit signal is not SIGCHLD. libcontainer
+/// clones container processes with `CLONE_PARENT` and no exit signal at
+/// all: their exits raise no SIGCHLD and `waitpid(-1)` without `__WALL`
+/// never reports them. Whoever starts such a child wakes the reaper with
+/// [`Reaper::sweep_soon`] when it ends (e.g. from a pidfd).
+const WALL: WaitOptions = WaitOptions::from_bits_retain(0x4000_0000);
+
 /// How often the reaper sweeps even without a SIGCHLD.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -66,6 +80,28 @@ pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 #[derive(Debug, Clone, Default)]
 pub struct Reaper {
     subscribers: Arc<Mutex<Vec<UnboundedSender<Exit>>>>,
+    /// How many [`ReapHold`]s are live; no sweep while it is not 0.
+    holds: Arc<AtomicUsize>,
+    /// Wakes the reaping task when the last hold is dropped.
+    kick: Arc<Notify>,
+}
+
+/// While it lives, the reaper leaves every child alone, so a library may
+/// `waitpid` its own children by pid (see the module documentation).
+#[derive(Debug)]
+#[must_use = "the reaper sweeps again as soon as the hold is dropped"]
+pub struct ReapHold {
+    holds: Arc<AtomicUsize>,
+    kick: Arc<Notify>,
+}
+
+impl Drop for ReapHold {
+    fn drop(&mut self) {
+        if self.holds.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Exits that happened meanwhile are collected now.
+            self.kick.notify_one();
+        }
+    }
 }
 
 /// Exits published after [`Reaper::subscribe`]; nothing is dropped.
@@ -104,6 +140,21 @@ impl Reaper {
         ExitSubscription { exits }
     }
 
+    /// Asks the reaping task for a sweep now (a child ended that raises no
+    /// SIGCHLD, see [`WALL`]).
+    pub fn sweep_soon(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Suspends reaping until the returned hold is dropped.
+    pub fn hold(&self) -> ReapHold {
+        self.holds.fetch_add(1, Ordering::SeqCst);
+        ReapHold {
+            holds: Arc::clone(&self.holds),
+            kick: Arc::clone(&self.kick),
+        }
+    }
+
     /// Installs the SIGCHLD handler and spawns the reaping task on the
     /// current tokio runtime. Children that ended before are reaped at once.
     ///
@@ -128,9 +179,13 @@ impl Reaper {
                             log::warn!("SIGCHLD stream ended; reaping every {SWEEP_INTERVAL:?}");
                             sigchld = None;
                         },
+                        () = reaper.kick.notified() => {}
                         () = tokio::time::sleep(SWEEP_INTERVAL) => {}
                     },
-                    None => tokio::time::sleep(SWEEP_INTERVAL).await,
+                    None => tokio::select! {
+                        () = reaper.kick.notified() => {}
+                        () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                    },
                 }
             }
         });
@@ -138,10 +193,17 @@ impl Reaper {
     }
 
     /// Reaps every child that has ended, publishing each; returns how many.
+    /// Reaps nothing while a [`ReapHold`] is live.
     pub fn reap(&self) -> usize {
         let mut reaped = 0;
+        if self.holds.load(Ordering::SeqCst) != 0 {
+            return reaped;
+        }
         loop {
-            match waitpid(None, WaitOptions::NOHANG) {
+            // `wait`, i.e. wait4(-1): rustix's `waitpid(None)` is wait4(0),
+            // only the agent's own process group, and container processes
+            // run in sessions of their own.
+            match wait(WaitOptions::NOHANG | WALL) {
                 Ok(Some((pid, status))) => {
                     if let Some(status) = ExitStatus::from_wait_status(status) {
                         self.publish(Exit {

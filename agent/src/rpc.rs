@@ -7,7 +7,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hull_protocol::agent_api::agent::{
-    PingRequest, PingResponse, ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+    CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, Empty, ExecProcessRequest,
+    ExecProcessResponse, GetOOMEventRequest, ListProcessesRequest, ListProcessesResponse, OOMEvent,
+    PauseContainerRequest, PingRequest, PingResponse, ProcessStateRequest, ProcessStateResponse,
+    ReadGuestLogRequest, ReadGuestLogResponse, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, ResizeTtyRequest, ResumeContainerRequest, ShutdownRequest,
+    ShutdownResponse, SignalProcessRequest, StartContainerRequest, StartContainerResponse,
+    StatsContainerRequest, StatsContainerResponse, UpdateContainerRequest, VersionRequest,
+    VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    WriteStreamResponse,
 };
 use hull_protocol::agent_api::agent_ttrpc::Agent;
 use hull_protocol::{check_compatible, ProtocolError, PROTOCOL_VERSION};
@@ -15,6 +23,10 @@ use thiserror::Error;
 use tokio::sync::Notify;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::container::runtime::RuntimeError;
+use crate::container::stdio::StdioError;
+use crate::container::{ContainerError, Containers};
+use crate::guest_log::{GuestLog, GuestLogError};
 use crate::logger::error_chain;
 
 /// Set by the `Shutdown` RPC; the server waits on it.
@@ -57,6 +69,10 @@ pub enum RpcError {
     IncompatibleCaller(#[source] ProtocolError),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("the guest log")]
+    GuestLog(#[from] GuestLogError),
 }
 
 impl RpcError {
@@ -67,7 +83,50 @@ impl RpcError {
             RpcError::IncompatibleCaller(_) => ttrpc::Code::FAILED_PRECONDITION,
             // The guest is going away; the caller should not retry here.
             RpcError::ShuttingDown => ttrpc::Code::UNAVAILABLE,
+            RpcError::Container(err) => container_code(err),
+            RpcError::GuestLog(_) => ttrpc::Code::UNAVAILABLE,
         }
+    }
+}
+
+/// The one place container errors become ttrpc codes.
+fn container_code(err: &ContainerError) -> ttrpc::Code {
+    use libcontainer::error::LibcontainerError as Lc;
+    match err {
+        ContainerError::NotFound { .. }
+        | ContainerError::ProcessNotFound { .. }
+        // containerd's shims answer a signal to a finished process so.
+        | ContainerError::ProcessExited { .. } => ttrpc::Code::NOT_FOUND,
+        ContainerError::AlreadyExists { .. } | ContainerError::ProcessExists { .. } => {
+            ttrpc::Code::ALREADY_EXISTS
+        }
+        ContainerError::InvalidSpec(_) | ContainerError::BadSignal { .. } => {
+            ttrpc::Code::INVALID_ARGUMENT
+        }
+        ContainerError::Rootfs { source, .. } if source.is_invalid_request() => {
+            ttrpc::Code::INVALID_ARGUMENT
+        }
+        ContainerError::Runtime(RuntimeError::Container { source, .. })
+            if matches!(
+                **source,
+                Lc::InvalidSpec(_) | Lc::MissingSpec(_) | Lc::InvalidID(_) | Lc::InvalidInput(_)
+            ) =>
+        {
+            ttrpc::Code::INVALID_ARGUMENT
+        }
+        ContainerError::WrongState { .. } => ttrpc::Code::FAILED_PRECONDITION,
+        ContainerError::Stdio {
+            source: StdioError::NoStdin | StdioError::StdinClosed | StdioError::NoTerminal,
+            ..
+        } => ttrpc::Code::FAILED_PRECONDITION,
+        ContainerError::NoOomWatcher => ttrpc::Code::UNAVAILABLE,
+        ContainerError::Rootfs { .. }
+        | ContainerError::Runtime(_)
+        | ContainerError::Stdio { .. }
+        | ContainerError::Cgroup(_)
+        | ContainerError::Io { .. }
+        | ContainerError::Kill { .. }
+        | ContainerError::KillTimeout { .. } => ttrpc::Code::INTERNAL,
     }
 }
 
@@ -81,11 +140,17 @@ impl From<RpcError> for ttrpc::Error {
 #[derive(Debug)]
 pub struct AgentService {
     shutdown: Arc<ShutdownSignal>,
+    containers: Containers,
+    guest_log: GuestLog,
 }
 
 impl AgentService {
-    pub fn new(shutdown: Arc<ShutdownSignal>) -> Self {
-        AgentService { shutdown }
+    pub fn new(shutdown: Arc<ShutdownSignal>, containers: Containers) -> Self {
+        AgentService {
+            shutdown,
+            containers,
+            guest_log: GuestLog::default(),
+        }
     }
 
     fn check_running(&self) -> Result<(), RpcError> {
@@ -124,6 +189,208 @@ impl AgentService {
         }
         Ok(ShutdownResponse::new())
     }
+
+    pub fn do_create_container(
+        &self,
+        req: &CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, RpcError> {
+        self.check_running()?;
+        let pid = self.containers.create(
+            &req.container_id,
+            &req.oci_spec,
+            req.rootfs.get_or_default(),
+            req.stdio.get_or_default(),
+        )?;
+        Ok(CreateContainerResponse {
+            pid: pid_u32(pid),
+            ..Default::default()
+        })
+    }
+
+    pub fn do_start_container(
+        &self,
+        req: &StartContainerRequest,
+    ) -> Result<StartContainerResponse, RpcError> {
+        self.check_running()?;
+        let pid = self.containers.start(&req.container_id)?;
+        Ok(StartContainerResponse {
+            pid: pid_u32(pid),
+            ..Default::default()
+        })
+    }
+
+    pub fn do_exec_process(
+        &self,
+        req: &ExecProcessRequest,
+    ) -> Result<ExecProcessResponse, RpcError> {
+        self.check_running()?;
+        let pid = self.containers.exec(
+            &req.container_id,
+            &req.exec_id,
+            &req.process,
+            req.stdio.get_or_default(),
+        )?;
+        Ok(ExecProcessResponse {
+            pid: pid_u32(pid),
+            ..Default::default()
+        })
+    }
+
+    pub fn do_signal_process(&self, req: &SignalProcessRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+        Ok(Empty::new())
+    }
+
+    pub async fn do_wait_process(
+        &self,
+        req: &WaitProcessRequest,
+    ) -> Result<WaitProcessResponse, RpcError> {
+        self.check_running()?;
+        let exited = self
+            .containers
+            .wait(&req.container_id, &req.exec_id)
+            .await?;
+        Ok(WaitProcessResponse {
+            exit_status: exited.status,
+            exited_at_unix_nanos: exited.at_unix_nanos,
+            ..Default::default()
+        })
+    }
+
+    pub fn do_process_state(
+        &self,
+        req: &ProcessStateRequest,
+    ) -> Result<ProcessStateResponse, RpcError> {
+        self.check_running()?;
+        let (process, status) = self.containers.state(&req.container_id, &req.exec_id)?;
+        let exit = process.exit();
+        Ok(ProcessStateResponse {
+            pid: pid_u32(process.pid),
+            status: status.into(),
+            exit_status: exit.map_or(0, |e| e.status),
+            exited_at_unix_nanos: exit.map_or(0, |e| e.at_unix_nanos),
+            terminal: process.terminal,
+            ..Default::default()
+        })
+    }
+
+    pub async fn do_read_stream(
+        &self,
+        req: &ReadStreamRequest,
+        stderr: bool,
+    ) -> Result<ReadStreamResponse, RpcError> {
+        self.check_running()?;
+        let data = self
+            .containers
+            .read_output(&req.container_id, &req.exec_id, stderr, req.max_bytes)
+            .await?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    pub async fn do_write_stdin(
+        &self,
+        req: &WriteStreamRequest,
+    ) -> Result<WriteStreamResponse, RpcError> {
+        self.check_running()?;
+        let written = self
+            .containers
+            .write_stdin(&req.container_id, &req.exec_id, &req.data)
+            .await?;
+        Ok(WriteStreamResponse {
+            written: u32::try_from(written).unwrap_or(u32::MAX),
+            ..Default::default()
+        })
+    }
+
+    pub async fn do_close_stdin(&self, req: &CloseStdinRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers
+            .close_stdin(&req.container_id, &req.exec_id)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    pub fn do_resize_tty(&self, req: &ResizeTtyRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers
+            .resize(&req.container_id, &req.exec_id, req.rows, req.columns)?;
+        Ok(Empty::new())
+    }
+
+    pub fn do_list_processes(
+        &self,
+        req: &ListProcessesRequest,
+    ) -> Result<ListProcessesResponse, RpcError> {
+        self.check_running()?;
+        Ok(ListProcessesResponse {
+            pids: self.containers.pids(&req.container_id)?,
+            ..Default::default()
+        })
+    }
+
+    pub fn do_stats_container(
+        &self,
+        req: &StatsContainerRequest,
+    ) -> Result<StatsContainerResponse, RpcError> {
+        self.check_running()?;
+        Ok(self.containers.stats(&req.container_id)?)
+    }
+
+    pub fn do_pause_container(&self, req: &PauseContainerRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers.pause(&req.container_id)?;
+        Ok(Empty::new())
+    }
+
+    pub fn do_resume_container(&self, req: &ResumeContainerRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers.resume(&req.container_id)?;
+        Ok(Empty::new())
+    }
+
+    pub fn do_update_container(&self, req: &UpdateContainerRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers.update(&req.container_id, &req.resources)?;
+        Ok(Empty::new())
+    }
+
+    pub async fn do_remove_container(
+        &self,
+        req: &RemoveContainerRequest,
+    ) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        self.containers.remove(&req.container_id, req.force).await?;
+        Ok(Empty::new())
+    }
+
+    pub async fn do_get_oom_event(&self, _req: &GetOOMEventRequest) -> Result<OOMEvent, RpcError> {
+        self.check_running()?;
+        Ok(OOMEvent {
+            container_id: self.containers.next_oom().await?,
+            ..Default::default()
+        })
+    }
+
+    pub async fn do_read_guest_log(
+        &self,
+        req: &ReadGuestLogRequest,
+    ) -> Result<ReadGuestLogResponse, RpcError> {
+        self.check_running()?;
+        Ok(ReadGuestLogResponse {
+            data: self.guest_log.read(req.max_bytes).await?,
+            ..Default::default()
+        })
+    }
+}
+
+/// Guest pids are positive.
+fn pid_u32(pid: i32) -> u32 {
+    u32::try_from(pid).unwrap_or(0)
 }
 
 /// Logs refusals once, at the edge, with their cause.
@@ -154,14 +421,191 @@ impl Agent for AgentService {
         self.do_shutdown(&req)
             .map_err(|err| refused("Shutdown", err))
     }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        self.do_create_container(&req)
+            .map_err(|err| refused("CreateContainer", err))
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
+        self.do_start_container(&req)
+            .map_err(|err| refused("StartContainer", err))
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        self.do_exec_process(&req)
+            .map_err(|err| refused("ExecProcess", err))
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_signal_process(&req)
+            .map_err(|err| refused("SignalProcess", err))
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        self.do_wait_process(&req)
+            .await
+            .map_err(|err| refused("WaitProcess", err))
+    }
+
+    async fn process_state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessStateRequest,
+    ) -> ttrpc::Result<ProcessStateResponse> {
+        self.do_process_state(&req)
+            .map_err(|err| refused("ProcessState", err))
+    }
+
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.do_read_stream(&req, false)
+            .await
+            .map_err(|err| refused("ReadStdout", err))
+    }
+
+    async fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.do_read_stream(&req, true)
+            .await
+            .map_err(|err| refused("ReadStderr", err))
+    }
+
+    async fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
+        self.do_write_stdin(&req)
+            .await
+            .map_err(|err| refused("WriteStdin", err))
+    }
+
+    async fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_close_stdin(&req)
+            .await
+            .map_err(|err| refused("CloseStdin", err))
+    }
+
+    async fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        self.do_resize_tty(&req)
+            .map_err(|err| refused("ResizeTty", err))
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        self.do_list_processes(&req)
+            .map_err(|err| refused("ListProcesses", err))
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        self.do_stats_container(&req)
+            .map_err(|err| refused("StatsContainer", err))
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_pause_container(&req)
+            .map_err(|err| refused("PauseContainer", err))
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_resume_container(&req)
+            .map_err(|err| refused("ResumeContainer", err))
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_update_container(&req)
+            .map_err(|err| refused("UpdateContainer", err))
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_remove_container(&req)
+            .await
+            .map_err(|err| refused("RemoveContainer", err))
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
+        self.do_get_oom_event(&req)
+            .await
+            .map_err(|err| refused("GetOOMEvent", err))
+    }
+
+    async fn read_guest_log(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadGuestLogRequest,
+    ) -> ttrpc::Result<ReadGuestLogResponse> {
+        self.do_read_guest_log(&req)
+            .await
+            .map_err(|err| refused("ReadGuestLog", err))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Inside a tokio runtime: the container registry starts tasks.
     fn service() -> AgentService {
-        AgentService::new(Arc::new(ShutdownSignal::default()))
+        let containers = Containers::new(crate::reaper::Reaper::new());
+        AgentService::new(Arc::new(ShutdownSignal::default()), containers)
     }
 
     fn status_code(err: RpcError) -> ttrpc::Code {
@@ -171,8 +615,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn version_reports_agent_protocol_and_kernel() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn version_reports_agent_protocol_and_kernel() {
         let response = service().do_version(&VersionRequest::new()).unwrap();
         assert_eq!(response.agent_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(response.protocol_version, PROTOCOL_VERSION);
@@ -180,8 +624,8 @@ mod tests {
         assert_eq!(response.kernel_release, release.trim());
     }
 
-    #[test]
-    fn incompatible_caller_is_a_failed_precondition() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn incompatible_caller_is_a_failed_precondition() {
         let req = VersionRequest {
             protocol_version: PROTOCOL_VERSION + 1,
             ..Default::default()
@@ -189,12 +633,13 @@ mod tests {
         let err = service().do_version(&req).unwrap_err();
         assert!(matches!(err, RpcError::IncompatibleCaller(_)));
         let message = error_chain(&err);
-        assert!(message.contains("version 2 is not supported"), "{message}");
+        let expected = format!("version {} is not supported", PROTOCOL_VERSION + 1);
+        assert!(message.contains(&expected), "{message}");
         assert_eq!(status_code(err), ttrpc::Code::FAILED_PRECONDITION);
     }
 
-    #[test]
-    fn after_shutdown_only_shutdown_answers() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_shutdown_only_shutdown_answers() {
         let service = service();
         service.do_ping(&PingRequest::new()).unwrap();
         service.do_shutdown(&ShutdownRequest::new()).unwrap();
@@ -203,6 +648,51 @@ mod tests {
         assert_eq!(status_code(err), ttrpc::Code::UNAVAILABLE);
         let err = service.do_version(&VersionRequest::new()).unwrap_err();
         assert!(matches!(err, RpcError::ShuttingDown));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn container_errors_map_to_their_codes() {
+        let service = service();
+        let missing = |err: RpcError| status_code(err);
+        let req = StartContainerRequest {
+            container_id: "nope".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing(service.do_start_container(&req).unwrap_err()),
+            ttrpc::Code::NOT_FOUND
+        );
+        let req = CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec:
+                br#"{"ociVersion": "1.0.2", "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}}}"#
+                    .to_vec(),
+            ..Default::default()
+        };
+        let err = service.do_create_container(&req).unwrap_err();
+        assert!(
+            error_chain(&err).contains("process.args: missing"),
+            "{}",
+            error_chain(&err)
+        );
+        assert_eq!(status_code(err), ttrpc::Code::INVALID_ARGUMENT);
+        let req = CreateContainerRequest {
+            container_id: "../x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            status_code(service.do_create_container(&req).unwrap_err()),
+            ttrpc::Code::INVALID_ARGUMENT
+        );
+        let req = SignalProcessRequest {
+            container_id: "c1".into(),
+            signal: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            status_code(service.do_signal_process(&req).unwrap_err()),
+            ttrpc::Code::INVALID_ARGUMENT
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

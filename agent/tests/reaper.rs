@@ -65,4 +65,42 @@ async fn exits_reach_every_subscriber_with_their_status() {
         2,
         "the dropped subscription is forgotten"
     );
+
+    // While a hold lives, a child can be waited for by pid (as libcontainer
+    // does with its intermediate process): the reaper does not take it.
+    let hold = reaper.hold();
+    let held = spawn_shell("exit 5");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reaper.reap(), 0, "the reaper swept during a hold");
+    let pid = rustix::process::Pid::from_raw(held).expect("a pid");
+    let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+        .expect("waitpid by pid during a hold")
+        .expect("a status");
+    assert_eq!(status.exit_status(), Some(5));
+    // Exits during a hold are published once it is dropped.
+    let late = spawn_shell("exit 6");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(hold);
+    let status = timeout(wait, first.wait_for(late))
+        .await
+        .expect("exit after the hold in time")
+        .expect("reaper alive");
+    assert_eq!(status, ExitStatus::Exited(6));
+
+    // A child in a process group of its own (as container processes are,
+    // in sessions of their own) is reaped too.
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("sh")
+        .args(["-c", "exit 7"])
+        .process_group(0)
+        .spawn()
+        .expect("spawn sh in its own group");
+    let grouped = i32::try_from(child.id()).expect("pid fits i32");
+    #[allow(clippy::zombie_processes)]
+    drop(child);
+    let status = timeout(wait, first.wait_for(grouped))
+        .await
+        .expect("exit of a child in another process group in time")
+        .expect("reaper alive");
+    assert_eq!(status, ExitStatus::Exited(7));
 }

@@ -1,0 +1,296 @@
+//! A container's root filesystem: the virtio-blk disk the VMM attached for
+//! it, found by its serial, mounted under the container's directory, with a
+//! tmpfs overlay on top when the host asks for one.
+//!
+//! Layout under `<container dir>`: `disk` (the disk itself), and with an
+//! overlay `scratch` (a tmpfs holding `upper` and `work`); `rootfs` is the
+//! disk or the overlay. [`Rootfs::unmount`] undoes it in reverse order.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hull_protocol::agent_api::agent::Storage;
+use rustix::io::Errno;
+use rustix::mount::{MountFlags, UnmountFlags};
+use thiserror::Error;
+
+/// Where the kernel lists block devices; `vd*` are virtio-blk disks.
+const SYS_BLOCK: &str = "/sys/block";
+/// The longest serial virtio-blk reports (VIRTIO_BLK_ID_BYTES).
+const MAX_SERIAL: usize = 20;
+
+#[derive(Debug, Error)]
+pub enum RootfsError {
+    #[error("rootfs.disk_serial: {serial:?} is not a valid serial (1 to {MAX_SERIAL} bytes)")]
+    BadSerial { serial: String },
+    #[error("rootfs.fstype: {fstype:?} is not supported (ext4 is)")]
+    BadFsType { fstype: String },
+    #[error("rootfs.options: {option:?} is not a supported mount option")]
+    BadOption { option: String },
+    #[error("no virtio-blk disk has serial {serial:?}")]
+    NoSuchDisk { serial: String },
+    #[error("cannot list {SYS_BLOCK}")]
+    ListDisks(#[source] io::Error),
+    #[error("cannot create {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        what: &'static str,
+        target: PathBuf,
+        #[source]
+        errno: Errno,
+    },
+    #[error("cannot unmount {target}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        errno: Errno,
+    },
+}
+
+impl RootfsError {
+    /// The host asked for something impossible (as opposed to the guest
+    /// failing at something possible).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            RootfsError::BadSerial { .. }
+                | RootfsError::BadFsType { .. }
+                | RootfsError::BadOption { .. }
+                | RootfsError::NoSuchDisk { .. }
+        )
+    }
+}
+
+/// A mounted rootfs; the mounts are listed innermost last.
+#[derive(Debug)]
+pub struct Rootfs {
+    path: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl Rootfs {
+    /// The container's root directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts everything, innermost first. A busy mount is detached
+    /// (it goes away once its last user does) rather than left behind.
+    pub fn unmount(&mut self) -> Result<(), RootfsError> {
+        let mut first_error = None;
+        while let Some(target) = self.mounts.pop() {
+            let result = rustix::mount::unmount(&target, UnmountFlags::empty()).or_else(|errno| {
+                if errno == Errno::BUSY {
+                    rustix::mount::unmount(&target, UnmountFlags::DETACH)
+                } else {
+                    Err(errno)
+                }
+            });
+            if let Err(errno) = result {
+                if errno != Errno::INVAL {
+                    first_error.get_or_insert(RootfsError::Unmount { target, errno });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        if let Err(err) = self.unmount() {
+            log::warn!("{}", crate::logger::error_chain(&err));
+        }
+    }
+}
+
+/// Checks the request without touching anything.
+pub fn check(storage: &Storage) -> Result<MountFlags, RootfsError> {
+    let serial = &storage.disk_serial;
+    if serial.is_empty() || serial.len() > MAX_SERIAL {
+        return Err(RootfsError::BadSerial {
+            serial: serial.clone(),
+        });
+    }
+    if !(storage.fstype.is_empty() || storage.fstype == "ext4") {
+        return Err(RootfsError::BadFsType {
+            fstype: storage.fstype.clone(),
+        });
+    }
+    let mut flags = MountFlags::empty();
+    for option in &storage.options {
+        flags |= match option.as_str() {
+            "noatime" => MountFlags::NOATIME,
+            "nodiratime" => MountFlags::NODIRATIME,
+            "relatime" => MountFlags::RELATIME,
+            "nodev" => MountFlags::NODEV,
+            "nosuid" => MountFlags::NOSUID,
+            "noexec" => MountFlags::NOEXEC,
+            "ro" => MountFlags::RDONLY,
+            "rw" | "defaults" => MountFlags::empty(),
+            _ => {
+                return Err(RootfsError::BadOption {
+                    option: option.clone(),
+                })
+            }
+        };
+    }
+    if storage.readonly {
+        flags |= MountFlags::RDONLY;
+    }
+    Ok(flags)
+}
+
+/// The `/dev` node of the virtio-blk disk whose serial is `serial`.
+pub fn find_disk(serial: &str) -> Result<PathBuf, RootfsError> {
+    let entries = std::fs::read_dir(SYS_BLOCK).map_err(RootfsError::ListDisks)?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("vd") {
+            continue;
+        }
+        let Ok(found) = std::fs::read(entry.path().join("serial")) else {
+            continue;
+        };
+        let found = found.strip_suffix(b"\n").unwrap_or(&found);
+        if found == serial.as_bytes() {
+            return Ok(Path::new("/dev").join(name));
+        }
+    }
+    Err(RootfsError::NoSuchDisk {
+        serial: serial.to_owned(),
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), RootfsError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(RootfsError::CreateDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Mounts the disk `storage` names under `dir` (which exists), with an
+/// overlay if asked. On error nothing stays mounted.
+pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
+    let flags = check(storage)?;
+    let device = find_disk(&storage.disk_serial)?;
+    let disk = dir.join("disk");
+    let mut rootfs = Rootfs {
+        path: disk.clone(),
+        mounts: Vec::new(),
+    };
+    mkdir(&disk)?;
+    // Under an overlay the disk is only ever read.
+    let disk_flags = if storage.overlay {
+        flags | MountFlags::RDONLY
+    } else {
+        flags
+    };
+    rustix::mount::mount(&device, &disk, "ext4", disk_flags, None).map_err(|errno| {
+        RootfsError::Mount {
+            what: "the rootfs disk",
+            target: disk.clone(),
+            errno,
+        }
+    })?;
+    rootfs.mounts.push(disk.clone());
+    if !storage.overlay {
+        return Ok(rootfs);
+    }
+
+    let scratch = dir.join("scratch");
+    mkdir(&scratch)?;
+    rustix::mount::mount(
+        "tmpfs",
+        &scratch,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(c"mode=0755"),
+    )
+    .map_err(|errno| RootfsError::Mount {
+        what: "the overlay's tmpfs",
+        target: scratch.clone(),
+        errno,
+    })?;
+    rootfs.mounts.push(scratch.clone());
+    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    mkdir(&upper)?;
+    mkdir(&work)?;
+    let merged = dir.join("rootfs");
+    mkdir(&merged)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        disk.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).map_err(|_| RootfsError::BadSerial {
+        serial: storage.disk_serial.clone(),
+    })?;
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        MountFlags::empty(),
+        Some(&*data),
+    )
+    .map_err(|errno| RootfsError::Mount {
+        what: "the overlay",
+        target: merged.clone(),
+        errno,
+    })?;
+    rootfs.mounts.push(merged.clone());
+    rootfs.path = merged;
+    Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(serial: &str) -> Storage {
+        Storage {
+            disk_serial: serial.to_owned(),
+            fstype: "ext4".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_is_touched() {
+        assert!(check(&storage("rootfs")).unwrap().is_empty());
+        let err = check(&storage("")).unwrap_err();
+        assert!(err.is_invalid_request());
+        assert!(matches!(
+            check(&storage(&"s".repeat(21))),
+            Err(RootfsError::BadSerial { .. })
+        ));
+        let mut xfs = storage("a");
+        xfs.fstype = "xfs".into();
+        assert_eq!(
+            check(&xfs).unwrap_err().to_string(),
+            "rootfs.fstype: \"xfs\" is not supported (ext4 is)"
+        );
+        let mut opts = storage("a");
+        opts.options = vec!["noatime".into(), "bogus".into()];
+        assert!(
+            matches!(check(&opts), Err(RootfsError::BadOption { option }) if option == "bogus")
+        );
+        opts.options.pop();
+        opts.readonly = true;
+        assert_eq!(
+            check(&opts).unwrap(),
+            MountFlags::NOATIME | MountFlags::RDONLY
+        );
+    }
+}
