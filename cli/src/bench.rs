@@ -233,6 +233,8 @@ pub fn boot_bench(
         drives: Vec::new(),
         console_log: false,
         verbose_boot: false,
+        jail: None,
+        seccomp: None,
     };
     let timeout = Duration::from_secs(args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -327,6 +329,8 @@ fn compare(
     let spec = VmmSpec {
         console_log: true,
         verbose_boot: true,
+        jail: None,
+        seccomp: None,
         ..spec.clone()
     };
     let cmdline = kernel_cmdline::probe(

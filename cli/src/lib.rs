@@ -10,7 +10,7 @@
 //! must not depend on `hull-agent` or `hull-vmm` (nor link KVM code).
 
 pub mod bench;
-pub mod check;
 pub mod boot;
+pub mod check;
 pub mod initramfs;
 pub mod paths;

@@ -141,6 +141,8 @@ fn boot(args: BootArgs) -> Result<(), String> {
         drives: Vec::new(),
         console_log: args.console,
         verbose_boot: args.console,
+        jail: None,
+        seccomp: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,8 +2,15 @@
 //!
 //! `sandbox` starts `hull-vmm` as a separate process, dials the guest agent
 //! through the VMM's hybrid vsock socket and cleans up whatever it created.
-//! The containerd shim v2 binary builds on it. Depends on `hull-protocol`
+//! The containerd shim v2 (`service`, `task`: containerd's Task API over
+//! one VM per container; `config`, `rootfs`, `stdio`, `policy`) builds on it. Depends on `hull-protocol`
 //! only: never on the VMM or the agent crates.
 
+pub mod config;
+pub mod error;
 pub mod policy;
+pub mod rootfs;
 pub mod sandbox;
+pub mod service;
+pub mod stdio;
+pub mod task;

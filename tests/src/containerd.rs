@@ -413,8 +413,9 @@ pub fn kill_and_reap(mut child: Child) {
 /// The hull config for the shim under test, from the environment.
 pub fn hull_config() -> String {
     format!(
-        "vmm = \"{}\"\nkernel = \"{}\"\ninitramfs = \"{}\"\nvcpus = 1\nmemory_mib = 256\n",
+        "vmm = \"{}\"\njailer = \"{}\"\nkernel = \"{}\"\ninitramfs = \"{}\"\nvcpus = 1\nmemory_mib = 256\ndebug_console = true\n",
         prereq::vmm().display(),
+        prereq::jailer().display(),
         prereq::kernel().display(),
         prereq::agent_initramfs().display()
     )

@@ -14,11 +14,13 @@
 pub mod child;
 pub mod console;
 pub mod containerd;
+pub mod containers;
 pub mod control;
 pub mod docker;
 pub mod ext4;
 pub mod leaks;
 pub mod prereq;
+pub mod rootfs;
 pub mod sandbox;
 
 use std::future::Future;

@@ -24,6 +24,8 @@ pub fn agent_spec() -> VmmSpec {
         drives: Vec::new(),
         console_log: true,
         verbose_boot: false,
+        jail: None,
+        seccomp: None,
     }
 }
 

@@ -94,6 +94,12 @@ impl Agent {
         }
     }
 
+    /// The generated client, for the container calls (it is cheap to
+    /// clone: clones share the connection).
+    pub fn client(&self) -> &RawClient {
+        &self.client
+    }
+
     /// What the agent reported when it was connected.
     pub fn version(&self) -> &VersionResponse {
         &self.version

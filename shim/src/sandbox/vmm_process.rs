@@ -34,6 +34,23 @@ pub enum VmmProcessError {
 pub struct Drive {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The serial the guest reads (virtio-blk GET_ID, at most 20 bytes):
+    /// how the agent finds the disk.
+    pub id: Option<String>,
+}
+
+/// Start the VMM through `hull-jailer` (see jailer/): namespaces, a
+/// pivot_root into the state directory's jail, an unprivileged uid, no
+/// capabilities, a host cgroup sized from these limits.
+#[derive(Debug, Clone)]
+pub struct JailSpec {
+    pub jailer: PathBuf,
+    /// Names the host cgroup (`hull/<id>`) and the default jail uid.
+    pub id: String,
+    pub memory_bytes: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// CPU quota and period, in microseconds.
+    pub cpu: Option<(u64, u64)>,
 }
 
 /// What to start.
@@ -49,6 +66,10 @@ pub struct VmmSpec {
     /// Keep the guest console in `<state dir>/console.log`.
     pub console_log: bool,
     pub verbose_boot: bool,
+    /// Run jailed; `None` starts the VMM directly (tools, debugging).
+    pub jail: Option<JailSpec>,
+    /// hull-vmm's `--seccomp` (`enforce` when `None`).
+    pub seccomp: Option<String>,
 }
 
 pub struct VmmProcess {
@@ -74,7 +95,10 @@ impl VmmProcess {
         let log = File::create(state_dir.join("vmm.log"))
             .map_err(dir_err)
             .map_err(cleanup_on_error)?;
-        let mut cmd = Command::new(&spec.vmm_binary);
+        let mut cmd = match &spec.jail {
+            None => Command::new(&spec.vmm_binary),
+            Some(jail) => jailer_command(spec, jail, state_dir),
+        };
         cmd.arg("--kernel")
             .arg(&spec.kernel)
             .arg("--initramfs")
@@ -101,7 +125,13 @@ impl VmmProcess {
             if drive.read_only {
                 value.push(",ro");
             }
+            if let Some(id) = &drive.id {
+                value.push(format!(",id={id}"));
+            }
             cmd.arg("--drive").arg(value);
+        }
+        if let Some(mode) = &spec.seccomp {
+            cmd.arg("--seccomp").arg(mode);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let started = Instant::now();
@@ -118,6 +148,11 @@ impl VmmProcess {
             started,
             exit: None,
         })
+    }
+
+    /// The pid of the process started: the VMM, or its jailer's supervisor.
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     fn vsock_path_in(dir: &Path) -> PathBuf {
@@ -195,6 +230,41 @@ impl VmmProcess {
     pub fn console_tail(&self, n: usize) -> Vec<String> {
         tail(&self.state_dir.join("console.log"), n)
     }
+}
+
+/// `hull-jailer --id ... -- ` in front of the VMM's own arguments: the
+/// files the VMM opens are listed so the jail holds them (at their own
+/// paths, so the VMM's arguments stay as they are).
+fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command {
+    let mut cmd = Command::new(&jail.jailer);
+    cmd.arg("--id")
+        .arg(&jail.id)
+        .arg("--exec-file")
+        .arg(&spec.vmm_binary)
+        .arg("--run-dir")
+        .arg(state_dir)
+        .arg("--ro")
+        .arg(&spec.kernel)
+        .arg("--ro")
+        .arg(&spec.initramfs);
+    for drive in &spec.drives {
+        cmd.arg(if drive.read_only { "--ro" } else { "--rw" })
+            .arg(&drive.path);
+    }
+    if let Some(bytes) = jail.memory_bytes {
+        cmd.arg("--memory-bytes").arg(bytes.to_string());
+    }
+    if let Some(max) = jail.pids_max {
+        cmd.arg("--pids-max").arg(max.to_string());
+    }
+    if let Some((quota, period)) = jail.cpu {
+        cmd.arg("--cpu-quota-us")
+            .arg(quota.to_string())
+            .arg("--cpu-period-us")
+            .arg(period.to_string());
+    }
+    cmd.arg("--");
+    cmd
 }
 
 fn tail(path: &Path, n: usize) -> Vec<String> {

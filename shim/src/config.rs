@@ -1,0 +1,245 @@
+//! The shim's configuration: `/etc/hull/config.toml` by default, or the
+//! file containerd names in the runtime options (`ConfigPath`, from
+//! `ctr run --runtime-config-path`, a CRI runtime handler's options, or
+//! Docker's `runtimes.<name>.options`). Every field has a default, so an
+//! empty or missing default file still works.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::PolicyConfig;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}: {message}")]
+    Parse {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShimConfig {
+    /// `hull-vmm`.
+    pub vmm: PathBuf,
+    /// `hull-jailer`.
+    pub jailer: PathBuf,
+    /// The guest kernel for 1-vCPU VMs (the uniprocessor build).
+    pub kernel: PathBuf,
+    /// The guest kernel for VMs with more vCPUs (the SMP build).
+    pub kernel_smp: PathBuf,
+    /// The agent initramfs.
+    pub initramfs: PathBuf,
+    /// vCPUs when the spec sets no CPU limit.
+    pub vcpus: u8,
+    /// Guest RAM when the spec sets no memory limit.
+    pub memory_mib: u32,
+    /// Guest RAM added to a spec's memory limit: the guest kernel, the
+    /// agent and the page cache of the rootfs.
+    pub memory_overhead_mib: u32,
+    /// Keep the guest console in the sandbox state (`console.log`) and log
+    /// the kernel's boot messages.
+    pub debug_console: bool,
+    /// The shim's log level (error, warn, info, debug, trace).
+    pub log_level: String,
+    /// Start the VMM through hull-jailer (namespaces, unprivileged uid,
+    /// no capabilities, host cgroup). `false` is for debugging only.
+    pub jail: bool,
+    /// The VMM's seccomp mode: `enforce` or `log` (debugging).
+    pub seccomp: String,
+    /// How long the guest may take to boot to a ready agent, in seconds.
+    pub boot_timeout_secs: u64,
+    pub policy: PolicySection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Sensitive host paths that may be bind-mounted anyway.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        Self {
+            vmm: "/usr/local/bin/hull-vmm".into(),
+            jailer: "/usr/local/bin/hull-jailer".into(),
+            kernel: "/usr/local/share/hull/vmlinux-up".into(),
+            kernel_smp: "/usr/local/share/hull/vmlinux".into(),
+            initramfs: "/usr/local/share/hull/initramfs.cpio".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            memory_overhead_mib: 96,
+            debug_console: false,
+            log_level: "info".into(),
+            jail: true,
+            seccomp: "enforce".into(),
+            boot_timeout_secs: 180,
+            policy: PolicySection::default(),
+        }
+    }
+}
+
+impl ShimConfig {
+    /// Reads `path`; the default path may be missing (defaults apply), an
+    /// explicitly named one may not.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Self =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                field: e.path().to_string(),
+                message: e.inner().message().to_owned(),
+            })?;
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            reason: reason.into(),
+        };
+        if config.vcpus == 0 {
+            return Err(invalid("vcpus", "must be at least 1"));
+        }
+        if config.memory_mib < 64 {
+            return Err(invalid("memory_mib", "must be at least 64"));
+        }
+        if !matches!(config.seccomp.as_str(), "enforce" | "log") {
+            return Err(invalid("seccomp", "must be \"enforce\" or \"log\""));
+        }
+        Ok(config)
+    }
+
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            allowed_host_paths: self.policy.allowed_host_paths.clone(),
+        }
+    }
+
+    /// The kernel for a VM with `vcpus` vCPUs.
+    pub fn kernel_for(&self, vcpus: u8) -> &Path {
+        if vcpus == 1 {
+            &self.kernel
+        } else {
+            &self.kernel_smp
+        }
+    }
+}
+
+/// The `config_path` of containerd's `runtimeoptions.v1.Options` (field 2),
+/// read straight from its protobuf encoding: the message is not among the
+/// shim crate's generated types.
+pub fn config_path_from_options(type_url: &str, value: &[u8]) -> Option<PathBuf> {
+    if !type_url.ends_with("runtimeoptions.v1.Options") {
+        return None;
+    }
+    let mut input = containerd_shim::protos::protobuf::CodedInputStream::from_bytes(value);
+    while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
+        let (field, wire_type) = (tag >> 3, tag & 7);
+        match (field, wire_type) {
+            (2, 2) => {
+                let path = input.read_string().ok()?;
+                return (!path.is_empty()).then(|| PathBuf::from(path));
+            }
+            (_, 2) => {
+                input.read_bytes().ok()?;
+            }
+            (_, 0) => {
+                input.read_uint64().ok()?;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let config = ShimConfig::parse(
+            "vcpus = 2\n[policy]\nallowed_host_paths = [\"/srv\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.vcpus, 2);
+        assert_eq!(config.memory_mib, 256);
+        assert!(config.jail);
+        assert_eq!(
+            config.policy().allowed_host_paths,
+            vec![PathBuf::from("/srv")]
+        );
+        assert_eq!(
+            config.kernel_for(2),
+            Path::new("/usr/local/share/hull/vmlinux")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let err = ShimConfig::parse("memroy_mib = 5\n", Path::new("/etc/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/etc/x.toml") && err.contains("memroy_mib"),
+            "{err}"
+        );
+        let err = ShimConfig::parse("vcpus = \"two\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vcpus"), "{err}");
+        let err = ShimConfig::parse("seccomp = \"off\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("seccomp"), "{err}");
+        let err = ShimConfig::load(Some(Path::new("/nonexistent/hull.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/hull.toml"), "{err}");
+    }
+
+    #[test]
+    fn config_path_is_read_from_runtime_options() {
+        // type_url (1) = "x", config_path (2) = "/etc/hull/a.toml"
+        let mut bytes = vec![0x0a, 1, b'x', 0x12, 16];
+        bytes.extend_from_slice(b"/etc/hull/a.toml");
+        let path = config_path_from_options("runtimeoptions.v1.Options", &bytes);
+        assert_eq!(path, Some(PathBuf::from("/etc/hull/a.toml")));
+        assert_eq!(
+            config_path_from_options("containerd.runc.v1.Options", &bytes),
+            None
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The shim's errors and their ttrpc codes, mapped in one place.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+use crate::policy::PolicyError;
+use crate::rootfs::RootfsError;
+use crate::sandbox::agent_client::AgentError;
+use crate::sandbox::vmm_process::VmmProcessError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the container's spec is refused by hull's policy")]
+    Policy(#[source] PolicyError),
+    #[error("reading the OCI spec {path}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the OCI spec {path} is not valid JSON")]
+    SpecJson {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} is not valid JSON")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("preparing the container's rootfs disk")]
+    Rootfs(#[from] RootfsError),
+    #[error("starting the VM")]
+    Vmm(#[from] VmmProcessError),
+    #[error("the guest agent")]
+    Agent(#[from] AgentError),
+    #[error("agent call {call} failed")]
+    AgentCall {
+        call: &'static str,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("the VM of this container has stopped ({0})")]
+    VmGone(String),
+    #[error("no container {0} in this shim")]
+    NoContainer(String),
+    #[error("no process {exec_id:?} in container {id}")]
+    NoProcess { id: String, exec_id: String },
+    #[error("process {0:?} exists already")]
+    ProcessExists(String),
+    #[error("container {0} exists already")]
+    ContainerExists(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    WrongState(String),
+}
+
+impl ShimError {
+    /// The ttrpc code containerd gets.
+    pub fn code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
+        match self {
+            ShimError::Config(_)
+            | ShimError::Spec { .. }
+            | ShimError::SpecJson { .. }
+            | ShimError::Json { .. } => Code::INVALID_ARGUMENT,
+            ShimError::Policy(_) => Code::FAILED_PRECONDITION,
+            ShimError::NoContainer(_) | ShimError::NoProcess { .. } => Code::NOT_FOUND,
+            ShimError::ProcessExists(_) | ShimError::ContainerExists(_) => Code::ALREADY_EXISTS,
+            ShimError::WrongState(_) => Code::FAILED_PRECONDITION,
+            ShimError::VmGone(_) | ShimError::Agent(_) => Code::UNAVAILABLE,
+            // The agent's own code says what went wrong (a bad spec is
+            // INVALID_ARGUMENT, a missing process NOT_FOUND, ...).
+            ShimError::AgentCall {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            } => status.code(),
+            ShimError::AgentCall { .. } => Code::UNAVAILABLE,
+            ShimError::Rootfs(_) | ShimError::Vmm(_) | ShimError::Io { .. } => Code::INTERNAL,
+        }
+    }
+}
+
+/// "error: cause: root cause" on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(err: ShimError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), chain(&err)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_chosen_not_flattened() {
+        assert_eq!(
+            ShimError::NoContainer("x".into()).code(),
+            ttrpc::Code::NOT_FOUND
+        );
+        let policy = PolicyError {
+            id: "C1.3",
+            field: "linux.namespaces".into(),
+            message: "shares the host's network namespace".into(),
+            remedy: "r",
+        };
+        let err = ShimError::Policy(policy);
+        assert_eq!(err.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert!(chain(&err).contains("host's network"), "{}", chain(&err));
+        let agent = ShimError::AgentCall {
+            call: "CreateContainer",
+            source: ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                "process.args: missing",
+            )),
+        };
+        assert_eq!(agent.code(), ttrpc::Code::INVALID_ARGUMENT);
+    }
+}

@@ -1,0 +1,162 @@
+//! The container's root filesystem as a disk for the guest: containerd's
+//! rootfs mounts (an overlay of the image's layers, or a native snapshot)
+//! are mounted on the bundle's `rootfs`, copied into a sparse ext4 image
+//! with `mkfs.ext4 -d`, and unmounted again; the guest mounts the image.
+//! The image is the container's own copy, so it is attached read-write.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Free space on top of the content (the container writes to its disk).
+pub const HEADROOM_BYTES: u64 = 256 << 20;
+/// The smallest image.
+pub const MIN_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("mounting the rootfs ({fs_type} from {source_path}) on {target}")]
+    Mount {
+        fs_type: String,
+        source_path: String,
+        target: PathBuf,
+        #[source]
+        source: Box<containerd_shim::Error>,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mkfs.ext4 -d {from} failed: {stderr}")]
+    Mkfs { from: PathBuf, stderr: String },
+}
+
+/// One mount from containerd's CreateTaskRequest.rootfs.
+#[derive(Debug, Clone)]
+pub struct RootfsMount {
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Mounts `mounts` on `target` (in order), returns whether anything was mounted.
+pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<bool, RootfsError> {
+    for m in mounts {
+        containerd_shim::mount::mount_rootfs(
+            Some(m.fs_type.as_str()),
+            Some(m.source.as_str()),
+            &m.options,
+            target,
+        )
+        .map_err(|source| RootfsError::Mount {
+            fs_type: m.fs_type.clone(),
+            source_path: m.source.clone(),
+            target: target.into(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(!mounts.is_empty())
+}
+
+/// Unmounts everything at or below `target` (lazily, so a busy mount does
+/// not keep it).
+pub fn unmount(target: &Path) {
+    if let Some(t) = target.to_str() {
+        let _ = containerd_shim::mount::umount_recursive(Some(t), libc::MNT_DETACH);
+    }
+}
+
+/// Bytes of regular files under `dir` (not following symlinks).
+fn content_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(entry.path());
+            }
+            // 4 KiB per entry at least: inodes, directory blocks.
+            total += meta.len().max(4096);
+        }
+    }
+    total
+}
+
+/// Builds `image` (sparse ext4) from the directory `from`; returns how long
+/// it took.
+pub fn build_image(from: &Path, image: &Path) -> Result<Duration, RootfsError> {
+    let started = Instant::now();
+    let size = (content_size(from) * 5 / 4 + HEADROOM_BYTES).max(MIN_BYTES);
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Io { what, path, source }
+    };
+    let file = std::fs::File::create(image).map_err(io("creating", image))?;
+    file.set_len(size).map_err(io("sizing", image))?;
+    drop(file);
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1,nodiscard",
+            "-d",
+        ])
+        .arg(from)
+        .arg(image)
+        .output()
+        .map_err(io("running mkfs.ext4 for", image))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(image);
+        return Err(RootfsError::Mkfs {
+            from: from.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_holds_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "hull\n").unwrap();
+        let image = dir.path().join("rootfs.img");
+        build_image(&root, &image).unwrap();
+        let meta = std::fs::metadata(&image).unwrap();
+        assert!(meta.len() >= MIN_BYTES);
+        let out = Command::new("debugfs")
+            .args(["-R", "cat /etc/hostname"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hull\n");
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build_image(&dir.path().join("nope"), &dir.path().join("x.img")).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert!(
+            !dir.path().join("x.img").exists(),
+            "a failed image is removed"
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The shim process itself (containerd's `start`, `delete` and serve
+//! modes), on containerd-shim 0.11's async `Shim` trait.
+//!
+//! `start` forks the serving shim (grouped by container id) and prints its
+//! socket address; `delete` is how containerd cleans up after a shim that
+//! died: it removes whatever that shim's container left on the host.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
+
+use crate::task::create::{image_for, remove_leftovers, state_dir_for};
+use crate::task::process::timestamp;
+use crate::task::HullTask;
+
+pub struct HullShim {
+    id: String,
+    namespace: String,
+    bundle: PathBuf,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for HullShim {
+    type T = HullTask;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&args.bundle)
+        };
+        Self {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            bundle,
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // One shim (and one VM) per container for now; a pod would group
+        // its containers under the sandbox id here.
+        let grouping = opts.id.clone();
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        // The serving shim removes the socket named here when it shuts
+        // down; `delete` removes it after a shim that died.
+        std::fs::write(self.bundle.join("address"), &address).map_err(|e| {
+            containerd_shim::Error::Other(format!("writing the shim address file: {e}"))
+        })?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // The serving shim is gone: kill what it started and remove what it
+        // made. Its VMM runs under the jailer, whose supervisor named the
+        // state directory on its command line.
+        let state_dir = state_dir_for(&self.namespace, &self.id);
+        kill_processes_naming(&state_dir);
+        if let Ok(address) = std::fs::read_to_string(self.bundle.join("address")) {
+            let path = address.trim().trim_start_matches("unix://");
+            let _ = std::fs::remove_file(path);
+        }
+        crate::rootfs::unmount(&self.bundle.join("rootfs"));
+        remove_leftovers(&self.id, &state_dir, &[image_for(&self.bundle)]);
+        Ok(DeleteResponse {
+            exit_status: 137,
+            exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        HullTask::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
+/// SIGKILLs every process whose command line names `dir` (the jailer and
+/// the VMM of a dead shim).
+fn kill_processes_naming(dir: &std::path::Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            // SAFETY: kill(2) on a pid read from /proc; at worst it is gone.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Creating a container, step by step: the config, the spec and its
+//! policy, the VM's size, the rootfs disk, the sandbox, the container in
+//! the guest. A failure at any step undoes the steps before it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use containerd_shim::protos::api::CreateTaskRequest;
+use containerd_shim::protos::protobuf::MessageField;
+use hull_protocol::agent_api::agent::{CreateContainerRequest, Storage};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use super::process::Process;
+use super::sandbox::{Sandbox, RPC_TIMEOUT};
+use super::{stdio_options, Container};
+use crate::config::{config_path_from_options, ShimConfig};
+use crate::error::ShimError;
+use crate::policy;
+use crate::rootfs::{self, RootfsMount};
+use crate::sandbox::vmm_process::{Drive, JailSpec, VmmSpec};
+use crate::stdio::StdioPaths;
+
+/// Where sandboxes keep their sockets: short, for the 107-byte socket path
+/// limit (containerd's bundle paths with 64-character ids are too long).
+pub const SANDBOX_STATE_BASE: &str = "/run/hull/sandboxes";
+/// The serial of the rootfs disk, by which the agent finds it.
+pub const ROOTFS_SERIAL: &str = "rootfs";
+/// The VMM's own memory beside guest RAM, for its host cgroup.
+pub const VMM_OVERHEAD_BYTES: u64 = 64 << 20;
+
+pub struct Created {
+    pub container: Container,
+    pub pid: u32,
+}
+
+/// The sandbox state directory of container `id` in `namespace`.
+pub fn state_dir_for(namespace: &str, id: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("{namespace}/{id}").as_bytes());
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Path::new(SANDBOX_STATE_BASE).join(name)
+}
+
+/// The rootfs disk image of a bundle.
+pub fn image_for(bundle: &Path) -> PathBuf {
+    bundle.join("rootfs.img")
+}
+
+/// The host cgroup id (`hull/<id>`) of a sandbox: its state directory's name.
+fn jail_id(state_dir: &Path) -> String {
+    state_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Removes what a container left on the host: its files, its state
+/// directory, its host cgroups (the jailer's supervisor removes them when it
+/// ends normally; not when it was killed).
+pub fn remove_leftovers(_id: &str, state_dir: &Path, files: &[PathBuf]) {
+    for file in files {
+        let _ = std::fs::remove_file(file);
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+    let jail = jail_id(state_dir);
+    if jail.is_empty() {
+        return;
+    }
+    for controller in ["memory", "pids", "cpu", ""] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("hull")
+            .join(&jail);
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
+    let config_path = req
+        .options
+        .as_ref()
+        .and_then(|any| config_path_from_options(&any.type_url, &any.value))
+        .or_else(|| std::env::var_os("HULL_CONFIG").map(PathBuf::from));
+    let config = ShimConfig::load(config_path.as_deref())?;
+    let bundle = PathBuf::from(&req.bundle);
+    let spec_path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&spec_path).map_err(|source| ShimError::Spec {
+        path: spec_path.clone(),
+        source,
+    })?;
+    let mut spec: Value = serde_json::from_str(&text).map_err(|source| ShimError::SpecJson {
+        path: spec_path.clone(),
+        source,
+    })?;
+    policy::enforce(&spec, &config.policy()).map_err(ShimError::Policy)?;
+    // Host devices never reach the guest (policy C3.1).
+    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+        linux.remove("devices");
+    }
+    let (vcpus, memory_mib) = vm_size(&spec, &config);
+
+    // The rootfs disk, from containerd's mounts (or a prepared rootfs dir).
+    let rootfs_dir = bundle.join("rootfs");
+    let image = image_for(&bundle);
+    let mounts: Vec<RootfsMount> = req
+        .rootfs
+        .iter()
+        .map(|m| RootfsMount {
+            fs_type: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    std::fs::create_dir_all(&rootfs_dir).map_err(|source| ShimError::Io {
+        what: format!("creating {}", rootfs_dir.display()),
+        source,
+    })?;
+    let mounted = rootfs::mount_all(&mounts, &rootfs_dir);
+    let built = mounted.and_then(|_| rootfs::build_image(&rootfs_dir, &image));
+    rootfs::unmount(&rootfs_dir);
+    let took = built?;
+    log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
+
+    let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
+    let files = vec![image.clone()];
+    let undo = |e: ShimError| {
+        remove_leftovers(&req.id, &state_dir, &files);
+        e
+    };
+    std::fs::create_dir_all(SANDBOX_STATE_BASE).map_err(|source| ShimError::Io {
+        what: format!("creating {SANDBOX_STATE_BASE}"),
+        source,
+    })?;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let vmm_spec = VmmSpec {
+        vmm_binary: config.vmm.clone(),
+        kernel: config.kernel_for(vcpus).to_path_buf(),
+        initramfs: config.initramfs.clone(),
+        vcpus,
+        memory_mib,
+        kernel_args: Vec::new(),
+        drives: vec![Drive {
+            path: image.clone(),
+            read_only: false,
+            id: Some(ROOTFS_SERIAL.into()),
+        }],
+        console_log: config.debug_console,
+        verbose_boot: config.debug_console,
+        jail: config.jail.then(|| JailSpec {
+            jailer: config.jailer.clone(),
+            id: jail_id(&state_dir),
+            memory_bytes: Some((u64::from(memory_mib) << 20) + VMM_OVERHEAD_BYTES),
+            pids_max: Some(u64::from(vcpus) + 32),
+            cpu: cpu_limit(&spec),
+        }),
+        seccomp: Some(config.seccomp.clone()),
+    };
+    let boot = Duration::from_secs(config.boot_timeout_secs);
+    let sandbox = Sandbox::start(&vmm_spec, &state_dir, boot)
+        .await
+        .map_err(undo)?;
+    let agent = sandbox.agent();
+
+    let stdio = StdioPaths {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    };
+    let request = CreateContainerRequest {
+        container_id: req.id.clone(),
+        oci_spec: serde_json::to_vec(&spec).map_err(|source| ShimError::Json {
+            what: "the OCI spec",
+            source,
+        })?,
+        rootfs: MessageField::some(Storage {
+            disk_serial: ROOTFS_SERIAL.into(),
+            fstype: "ext4".into(),
+            readonly: false,
+            overlay: false,
+            ..Default::default()
+        }),
+        stdio: MessageField::some(stdio_options(&stdio)),
+        ..Default::default()
+    };
+    let ctx = ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64);
+    let pid = match agent.create_container(ctx, &request).await {
+        Ok(response) => response.pid,
+        Err(source) => {
+            sandbox.shutdown().await;
+            return Err(undo(ShimError::AgentCall {
+                call: "CreateContainer",
+                source,
+            }));
+        }
+    };
+    let mut processes = HashMap::new();
+    processes.insert(
+        String::new(),
+        std::sync::Arc::new(Process::new("", stdio, None)),
+    );
+    Ok(Created {
+        container: Container {
+            id: req.id.clone(),
+            bundle,
+            sandbox,
+            agent,
+            files,
+            processes: Mutex::new(processes),
+            paused: AtomicBool::new(false),
+        },
+        pid,
+    })
+}
+
+/// containerd's bundles are `<state>/io.containerd.runtime.v2.task/<ns>/<id>`.
+fn namespace_of(bundle: &Path) -> String {
+    bundle
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// vCPUs and guest RAM: the spec's CPU and memory limits when it has them
+/// (memory limit plus the configured overhead), else the config's defaults.
+pub fn vm_size(spec: &Value, config: &ShimConfig) -> (u8, u32) {
+    let vcpus = match cpu_limit(spec) {
+        Some((quota, period)) if period > 0 => quota.div_ceil(period).clamp(1, 8) as u8,
+        _ => config.vcpus,
+    };
+    let memory_mib = spec
+        .pointer("/linux/resources/memory/limit")
+        .and_then(Value::as_i64)
+        .filter(|limit| *limit > 0)
+        .map_or(config.memory_mib, |limit| {
+            let mib = (limit as u64).div_ceil(1 << 20) as u32;
+            mib.saturating_add(config.memory_overhead_mib)
+        });
+    (vcpus, memory_mib)
+}
+
+fn cpu_limit(spec: &Value) -> Option<(u64, u64)> {
+    let quota = spec
+        .pointer("/linux/resources/cpu/quota")
+        .and_then(Value::as_i64)?;
+    let period = spec
+        .pointer("/linux/resources/cpu/period")
+        .and_then(Value::as_u64)
+        .unwrap_or(100_000);
+    (quota > 0).then_some((quota as u64, period))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_vm_is_sized_from_the_spec_limits() {
+        let config = ShimConfig::default();
+        assert_eq!(vm_size(&json!({}), &config), (1, 256));
+        let spec = json!({"linux": {"resources": {
+            "memory": {"limit": 268_435_456},
+            "cpu": {"quota": 150_000, "period": 100_000}
+        }}});
+        assert_eq!(
+            vm_size(&spec, &config),
+            (2, 256 + config.memory_overhead_mib)
+        );
+        assert_eq!(cpu_limit(&spec), Some((150_000, 100_000)));
+    }
+
+    #[test]
+    fn state_dirs_are_short_and_distinct() {
+        let a = state_dir_for("default", &"x".repeat(64));
+        let b = state_dir_for("moby", &"x".repeat(64));
+        assert_ne!(a, b);
+        // Room for "/vsock.sock_1024" under the socket path limit.
+        assert!(a.as_os_str().len() + 16 < 100, "{}", a.display());
+        assert_eq!(
+            namespace_of(Path::new("/s/io.containerd.runtime.v2.task/ns1/id1")),
+            "ns1"
+        );
+    }
+}
