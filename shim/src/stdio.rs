@@ -3,9 +3,9 @@
 //! pulled with ReadStdout/ReadStderr until the agent reports the end,
 //! stdin is pushed with WriteStdin until containerd's CloseIO.
 //!
-//! The FIFOs are opened read-write, as containerd's runc shim does: opening
-//! never blocks for lack of a peer, and stdin sees no early EOF; its end is
-//! CloseIO.
+//! The output FIFOs are opened read-write, so opening never blocks for
+//! lack of a reader; stdin is opened read-only and ends when containerd's
+//! side closes it, or on CloseIO.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,10 +160,10 @@ async fn copy_in(
     path: PathBuf,
     close: Arc<Notify>,
 ) {
-    let mut fifo = match pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(&path)
-    {
+    // Read-only, so the writer closing it (containerd's client reaching
+    // the end of its stdin) reads as EOF. Linux reports no hang-up to a
+    // FIFO reader before a first writer came, so a late writer is fine.
+    let mut fifo = match pipe::OpenOptions::new().open_receiver(&path) {
         Ok(fifo) => fifo,
         Err(e) => {
             log::warn!("{id}/{exec_id}: opening {}: {e}", path.display());

@@ -111,6 +111,9 @@ impl Containerd {
             .arg("--config")
             .arg(&containerd_config)
             .env("PATH", path)
+            // For runtimes named without options (`docker run --runtime
+            // io.containerd.hull.v2`): the shim falls back to $HULL_CONFIG.
+            .env("HULL_CONFIG", &config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
