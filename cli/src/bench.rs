@@ -23,6 +23,7 @@ mod kernel_cmdline;
 mod machine;
 mod qemu;
 mod smaps;
+pub mod start;
 mod table;
 
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ pub fn marker() -> String {
 pub enum BenchCommand {
     /// Boot time and VMM memory of hull, and QEMU microvm with the same guest.
     Boot(BootBenchArgs),
+    /// `ctr run` latency to first output and memory per running container,
+    /// hull against runc on the same containerd.
+    Start(start::StartBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -94,6 +98,8 @@ pub struct BootBenchArgs {
 pub enum BenchError {
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error(transparent)]
+    Start(#[from] start::StartBenchError),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("hull boot {run} of {runs}")]
@@ -213,6 +219,14 @@ pub fn run(command: &BenchCommand, progress: &mut dyn FnMut(&str)) -> Result<Str
                 json
             } else {
                 render(&report)
+            })
+        }
+        BenchCommand::Start(args) => {
+            let report = start::start_bench(args, progress)?;
+            Ok(if args.json {
+                serde_json::to_string(&report).expect("the report serializes") + "\n"
+            } else {
+                start::render(&report)
             })
         }
     }

@@ -1,0 +1,368 @@
+//! `hull bench start`: `ctr run` latency to the container's first output,
+//! hull against runc in the same run on the same containerd and image, and
+//! the memory one running container costs (PSS of the shim, the jailer and
+//! the VMM, the VMM's including the guest RAM the guest actually touched;
+//! for runc the shim and the container's process).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::machine::{utc_now, Machine};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartBenchArgs {
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub address: PathBuf,
+    /// The containerd namespace the bench's containers live in.
+    #[arg(long, default_value = "hull-bench")]
+    pub namespace: String,
+    /// The image (it must be imported in the namespace: ./setup.sh imports
+    /// docker.io/library/busybox:hull into `default`; the bench imports it
+    /// from --image-tar when given).
+    #[arg(long, default_value = "docker.io/library/busybox:hull")]
+    pub image: String,
+    /// An image tar to import first (scripts/busybox-image.py writes one).
+    #[arg(long)]
+    pub image_tar: Option<PathBuf>,
+    /// hull's config, passed as --runtime-config-path.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `ctr`.
+    #[arg(long, default_value = "ctr")]
+    pub ctr: PathBuf,
+    /// Runs per runtime.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartBenchError {
+    #[error("running {what}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {stderr}")]
+    Failed { what: String, stderr: String },
+    #[error("{what}: no {process} process found")]
+    NoProcess { what: String, process: &'static str },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeStart {
+    pub runtime: String,
+    /// `ctr run` start to the container's first byte of output, per run.
+    pub first_output_ms: Vec<u64>,
+    /// `ctr run --rm` start to its exit (the container removed), per run.
+    pub total_ms: Vec<u64>,
+    /// PSS of what one running container costs on the host, by process.
+    pub pss_kib: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StartBenchReport {
+    pub machine: Machine,
+    pub date: String,
+    pub hull: RuntimeStart,
+    pub runc: RuntimeStart,
+    /// Median first-output latency, hull / runc.
+    pub latency_ratio: f64,
+    /// Total PSS, hull / runc.
+    pub memory_ratio: f64,
+}
+
+fn median(values: &[u64]) -> u64 {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+struct Ctr<'a> {
+    args: &'a StartBenchArgs,
+}
+
+impl Ctr<'_> {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.args.ctr);
+        cmd.arg("-a")
+            .arg(&self.args.address)
+            .arg("-n")
+            .arg(&self.args.namespace);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, StartBenchError> {
+        let what = format!("ctr {}", args.join(" "));
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .map_err(|source| StartBenchError::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(StartBenchError::Failed {
+                what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn runtime_args(&self, runtime: &str) -> Vec<String> {
+        let mut args = vec!["--runtime".to_owned(), runtime.to_owned()];
+        if let (Some(config), true) = (&self.args.config, runtime.contains("hull")) {
+            args.push("--runtime-config-path".into());
+            args.push(config.display().to_string());
+        }
+        args
+    }
+
+    /// One `ctr run --rm`: (first output, exit), in milliseconds.
+    fn timed_run(&self, runtime: &str, id: &str) -> Result<(u64, u64), StartBenchError> {
+        let what = format!("ctr run --runtime {runtime}");
+        let started = Instant::now();
+        let mut child = self
+            .command()
+            .arg("run")
+            .arg("--rm")
+            .args(self.runtime_args(runtime))
+            .arg(&self.args.image)
+            .arg(id)
+            .args(["echo", "ready"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| StartBenchError::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut byte = [0u8; 1];
+        let first = match stdout.read(&mut byte) {
+            Ok(1) => started.elapsed(),
+            _ => Duration::ZERO,
+        };
+        let mut rest = Vec::new();
+        let _ = stdout.read_to_end(&mut rest);
+        let out = child
+            .wait_with_output()
+            .map_err(|source| StartBenchError::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+        if !out.status.success() || first.is_zero() {
+            return Err(StartBenchError::Failed {
+                what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok((
+            first.as_millis() as u64,
+            started.elapsed().as_millis() as u64,
+        ))
+    }
+}
+
+/// Processes whose command line contains `needle`, with their names.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle).then(|| {
+                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                (pid, name)
+            })
+        })
+        .collect()
+}
+
+/// The PSS of `pid` in KiB (smaps_rollup).
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A detached container that sleeps; the PSS of its host processes once it
+/// runs (after `settle`), then it is removed.
+fn running_cost(ctr: &Ctr, runtime: &str, id: &str) -> Result<Vec<(String, u64)>, StartBenchError> {
+    let mut args = vec!["run".to_owned(), "-d".to_owned()];
+    args.extend(ctr.runtime_args(runtime));
+    args.extend([
+        ctr.args.image.clone(),
+        id.to_owned(),
+        "sleep".into(),
+        "600".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ctr.run(&args)?;
+    std::thread::sleep(Duration::from_secs(2));
+    // The shim names the container id; hull's jailer and VMM name its
+    // rootfs disk in the bundle, runc's container process is a child of
+    // its shim.
+    let mut cost = Vec::new();
+    for (pid, name) in processes_with(&format!("-id {id}")) {
+        cost.push((format!("{name} ({pid})"), pss_kib(pid)));
+        if runtime.contains("runc") {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                cost.push((format!("container ({child})"), pss_kib(child)));
+            }
+        }
+    }
+    for (pid, name) in processes_with(&format!("/{id}/rootfs.img")) {
+        cost.push((format!("{name} ({pid})"), pss_kib(pid)));
+    }
+    let _ = ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
+    for _ in 0..300 {
+        if ctr.run(&["task", "rm", id]).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = ctr.run(&["container", "rm", id]);
+    if cost.is_empty() {
+        return Err(StartBenchError::NoProcess {
+            what: format!("{runtime} container {id}"),
+            process: "shim",
+        });
+    }
+    Ok(cost)
+}
+
+pub fn start_bench(
+    args: &StartBenchArgs,
+    progress: &mut dyn FnMut(&str),
+) -> Result<StartBenchReport, StartBenchError> {
+    let ctr = Ctr { args };
+    if let Some(tar) = &args.image_tar {
+        ctr.run(&["image", "import", &tar.display().to_string()])?;
+    }
+    let mut results = Vec::new();
+    for runtime in ["io.containerd.hull.v2", "io.containerd.runc.v2"] {
+        let mut first = Vec::new();
+        let mut total = Vec::new();
+        for run in 0..args.runs {
+            let id = format!(
+                "bench-{}-{run}",
+                if runtime.contains("hull") {
+                    "hull"
+                } else {
+                    "runc"
+                }
+            );
+            let (f, t) = ctr.timed_run(runtime, &id)?;
+            progress(&format!(
+                "{runtime} run {}: first output {f} ms, done {t} ms",
+                run + 1
+            ));
+            first.push(f);
+            total.push(t);
+        }
+        let id = format!(
+            "bench-{}-mem",
+            if runtime.contains("hull") {
+                "hull"
+            } else {
+                "runc"
+            }
+        );
+        let pss = running_cost(&ctr, runtime, &id)?;
+        progress(&format!(
+            "{runtime}: running container costs {pss:?} KiB PSS"
+        ));
+        results.push(RuntimeStart {
+            runtime: runtime.into(),
+            first_output_ms: first,
+            total_ms: total,
+            pss_kib: pss,
+        });
+    }
+    let runc = results.pop().expect("two runtimes");
+    let hull = results.pop().expect("two runtimes");
+    let sum = |r: &RuntimeStart| r.pss_kib.iter().map(|(_, k)| k).sum::<u64>().max(1) as f64;
+    Ok(StartBenchReport {
+        machine: Machine::this(),
+        date: utc_now(),
+        latency_ratio: median(&hull.first_output_ms) as f64
+            / median(&runc.first_output_ms).max(1) as f64,
+        memory_ratio: sum(&hull) / sum(&runc),
+        hull,
+        runc,
+    })
+}
+
+pub fn render(r: &StartBenchReport) -> String {
+    let m = &r.machine;
+    let mut out = format!(
+        "hull bench start — machine: {} ({} cores), host Linux {}, {} — {}\n",
+        m.cpu_model,
+        m.cores,
+        m.host_kernel,
+        m.kvm(),
+        r.date
+    );
+    for rt in [&r.hull, &r.runc] {
+        let pss: u64 = rt.pss_kib.iter().map(|(_, k)| k).sum();
+        out.push_str(&format!(
+            "{:<24} first output median {:>6} ms {:?}   ctr run --rm median {:>6} ms   running: {} KiB PSS ({})\n",
+            rt.runtime,
+            median(&rt.first_output_ms),
+            rt.first_output_ms,
+            median(&rt.total_ms),
+            pss,
+            rt.pss_kib
+                .iter()
+                .map(|(n, k)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "hull/runc: start latency ×{:.1}, memory per running container ×{:.1}\n",
+        r.latency_ratio, r.memory_ratio
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_pss_of_a_real_process() {
+        assert_eq!(median(&[5, 1, 3]), 3);
+        assert_eq!(median(&[7]), 7);
+        assert!(pss_kib(std::process::id()) > 0, "this test process has a PSS");
+        let me = std::fs::read(format!("/proc/{}/cmdline", std::process::id())).unwrap();
+        let arg0 = String::from_utf8_lossy(me.split(|b| *b == 0).next().unwrap()).into_owned();
+        assert!(processes_with(&arg0).iter().any(|(pid, _)| *pid == std::process::id()));
+    }
+}
