@@ -30,6 +30,8 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("bind mount of {path}: host directories over {limit_mib} MiB cannot be copied into the guest (hull has no shared file system yet)")]
+    BindTooLarge { path: PathBuf, limit_mib: u64 },
     #[error("mkfs.ext4 -d {from} failed: {stderr}")]
     Mkfs { from: PathBuf, stderr: String },
 }
@@ -40,6 +42,64 @@ pub struct RootfsMount {
     pub fs_type: String,
     pub source: String,
     pub options: Vec<String>,
+}
+
+/// A bind mount of a host path, copied into the rootfs at `destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+}
+
+/// The largest host directory copied for a bind mount.
+pub const MAX_BIND_COPY_BYTES: u64 = 64 << 20;
+
+/// Copies each bind mount's host content into `root` at its destination.
+pub fn copy_binds(binds: &[HostBind], root: &Path) -> Result<(), RootfsError> {
+    for bind in binds {
+        let target = root.join(
+            bind.destination
+                .strip_prefix("/")
+                .unwrap_or(&bind.destination),
+        );
+        let io = |what| {
+            let path = bind.source.clone();
+            move |source| RootfsError::Io { what, path, source }
+        };
+        let meta = std::fs::metadata(&bind.source).map_err(io("bind mount source"))?;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io("creating the parent of the bind target for"))?;
+        }
+        if meta.is_dir() {
+            if content_size(&bind.source) > MAX_BIND_COPY_BYTES {
+                return Err(RootfsError::BindTooLarge {
+                    path: bind.source.clone(),
+                    limit_mib: MAX_BIND_COPY_BYTES >> 20,
+                });
+            }
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg("--no-target-directory")
+                .arg(&bind.source)
+                .arg(&target)
+                .output()
+                .map_err(io("copying"))?;
+            if !out.status.success() {
+                return Err(RootfsError::Io {
+                    what: "copying",
+                    path: bind.source.clone(),
+                    source: std::io::Error::other(
+                        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    ),
+                });
+            }
+        } else {
+            let _ = std::fs::remove_file(&target);
+            std::fs::copy(&bind.source, &target).map_err(io("copying"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Mounts `mounts` on `target` (in order), returns whether anything was mounted.
@@ -147,6 +207,44 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hull\n");
+    }
+
+    #[test]
+    fn bind_mounts_are_copied_to_their_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hosts"), "image\n").unwrap();
+        std::fs::write(dir.path().join("hosts"), "docker\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("data/sub")).unwrap();
+        std::fs::write(dir.path().join("data/sub/f"), "x").unwrap();
+        let binds = [
+            HostBind {
+                source: dir.path().join("hosts"),
+                destination: "/etc/hosts".into(),
+            },
+            HostBind {
+                source: dir.path().join("data"),
+                destination: "/srv/data".into(),
+            },
+        ];
+        copy_binds(&binds, &root).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+            "docker\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("srv/data/sub/f")).unwrap(),
+            "x"
+        );
+        let missing = [HostBind {
+            source: dir.path().join("nope"),
+            destination: "/x".into(),
+        }];
+        assert!(copy_binds(&missing, &root)
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
     }
 
     #[test]

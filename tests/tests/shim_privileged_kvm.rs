@@ -49,12 +49,15 @@ fn privileged_container_hurts_only_its_guest_kvm() {
         insmod /bin/busybox; echo insmod=$?; \
         mknod /tmp/disk b 254 0 && dd if=/tmp/disk bs=1024 skip=1 count=1 2>/dev/null | od -An -tx1 -j56 -N2 | tr -d ' \\n'; echo; \
         echo pwned > /proc/sys/kernel/hostname; echo hostname=$(cat /proc/sys/kernel/hostname); \
-        mount -t tmpfs none /mnt && echo mounted; \
+        mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo mounted; \
         echo 1 > /proc/sys/kernel/panic_on_oops; echo sysctl=$?";
     let out = containerd.run("attacker", &["--privileged"], &["sh", "-c", script]);
     let text = stdout_ok(&out, "privileged attacker");
     // No module loading in hull's guest kernel at all.
-    assert!(text.contains("insmod=1"), "insmod: {text}");
+    assert!(
+        text.contains("insmod=") && !text.contains("insmod=0"),
+        "insmod: {text}"
+    );
     // The raw disk it can read is its own image (ext4 magic 0xef53, little
     // endian), never a host disk.
     assert!(text.contains("53ef"), "reading the guest's disk: {text}");

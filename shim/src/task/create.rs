@@ -96,10 +96,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         source,
     })?;
     policy::enforce(&spec, &config.policy()).map_err(ShimError::Policy)?;
-    // Host devices never reach the guest (policy C3.1).
-    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
-        linux.remove("devices");
-    }
+    let host_binds = for_the_guest(&mut spec);
     let (vcpus, memory_mib) = vm_size(&spec, &config);
 
     // The rootfs disk, from containerd's mounts (or a prepared rootfs dir).
@@ -119,7 +116,8 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         source,
     })?;
     let mounted = rootfs::mount_all(&mounts, &rootfs_dir);
-    let built = mounted.and_then(|_| rootfs::build_image(&rootfs_dir, &image));
+    let copied = mounted.and_then(|_| rootfs::copy_binds(&host_binds, &rootfs_dir));
+    let built = copied.and_then(|_| rootfs::build_image(&rootfs_dir, &image));
     rootfs::unmount(&rootfs_dir);
     let took = built?;
     log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
@@ -216,6 +214,61 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     })
 }
 
+/// Rewrites what in a host-side spec cannot mean anything in the guest,
+/// and returns the bind mounts of host files and directories, whose
+/// content is copied into the rootfs disk instead (hull has no shared file
+/// system yet: a copy at start, not a live view):
+/// - host devices never reach the guest (policy C3.1);
+/// - namespace paths name host namespaces (Docker's and CRI's network
+///   namespace): every namespace is the guest's own;
+/// - hooks are host binaries (Docker's libnetwork-setkey);
+/// - the guest has no swap, so no swap limit.
+pub fn for_the_guest(spec: &mut Value) -> Vec<rootfs::HostBind> {
+    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+        linux.remove("devices");
+        if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+                ns.remove("path");
+            }
+        }
+        if let Some(memory) = linux
+            .get_mut("resources")
+            .and_then(|r| r.get_mut("memory"))
+            .and_then(Value::as_object_mut)
+        {
+            memory.remove("swap");
+            memory.remove("swappiness");
+        }
+    }
+    if let Some(root) = spec.as_object_mut() {
+        root.remove("hooks");
+    }
+    let mut binds = Vec::new();
+    if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
+        mounts.retain(|m| {
+            let options: Vec<&str> = m
+                .get("options")
+                .and_then(Value::as_array)
+                .map(|o| o.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+                || options.iter().any(|o| *o == "bind" || *o == "rbind");
+            let source = m.get("source").and_then(Value::as_str).unwrap_or("");
+            let destination = m.get("destination").and_then(Value::as_str).unwrap_or("");
+            if is_bind && source.starts_with('/') {
+                binds.push(rootfs::HostBind {
+                    source: source.into(),
+                    destination: destination.into(),
+                });
+                false
+            } else {
+                true
+            }
+        });
+    }
+    binds
+}
+
 /// containerd's bundles are `<state>/io.containerd.runtime.v2.task/<ns>/<id>`.
 fn namespace_of(bundle: &Path) -> String {
     bundle
@@ -272,6 +325,30 @@ mod tests {
             (2, 256 + config.memory_overhead_mib)
         );
         assert_eq!(cpu_limit(&spec), Some((150_000, 100_000)));
+    }
+
+    #[test]
+    fn host_side_fields_are_rewritten_for_the_guest() {
+        let mut spec = json!({
+            "hooks": {"createRuntime": [{"path": "/usr/sbin/dockerd"}]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/c/hosts", "options": ["rbind", "ro"]}
+            ],
+            "linux": {
+                "devices": [{"path": "/dev/sda"}],
+                "namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/docker/netns/x"}],
+                "resources": {"memory": {"limit": 100, "swap": 200}}
+            }
+        });
+        let binds = for_the_guest(&mut spec);
+        assert_eq!(binds.len(), 1);
+        assert_eq!(binds[0].destination, PathBuf::from("/etc/hosts"));
+        assert!(spec.get("hooks").is_none());
+        assert_eq!(spec["mounts"].as_array().unwrap().len(), 1);
+        assert!(spec["linux"].get("devices").is_none());
+        assert_eq!(spec["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(spec["linux"]["resources"]["memory"], json!({"limit": 100}));
     }
 
     #[test]
