@@ -100,7 +100,18 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     let (vcpus, memory_mib) = vm_size(&spec, &config);
 
     // The rootfs disk, from containerd's mounts (or a prepared rootfs dir).
-    let rootfs_dir = bundle.join("rootfs");
+    // containerd hands over the snapshot as mounts for `<bundle>/rootfs`;
+    // Docker mounts its graph driver's rootfs itself and names it in
+    // root.path.
+    let rootfs_dir = if req.rootfs.is_empty() {
+        let root = spec
+            .pointer("/root/path")
+            .and_then(Value::as_str)
+            .unwrap_or("rootfs");
+        bundle.join(root)
+    } else {
+        bundle.join("rootfs")
+    };
     let image = image_for(&bundle);
     let mounts: Vec<RootfsMount> = req
         .rootfs
@@ -118,7 +129,9 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     let mounted = rootfs::mount_all(&mounts, &rootfs_dir);
     let copied = mounted.and_then(|_| rootfs::copy_binds(&host_binds, &rootfs_dir));
     let built = copied.and_then(|_| rootfs::build_image(&rootfs_dir, &image));
-    rootfs::unmount(&rootfs_dir);
+    if !req.rootfs.is_empty() {
+        rootfs::unmount(&rootfs_dir);
+    }
     let took = built?;
     log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
 
