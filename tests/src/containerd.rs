@@ -230,28 +230,26 @@ impl Containerd {
         cmd: &[&str],
         input: Option<&[u8]>,
     ) -> Output {
-        let config = self.config.to_str().expect("utf-8 path");
-        let mut args = vec![
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--runtime-config-path",
-            config,
-        ];
-        args.extend_from_slice(extra);
-        args.push(IMAGE);
-        args.push(id);
-        args.extend_from_slice(cmd);
-        self.ctr_with_stdin(&args, input)
+        self.ctr_with_stdin(&self.run_args("--rm", id, extra, cmd), input)
     }
 
     /// `ctr run -d` (detached): the task keeps running after ctr returns.
     pub fn run_detached(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
+        self.ctr(&self.run_args("-d", id, extra, cmd))
+    }
+
+    /// `run MODE --runtime hull --runtime-config-path CONFIG EXTRA IMAGE ID CMD`.
+    fn run_args<'a>(
+        &'a self,
+        mode: &'a str,
+        id: &'a str,
+        extra: &[&'a str],
+        cmd: &[&'a str],
+    ) -> Vec<&'a str> {
         let config = self.config.to_str().expect("utf-8 path");
         let mut args = vec![
             "run",
-            "-d",
+            mode,
             "--runtime",
             RUNTIME,
             "--runtime-config-path",
@@ -261,7 +259,7 @@ impl Containerd {
         args.push(IMAGE);
         args.push(id);
         args.extend_from_slice(cmd);
-        self.ctr(&args)
+        args
     }
 
     /// Waits until task `id` is STOPPED, deletes it, and returns its exit

@@ -71,22 +71,7 @@ pub fn status(err: &ttrpc::Error) -> (Code, String) {
 /// containerd's default spec for `args`: pid, ipc, uts, mount and network
 /// namespaces, its mounts, and the default capabilities.
 pub fn oci_spec(args: &[&str]) -> Value {
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE"
-    ]);
+    let caps = json!(hull_shim::policy::DEFAULT_CAPABILITIES);
     json!({
         "ociVersion": "1.0.2",
         "process": {

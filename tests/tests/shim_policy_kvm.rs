@@ -1,0 +1,110 @@
+//! The spec policy through the real front ends: `ctr run` and `docker run`
+//! with a host namespace or a sensitive bind mount are refused with an
+//! error saying why, before any VM starts, and leave nothing behind. Needs
+//! containerd, Docker and the shim (the refusal itself needs no KVM, but
+//! the suite runs where the shim runs).
+
+use hull_tests::containerd::{Containerd, Engine, IMAGE, RUNTIME};
+use hull_tests::docker::{Docker, DOCKER_IMAGE};
+use hull_tests::test_dir;
+
+fn refused(out: &std::process::Output, what: &str, reason: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what} was not refused: {out:?}");
+    assert!(
+        stderr.contains(reason),
+        "{what}: the error does not say {reason:?}: {stderr}"
+    );
+}
+
+#[test]
+fn ctr_refuses_host_namespaces_and_sensitive_mounts() {
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd16, dir.path());
+    let config = containerd.hull_config_path().to_str().unwrap().to_owned();
+    let base = [
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &config,
+    ];
+
+    let mut args = base.to_vec();
+    args.extend(["--net-host", IMAGE, "hostnet", "true"]);
+    refused(
+        &containerd.ctr(&args),
+        "ctr run --net-host",
+        "host's network namespace",
+    );
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--mount",
+        "type=bind,src=/etc,dst=/host-etc,options=rbind:ro",
+        IMAGE,
+        "hostetc",
+        "true",
+    ]);
+    refused(
+        &containerd.ctr(&args),
+        "ctr run with /etc bound",
+        "sensitive host path /etc",
+    );
+
+    // containerd keeps the container record of a failed `run --rm`.
+    for id in ["hostnet", "hostetc"] {
+        let _ = containerd.ctr(&["container", "rm", id]);
+    }
+    containerd.assert_nothing_left();
+}
+
+#[test]
+fn docker_refuses_host_namespaces_and_sensitive_mounts() {
+    let dir = test_dir();
+    let docker = Docker::start(dir.path());
+    let out = docker.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "--network",
+        "host",
+        DOCKER_IMAGE,
+        "true",
+    ]);
+    refused(
+        &out,
+        "docker run --network host",
+        "host's network namespace",
+    );
+    let out = docker.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "--pid",
+        "host",
+        "--network",
+        "none",
+        DOCKER_IMAGE,
+        "true",
+    ]);
+    refused(&out, "docker run --pid host", "host's PID namespace");
+    let out = docker.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "--network",
+        "none",
+        "-v",
+        "/var/run:/host-run",
+        DOCKER_IMAGE,
+        "true",
+    ]);
+    refused(&out, "docker run -v /var/run", "sensitive host path");
+    let _ = docker.docker(&["container", "prune", "-f"]);
+    docker.assert_nothing_left();
+}
