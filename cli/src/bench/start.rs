@@ -360,9 +360,14 @@ mod tests {
     fn median_and_pss_of_a_real_process() {
         assert_eq!(median(&[5, 1, 3]), 3);
         assert_eq!(median(&[7]), 7);
-        assert!(pss_kib(std::process::id()) > 0, "this test process has a PSS");
+        assert!(
+            pss_kib(std::process::id()) > 0,
+            "this test process has a PSS"
+        );
         let me = std::fs::read(format!("/proc/{}/cmdline", std::process::id())).unwrap();
         let arg0 = String::from_utf8_lossy(me.split(|b| *b == 0).next().unwrap()).into_owned();
-        assert!(processes_with(&arg0).iter().any(|(pid, _)| *pid == std::process::id()));
+        assert!(processes_with(&arg0)
+            .iter()
+            .any(|(pid, _)| *pid == std::process::id()));
     }
 }
