@@ -22,9 +22,11 @@ use crate::{sandbox, RPC_TIMEOUT};
 
 /// The serial (virtio-blk id) of the rootfs disk.
 pub const ROOTFS_SERIAL: &str = "rootfs";
-/// How long a process in a test container may take to finish: a fork+exec
-/// costs ~0.2 s in the emulated guest, and the host may be loaded.
-pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process in a test container may take to finish, its
+/// container's creation included: a fork+exec costs ~0.2 s in the emulated
+/// guest, creating a container 7–20 s, and the host may be loaded (an OOM
+/// stage was seen taking 55 s).
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// The product guest with `image` attached read-only as the rootfs disk,
 /// 256 MiB (containers' page cache and overlays live in guest RAM).

@@ -28,7 +28,7 @@ use hull_tests::{prereq, rootfs, sandbox, test_dir, within, EXIT_TIMEOUT};
 use serde_json::{json, Value};
 
 /// One boot (≤ 120 s) and a few dozen container operations.
-const TEST_LIMIT: Duration = Duration::from_secs(600);
+const TEST_LIMIT: Duration = Duration::from_secs(900);
 /// How long a paused container is watched for output it must not make.
 const PAUSED_QUIET: Duration = Duration::from_secs(3);
 
