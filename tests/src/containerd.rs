@@ -322,11 +322,18 @@ impl Containerd {
     /// No shim or VMM process, shim socket or mount left (containerd's own
     /// records are not checked: for tests that kill things on purpose).
     pub fn assert_no_shim_leftovers(&self) {
+        self.assert_no_shim_leftovers_but(&[]);
+    }
+
+    /// [`Self::assert_no_shim_leftovers`], ignoring the daemons in `daemons`
+    /// (dockerd names the test directory too).
+    pub fn assert_no_shim_leftovers_but(&self, daemons: &[u32]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let processes: Vec<_> = leaks::processes_mentioning(&self.dir)
                 .into_iter()
                 .filter(|(pid, _)| Some(*pid) != self.daemon.as_ref().map(Child::id))
+                .filter(|(pid, _)| !daemons.contains(pid))
                 .collect();
             let sockets: Vec<_> = crate::dir_entries(Path::new(SHIM_SOCKET_DIR))
                 .into_iter()

@@ -97,8 +97,8 @@ fn docker_resource_limits_reach_the_guest_kvm() {
         "sh",
         "-c",
         "nproc; grep MemTotal /proc/meminfo; \
-         cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; \
-         cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null",
+         cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); \
+         cat $cg/memory.max $cg/pids.max",
     ]);
     let text = stdout_ok(&out, "docker run with limits");
     let mut lines = text.lines();
