@@ -6,7 +6,7 @@
 //! died: it removes whatever that shim's container left on the host.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
@@ -23,6 +23,8 @@ pub struct HullShim {
     namespace: String,
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
+    /// The task service, once serving: SIGTERM stops its VMs.
+    task: OnceLock<HullTask>,
 }
 
 #[async_trait]
@@ -40,6 +42,7 @@ impl Shim for HullShim {
             namespace: args.namespace.clone(),
             bundle,
             exit: Arc::new(ExitSignal::default()),
+            task: OnceLock::new(),
         }
     }
 
@@ -75,12 +78,33 @@ impl Shim for HullShim {
         })
     }
 
+    /// Serves until Shutdown, or until SIGTERM: the crate only logs that
+    /// signal, and a shim whose create failed would otherwise stay behind.
     async fn wait(&mut self) {
-        self.exit.wait().await;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = match signal(SignalKind::terminate()) {
+            Ok(sigterm) => sigterm,
+            Err(e) => {
+                log::warn!("cannot watch for SIGTERM: {e}");
+                self.exit.wait().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = self.exit.wait() => {}
+            _ = sigterm.recv() => {
+                log::info!("SIGTERM: stopping");
+                if let Some(task) = self.task.get() {
+                    task.stop_all().await;
+                }
+            }
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        HullTask::new(&self.namespace, publisher, self.exit.clone())
+        let task = HullTask::new(&self.namespace, publisher, self.exit.clone());
+        let _ = self.task.set(task.clone());
+        task
     }
 }
 

@@ -101,6 +101,35 @@ fn ctr_task_lifecycle_kvm() {
     assert_eq!(out.status.code(), Some(5), "task exec exit code: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "exec-ok\n");
 
+    // The VMM behind it runs jailed: unprivileged, no capabilities, no
+    // new privileges, under seccomp, in its own mount namespace.
+    let vmm = hull_tests::leaks::processes_mentioning(dir.path())
+        .into_iter()
+        .find(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "hull-vmm")
+        })
+        .map(|(pid, _)| pid)
+        .expect("the container's hull-vmm process");
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).expect("VMM status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    assert_ne!(field("Uid"), "0", "the VMM runs as root: {status}");
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(field("CapBnd"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{vmm}/ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "the VMM shares the host's mount namespace"
+    );
+
     let ps = stdout_ok(&containerd.ctr(&["task", "ps", id]), "task ps");
     assert!(
         ps.lines().count() >= 2,

@@ -6,6 +6,7 @@
 //! the container in it, `delete` of the init process stops it.
 
 pub mod create;
+mod guest_events;
 pub mod process;
 pub mod sandbox;
 
@@ -151,7 +152,16 @@ impl HullTask {
             .containers
             .lock()
             .await
-            .insert(req.id.clone(), container);
+            .insert(req.id.clone(), container.clone());
+        tokio::spawn(guest_events::forward_oom_events(
+            self.clone(),
+            req.id.clone(),
+            container.agent.clone(),
+        ));
+        tokio::spawn(guest_events::forward_guest_log(
+            req.id.clone(),
+            container.agent.clone(),
+        ));
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(containerd_shim::protos::events::task::TaskCreate {
@@ -428,6 +438,16 @@ impl HullTask {
             exited_at: MessageField::some(timestamp(exited_at)),
             ..Default::default()
         })
+    }
+
+    /// Stops every container's VM and removes what the shim made for it:
+    /// the shim is going away (SIGTERM) with containers still in it.
+    pub async fn stop_all(&self) {
+        let containers: Vec<_> = self.inner.containers.lock().await.drain().collect();
+        for (id, container) in containers {
+            log::warn!("{id}: stopping its VM: the shim is terminating");
+            self.remove_container(&container).await;
+        }
     }
 
     /// Everything the container had: its processes' copies, the container
