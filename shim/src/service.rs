@@ -70,7 +70,7 @@ impl Shim for HullShim {
             let _ = std::fs::remove_file(path);
         }
         crate::rootfs::unmount(&self.bundle.join("rootfs"));
-        remove_leftovers(&self.id, &state_dir, &[image_for(&self.bundle)]);
+        remove_leftovers(&state_dir, &[image_for(&self.bundle)]);
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),

@@ -60,7 +60,7 @@ fn jail_id(state_dir: &Path) -> String {
 /// Removes what a container left on the host: its files, its state
 /// directory, its host cgroups (the jailer's supervisor removes them when it
 /// ends normally; not when it was killed).
-pub fn remove_leftovers(_id: &str, state_dir: &Path, files: &[PathBuf]) {
+pub fn remove_leftovers(state_dir: &Path, files: &[PathBuf]) {
     for file in files {
         let _ = std::fs::remove_file(file);
     }
@@ -138,7 +138,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let files = vec![image.clone()];
     let undo = |e: ShimError| {
-        remove_leftovers(&req.id, &state_dir, &files);
+        remove_leftovers(&state_dir, &files);
         e
     };
     std::fs::create_dir_all(SANDBOX_STATE_BASE).map_err(|source| ShimError::Io {

@@ -468,7 +468,7 @@ impl HullTask {
         }
         let state_dir = container.sandbox.state_dir().await;
         container.sandbox.shutdown().await;
-        create::remove_leftovers(&container.id, &state_dir, &container.files);
+        create::remove_leftovers(&state_dir, &container.files);
     }
 
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, ShimError> {
