@@ -20,7 +20,7 @@ use crate::logger::{ErrorChain, LogLimiter};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Descriptors in the request queue.
-pub const QUEUE_SIZE: u16 = 256;
+pub const QUEUE_SIZE: u16 = 64;
 const REQUEST_QUEUE: usize = 0;
 
 #[derive(Debug, thiserror::Error)]

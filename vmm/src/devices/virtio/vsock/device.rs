@@ -28,7 +28,7 @@ use crate::vstate::memory::GuestMemoryMmap;
 pub const RXQ: usize = 0;
 pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
-const QUEUE_SIZES: [u16; 3] = [256; 3];
+const QUEUE_SIZES: [u16; 3] = [64; 3];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
