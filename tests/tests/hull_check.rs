@@ -140,3 +140,26 @@ fn each_risky_setting_in_a_spec_is_reported() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("missing/config.json"), "{stderr}");
 }
+
+/// `containerd-shim-hull-v2 -v` answers without containerd's environment
+/// (operators and `hull check` H5.1 ask it), naming the runtime and version.
+#[test]
+fn shim_reports_its_version() {
+    let shim = prereq::file_from_env(
+        "HULL_SHIM",
+        "the containerd shim",
+        "cargo build -p hull-shim; HULL_SHIM=target/debug/containerd-shim-hull-v2",
+    );
+    let out = Command::new(&shim)
+        .arg("-v")
+        .env_remove("TTRPC_ADDRESS")
+        .output()
+        .expect("run the shim");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{} -v: {out:?}", shim.display());
+    assert!(
+        text.contains("io.containerd.hull.v2") && text.contains(env!("CARGO_PKG_VERSION")),
+        "{} -v: {text}",
+        shim.display()
+    );
+}
