@@ -159,7 +159,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
             id: Some(ROOTFS_SERIAL.into()),
         }],
         console_log: config.debug_console,
-        verbose_boot: config.debug_console,
+        verbose_boot: config.verbose_boot,
         jail: config.jail.then(|| JailSpec {
             jailer: config.jailer.clone(),
             id: jail_id(&state_dir),
