@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
@@ -14,9 +15,12 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
 
-use crate::task::create::{image_for, remove_leftovers, state_dir_for};
+use crate::task::create::{empty_cgroups, image_for, remove_leftovers, state_dir_for};
 use crate::task::process::timestamp;
 use crate::task::HullTask;
+
+/// How long `delete` waits for the processes it killed to end.
+const KILLED_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct HullShim {
     id: String,
@@ -65,6 +69,9 @@ impl Shim for HullShim {
         // state directory on its command line.
         let state_dir = state_dir_for(&self.namespace, &self.id);
         kill_processes_naming(&state_dir);
+        // SIGKILL only queues their end: the host cgroups cannot be removed
+        // while the VMM is still in them.
+        empty_cgroups(&state_dir, KILLED_EXIT_TIMEOUT).await;
         if let Ok(address) = std::fs::read_to_string(self.bundle.join("address")) {
             let path = address.trim().trim_start_matches("unix://");
             let _ = std::fs::remove_file(path);

@@ -57,6 +57,24 @@ fn jail_id(state_dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The host cgroup directories a sandbox's jailer may have made: `hull/<id>`
+/// in each v1 controller, or in the unified hierarchy.
+fn cgroup_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let jail = jail_id(state_dir);
+    if jail.is_empty() {
+        return Vec::new();
+    }
+    ["memory", "pids", "cpu", ""]
+        .iter()
+        .map(|controller| {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join("hull")
+                .join(&jail)
+        })
+        .collect()
+}
+
 /// Removes what a container left on the host: its files, its state
 /// directory, its host cgroups (the jailer's supervisor removes them when it
 /// ends normally; not when it was killed).
@@ -65,16 +83,47 @@ pub fn remove_leftovers(state_dir: &Path, files: &[PathBuf]) {
         let _ = std::fs::remove_file(file);
     }
     let _ = std::fs::remove_dir_all(state_dir);
-    let jail = jail_id(state_dir);
-    if jail.is_empty() {
-        return;
-    }
-    for controller in ["memory", "pids", "cpu", ""] {
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("hull")
-            .join(&jail);
+    for dir in cgroup_dirs(state_dir) {
         let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// SIGKILLs whatever still runs in a sandbox's host cgroups and waits up to
+/// `limit` until they are empty, so that [`remove_leftovers`] can remove
+/// them: a killed VMM stays in its cgroup until it has released its guest
+/// memory and its VM, well after its command line is gone from /proc.
+pub async fn empty_cgroups(state_dir: &Path, limit: Duration) {
+    let procs: Vec<PathBuf> = cgroup_dirs(state_dir)
+        .into_iter()
+        .map(|dir| dir.join("cgroup.procs"))
+        .collect();
+    let members = || -> Vec<i32> {
+        procs
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(file).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|pid| pid.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = members();
+        if left.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            log::warn!("sandbox cgroups still hold {left:?} {limit:?} after SIGKILL");
+            return;
+        }
+        for pid in left {
+            // SAFETY: kill(2) on a pid listed in this sandbox's own cgroup,
+            // which holds only its jailed VMM; at worst it is gone (ESRCH).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -197,7 +246,10 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         stdio: MessageField::some(stdio_options(&stdio)),
         ..Default::default()
     };
-    let ctx = ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64);
+    // The new guest's first real work (mount the disk, build the
+    // container) runs as slowly as its boot on a loaded host: it gets the
+    // configured boot budget, not the limit of one quick call.
+    let ctx = ttrpc::context::with_timeout(boot.max(RPC_TIMEOUT).as_nanos() as i64);
     let pid = match agent.create_container(ctx, &request).await {
         Ok(response) => response.pid,
         Err(source) => {
