@@ -9,13 +9,18 @@
 //! `ctr` from the same place. The shim is `$HULL_SHIM`, its config points
 //! at `$HULL_VMM`, `$HULL_KERNEL` and `$HULL_INITRAMFS`.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use crate::leaks;
 use crate::prereq;
+use crate::terminal;
 
 /// The runtime name users pass to `ctr run --runtime`.
 pub const RUNTIME: &str = "io.containerd.hull.v2";
@@ -27,6 +32,8 @@ pub const NAMESPACE: &str = "hull-test";
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 /// Where containerd 0.11-style shims put their sockets, whatever the config.
 pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// How long containerd may take to stop on SIGTERM before it is killed.
+const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which containerd to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +75,11 @@ pub struct Containerd {
     dir: PathBuf,
     socket: PathBuf,
     config: PathBuf,
+    containerd_config: PathBuf,
     shim_sockets_before: Vec<String>,
+    /// The containers started through [`Self::run`] and friends: their
+    /// sandbox state directories and host cgroups must be gone at the end.
+    ids: Mutex<Vec<String>>,
 }
 
 impl Containerd {
@@ -101,35 +112,59 @@ impl Containerd {
             ),
         )
         .expect("write containerd config");
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
+        let shim_sockets_before = crate::dir_entries(Path::new(SHIM_SOCKET_DIR));
+        let mut containerd = Containerd {
+            engine,
+            daemon: None,
+            dir: dir.to_path_buf(),
+            socket,
+            config,
+            containerd_config,
+            shim_sockets_before,
+            ids: Mutex::new(Vec::new()),
+        };
+        containerd.daemon = Some(containerd.spawn_daemon());
+        containerd.wait_ready();
+        containerd.import_busybox();
+        containerd
+    }
+
+    /// Starts the daemon on this instance's config; its output is appended
+    /// to `containerd.log` (a restart keeps the log of the run before).
+    fn spawn_daemon(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .expect("containerd log");
         let path = format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            bin.display()
+            self.dir.join("bin").display()
         );
-        let shim_sockets_before = crate::dir_entries(Path::new(SHIM_SOCKET_DIR));
-        let daemon = Command::new(engine.daemon())
+        Command::new(self.engine.daemon())
             .arg("--config")
-            .arg(&containerd_config)
+            .arg(&self.containerd_config)
             .env("PATH", path)
             // For runtimes named without options (`docker run --runtime
             // io.containerd.hull.v2`): the shim falls back to $HULL_CONFIG.
-            .env("HULL_CONFIG", &config)
+            .env("HULL_CONFIG", &self.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
-            .expect("start containerd");
-        let mut containerd = Containerd {
-            engine,
-            daemon: Some(daemon),
-            dir: dir.to_path_buf(),
-            socket,
-            config,
-            shim_sockets_before,
-        };
-        containerd.wait_ready();
-        containerd.import_busybox();
-        containerd
+            .expect("start containerd")
+    }
+
+    /// Stops containerd the way a service manager restarts it (SIGTERM,
+    /// SIGKILL if it has not exited within 30 s) and starts it again on the
+    /// same root, state and sockets. Shims and their VMs keep running in
+    /// between; the new daemon reconnects to them.
+    pub fn restart(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            terminate_and_reap(daemon, DAEMON_STOP_TIMEOUT);
+        }
+        self.daemon = Some(self.spawn_daemon());
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -181,6 +216,13 @@ impl Containerd {
         &self.config
     }
 
+    /// Gives the guests `limit` to boot to a ready agent (the shim's
+    /// `boot_timeout_secs`) in the containers created from now on.
+    pub fn set_boot_timeout(&self, limit: Duration) {
+        let config = format!("{}boot_timeout_secs = {}\n", hull_config(), limit.as_secs());
+        std::fs::write(&self.config, config).expect("rewrite the hull config");
+    }
+
     /// containerd's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
@@ -193,13 +235,13 @@ impl Containerd {
 
     /// [`Self::ctr`] with `input` written to its stdin (then closed).
     pub fn ctr_with_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
-        let mut command = Command::new(self.engine.ctr());
+        self.ctr_within(args, input, CTR_TIMEOUT)
+    }
+
+    /// [`Self::ctr_with_stdin`], bounded by `limit`.
+    pub fn ctr_within(&self, args: &[&str], input: Option<&[u8]>, limit: Duration) -> Output {
+        let mut command = self.ctr_command(args);
         command
-            .arg("-a")
-            .arg(&self.socket)
-            .arg("-n")
-            .arg(NAMESPACE)
-            .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {
@@ -213,7 +255,19 @@ impl Containerd {
             let mut stdin = child.stdin.take().expect("ctr stdin");
             stdin.write_all(input).expect("write ctr stdin");
         }
-        wait_output(child, CTR_TIMEOUT, &format!("ctr {}", args.join(" ")))
+        wait_output(child, limit, &format!("ctr {}", args.join(" ")))
+    }
+
+    /// `ctr -a SOCK -n hull-test ARGS...`, not started.
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.engine.ctr());
+        command
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(NAMESPACE)
+            .args(args);
+        command
     }
 
     /// `ctr run --rm --runtime io.containerd.hull.v2 --runtime-config-path
@@ -235,7 +289,33 @@ impl Containerd {
 
     /// `ctr run -d` (detached): the task keeps running after ctr returns.
     pub fn run_detached(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
-        self.ctr(&self.run_args("-d", id, extra, cmd))
+        self.run_detached_within(id, extra, cmd, CTR_TIMEOUT)
+    }
+
+    /// [`Self::run_detached`], bounded by `limit` (several VMs booting at
+    /// once take longer than one).
+    pub fn run_detached_within(
+        &self,
+        id: &str,
+        extra: &[&str],
+        cmd: &[&str],
+        limit: Duration,
+    ) -> Output {
+        self.ctr_within(&self.run_args("-d", id, extra, cmd), None, limit)
+    }
+
+    /// `ctr run -t --rm ...` with ctr's stdin, stdout and stderr on a
+    /// pseudo-terminal of `rows` x `columns`, as from a user's terminal.
+    /// Returns ctr's exit status and everything that reached the terminal.
+    pub fn run_in_terminal(
+        &self,
+        id: &str,
+        (rows, columns): (u16, u16),
+        cmd: &[&str],
+    ) -> (ExitStatus, String) {
+        let command = self.ctr_command(&self.run_args("--rm", id, &["-t"], cmd));
+        let what = format!("ctr run -t {id}");
+        terminal::run(command, (rows, columns), CTR_TIMEOUT, &what)
     }
 
     /// `run MODE --runtime hull --runtime-config-path CONFIG EXTRA IMAGE ID CMD`.
@@ -246,6 +326,7 @@ impl Containerd {
         extra: &[&'a str],
         cmd: &[&'a str],
     ) -> Vec<&'a str> {
+        self.ids.lock().expect("ids lock").push(id.to_owned());
         let config = self.config.to_str().expect("utf-8 path");
         let mut args = vec![
             "run",
@@ -268,21 +349,14 @@ impl Containerd {
     pub fn wait_task_stopped_and_delete(&self, id: &str) -> u32 {
         let deadline = Instant::now() + CTR_TIMEOUT;
         loop {
-            let ls = self.ctr(&["task", "ls"]);
-            let text = String::from_utf8_lossy(&ls.stdout).into_owned();
-            let line = text
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(id))
-                .map(str::to_owned);
-            match line {
-                Some(line) if line.contains("STOPPED") => break,
-                None => panic!("task {id} is gone from `ctr task ls`: {text}"),
-                _ => {}
+            match self.task_status(id).as_deref() {
+                Some("STOPPED") => break,
+                None => panic!("task {id} is gone from `ctr task ls`"),
+                Some(status) => assert!(
+                    Instant::now() < deadline,
+                    "task {id} did not stop within {CTR_TIMEOUT:?}: {status}"
+                ),
             }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} did not stop within {CTR_TIMEOUT:?}: {text}"
-            );
             std::thread::sleep(Duration::from_millis(200));
         }
         let out = self.ctr(&["task", "delete", id]);
@@ -300,9 +374,63 @@ impl Containerd {
             .unwrap_or(0)
     }
 
+    /// Task `id`'s status as `ctr task ls` shows it (RUNNING, STOPPED,
+    /// PAUSED, ...), or `None` when containerd lists no such task.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let text = stdout_ok(&self.ctr(&["task", "ls"]), "ctr task ls");
+        text.lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&id))
+            .and_then(|fields| fields.last().map(|s| (*s).to_owned()))
+    }
+
+    /// The `hull-vmm` processes of this containerd's containers: the
+    /// command line of each names its rootfs disk in a bundle under the
+    /// test directory.
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        leaks::processes_mentioning(&self.dir)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|pid| leaks::process_name(*pid).as_deref() == Some("hull-vmm"))
+            .collect()
+    }
+
+    /// The `hull-vmm` process of container `id` (its disk is in `id`'s
+    /// bundle).
+    pub fn vmm_pid(&self, id: &str) -> Option<u32> {
+        let bundle = format!("/{NAMESPACE}/{id}/rootfs.img,");
+        self.vmm_pids().into_iter().find(|pid| {
+            leaks::process_args(*pid)
+                .iter()
+                .any(|arg| arg.contains(&bundle))
+        })
+    }
+
+    /// The serving `containerd-shim-hull-v2` of container `id` (the one
+    /// with a `-socket`, not a `start` or `delete` run).
+    pub fn shim_pid(&self, id: &str) -> Option<u32> {
+        leaks::processes_mentioning(&self.dir)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .find(|pid| {
+                let args = leaks::process_args(*pid);
+                let flag = |name: &str| {
+                    args.windows(2)
+                        .find(|pair| pair[0] == name)
+                        .map(|pair| pair[1].as_str())
+                };
+                args.first()
+                    .is_some_and(|a| a.ends_with("containerd-shim-hull-v2"))
+                    && flag("-id") == Some(id)
+                    && flag("-namespace") == Some(NAMESPACE)
+                    && flag("-socket").is_some()
+            })
+    }
+
     /// Everything a task may leave behind is gone: no task or container in
     /// containerd, no process naming the test directory (shim, hull-vmm),
-    /// no new shim socket, no mount under the test directory.
+    /// no new shim socket, no mount under the test directory, no rootfs
+    /// disk, no sandbox state directory or host cgroup.
     pub fn assert_nothing_left(&self) {
         let tasks = self.ctr(&["task", "ls", "-q"]);
         assert_eq!(
@@ -335,21 +463,72 @@ impl Containerd {
                 .filter(|(pid, _)| Some(*pid) != self.daemon.as_ref().map(Child::id))
                 .filter(|(pid, _)| !daemons.contains(pid))
                 .collect();
-            let sockets: Vec<_> = crate::dir_entries(Path::new(SHIM_SOCKET_DIR))
-                .into_iter()
-                .filter(|s| !self.shim_sockets_before.contains(s))
-                .collect();
+            let sockets = self.shim_sockets_left();
             let mounts = mounts_under(&self.dir.join("state"));
-            if processes.is_empty() && sockets.is_empty() && mounts.is_empty() {
+            let disks = files_named(&self.dir.join("state"), "rootfs.img");
+            let sandboxes = self.sandbox_leftovers();
+            if processes.is_empty()
+                && sockets.is_empty()
+                && mounts.is_empty()
+                && disks.is_empty()
+                && sandboxes.is_empty()
+            {
                 return;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "left behind: processes {processes:?}, shim sockets {sockets:?}, mounts {mounts:?}"
+                    "left behind: processes {processes:?}, shim sockets {sockets:?}, \
+                     mounts {mounts:?}, rootfs disks {disks:?}, \
+                     sandbox state and cgroups {sandboxes:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+impl Containerd {
+    /// The shim sockets of the containers started through [`Self::run`]
+    /// and friends: containerd-shim names them after containerd's address,
+    /// the namespace and the container id.
+    fn own_shim_sockets(&self) -> BTreeSet<String> {
+        let ids = self.ids.lock().expect("ids lock").clone();
+        ids.iter()
+            .map(|id| {
+                let key = self.socket.join(NAMESPACE).join(id);
+                format!("{:x}", Sha256::digest(key.as_os_str().as_encoded_bytes()))
+            })
+            .collect()
+    }
+
+    /// Shim sockets that appeared since the start and are still there:
+    /// those of this test's containers, or, when another client (dockerd)
+    /// named the containers, every new one.
+    fn shim_sockets_left(&self) -> Vec<String> {
+        let own = self.own_shim_sockets();
+        crate::dir_entries(Path::new(SHIM_SOCKET_DIR))
+            .into_iter()
+            .filter(|s| !self.shim_sockets_before.contains(s))
+            .filter(|s| own.is_empty() || own.contains(s))
+            .collect()
+    }
+
+    /// The sandbox state directories (`/run/hull/sandboxes/...`) and host
+    /// cgroups (`hull/<sandbox>` per controller) of the containers this
+    /// test started that still exist.
+    fn sandbox_leftovers(&self) -> Vec<PathBuf> {
+        let ids = self.ids.lock().expect("ids lock").clone();
+        ids.iter()
+            .flat_map(|id| {
+                let state = hull_shim::task::create::state_dir_for(NAMESPACE, id);
+                let name = state.file_name().expect("a sandbox name").to_owned();
+                let cgroups = ["memory", "pids", "cpu", ""]
+                    .map(|controller| Path::new("/sys/fs/cgroup").join(controller).join("hull"))
+                    .map(|parent| parent.join(&name));
+                std::iter::once(state).chain(cgroups)
+            })
+            .filter(|path| path.exists())
+            .collect()
     }
 }
 
@@ -361,8 +540,11 @@ impl Drop for Containerd {
         // After a failed test: shims and VMMs name the test directory on
         // their command lines (containerd's address, the bundle). Kill
         // them, and detach what they mounted, so one failure does not leak
-        // into the next test.
+        // into the next test. Only their sockets go: other shims on this
+        // machine (another containerd's) keep theirs.
+        let mut own_sockets = self.own_shim_sockets();
         for (pid, _) in leaks::processes_mentioning(&self.dir) {
+            own_sockets.extend(shim_socket_of(pid));
             // SAFETY: kill(2) with a pid read from /proc and a valid signal
             // number; at worst the process is already gone (ESRCH).
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -370,9 +552,21 @@ impl Drop for Containerd {
         for mount_point in mounts_under(&self.dir).iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(mount_point).status();
         }
-        for socket in crate::dir_entries(Path::new(SHIM_SOCKET_DIR)) {
+        for socket in own_sockets {
             if !self.shim_sockets_before.contains(&socket) {
                 let _ = std::fs::remove_file(Path::new(SHIM_SOCKET_DIR).join(socket));
+            }
+        }
+        // A cgroup can only go once the processes killed above are gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !leaks::processes_mentioning(&self.dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for path in self.sandbox_leftovers() {
+            if path.starts_with("/sys/fs/cgroup") {
+                let _ = std::fs::remove_dir(&path);
+            } else {
+                let _ = std::fs::remove_dir_all(&path);
             }
         }
     }
@@ -416,6 +610,52 @@ pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
 pub fn kill_and_reap(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// SIGTERM `child`, wait up to `grace` for it to exit, then SIGKILL it.
+fn terminate_and_reap(mut child: Child, grace: Duration) {
+    // SAFETY: kill(2) on our own child, not yet reaped (we own its handle),
+    // so the pid cannot name another process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_and_reap(child);
+}
+
+/// The name of the socket in [`SHIM_SOCKET_DIR`] a serving shim listens
+/// on (its `-socket unix:///run/containerd/s/NAME`), if `pid` is one.
+fn shim_socket_of(pid: u32) -> Option<String> {
+    let args = leaks::process_args(pid);
+    let socket = args.windows(2).find(|pair| pair[0] == "-socket")?[1].clone();
+    let path = socket.trim_start_matches("unix://");
+    Path::new(path)
+        .strip_prefix(SHIM_SOCKET_DIR)
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+}
+
+/// Files called `name` at any depth under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(entry.path()),
+                Ok(_) if entry.file_name() == name => found.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// The hull config for the shim under test, from the environment.

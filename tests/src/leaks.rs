@@ -29,6 +29,29 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The arguments of process `pid` (empty when it is gone).
+pub fn process_args(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// The command name of process `pid` (`/proc/PID/comm`: the executable's
+/// name, cut at 15 bytes), or `None` when it is gone.
+pub fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|comm| comm.trim_end().to_owned())
+}
+
+/// Whether process `pid` still exists (a zombie counts until reaped).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Fail if any process still names `dir` on its command line. A process
 /// that is exiting gets a moment to finish.
 pub fn assert_no_process_mentions(dir: &Path) {

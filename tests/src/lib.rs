@@ -22,6 +22,7 @@ pub mod leaks;
 pub mod prereq;
 pub mod rootfs;
 pub mod sandbox;
+pub mod terminal;
 
 use std::future::Future;
 use std::path::Path;
