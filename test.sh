@@ -35,6 +35,6 @@ export HULL_SHIM=$HULL_ROOT/target/debug/containerd-shim-hull-v2
 say "unit tests"
 cargo test -q --workspace --exclude hull-tests
 say "integration tests (real KVM, one VM at a time)"
-cargo test -q -p hull-tests -- --test-threads=1
+cargo test -q -p hull-tests --no-fail-fast -- --test-threads=1
 say "fuzzing: agent protocol, vsock TX + muxer, virtio-blk requests (20 s each)"
 scripts/fuzz.sh 20

@@ -258,6 +258,20 @@ impl Containerd {
         wait_output(child, limit, &format!("ctr {}", args.join(" ")))
     }
 
+    /// `ctr events`, running until killed ([`kill_and_reap`]); its stdout
+    /// (one line per event: time, namespace, topic, payload) is piped.
+    pub fn events(&self) -> Child {
+        let mut command = Command::new(self.engine.ctr());
+        command
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        command.spawn().expect("run ctr events")
+    }
+
     /// `ctr -a SOCK -n hull-test ARGS...`, not started.
     fn ctr_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(self.engine.ctr());

@@ -8,11 +8,11 @@
 //! scripts/engines.sh), containerd as in [`crate::containerd`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::containerd::{kill_and_reap, wait_output, Containerd, Engine, CTR_TIMEOUT, IMAGE};
-use crate::prereq;
+use crate::{prereq, terminal};
 
 /// The image as Docker names it.
 pub const DOCKER_IMAGE: &str = "busybox:hull";
@@ -117,18 +117,34 @@ impl Docker {
         self.docker_with_stdin(args, None)
     }
 
-    /// [`Self::docker`] with `input` on stdin (then closed).
-    pub fn docker_with_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+    /// `docker -H unix://SOCK ARGS...`, its stdio not yet set.
+    fn command(&self, args: &[&str]) -> Command {
         let cli = prereq::file_from_env(
             "HULL_DOCKER",
             "the docker CLI (trixie, extracted)",
             "source scripts/common.sh scripts/engines.sh; install_trixie_engines",
         );
-        let mut child = Command::new(cli)
+        let mut command = Command::new(cli);
+        command
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(args)
-            .env("DOCKER_CONFIG", self.dir.join("docker-cli"))
+            .env("DOCKER_CONFIG", self.dir.join("docker-cli"));
+        command
+    }
+
+    /// `docker ARGS...` with its stdio on a new pseudo-terminal of
+    /// `rows` x `columns`, as typed in a user's terminal (for `run -it`).
+    /// Returns its exit status and everything that reached the terminal.
+    pub fn docker_in_terminal(&self, args: &[&str], size: (u16, u16)) -> (ExitStatus, String) {
+        let what = format!("docker {}", args.join(" "));
+        terminal::run(self.command(args), size, CTR_TIMEOUT, &what)
+    }
+
+    /// [`Self::docker`] with `input` on stdin (then closed).
+    pub fn docker_with_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut child = self
+            .command(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {

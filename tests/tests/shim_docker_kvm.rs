@@ -39,6 +39,36 @@ fn docker_run_exec_logs_stop_kvm() {
         );
     }
 
+    // `-it`: the container's stdio is a terminal of the user's size, and
+    // its exit code comes back through it.
+    let (status, screen) = docker.docker_in_terminal(
+        &[
+            "run",
+            "--rm",
+            "-it",
+            "--runtime",
+            "hull",
+            "--network",
+            "none",
+            DOCKER_IMAGE,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty; \
+             for i in $(seq 100); do s=$(stty size); [ \"$s\" != '0 0' ] && break; sleep 0.1; done; \
+             echo \"size=$s\"; exit 4",
+        ],
+        (27, 91),
+    );
+    assert_eq!(status.code(), Some(4), "docker run -it: {screen}");
+    assert!(
+        screen.contains("is-a-tty"),
+        "docker run -it: no terminal: {screen}"
+    );
+    assert!(
+        screen.contains("size=27 91"),
+        "docker run -it: terminal size: {screen}"
+    );
+
     let out = docker.docker(&[
         "run",
         "-d",

@@ -1,7 +1,7 @@
 //! hull containers through real containerd when things go wrong or pile
 //! up: a real terminal on ctr's side, five VMs booting at once, the VMM or
-//! the shim killed under a running container, containerd restarted under
-//! one. Every container boots its own VM with the real guest kernel, so
+//! the shim killed under a running container, an OOM kill in the guest,
+//! containerd restarted under a running container. Every container boots its own VM with the real guest kernel, so
 //! every test here needs root, KVM, containerd and the shim (see
 //! hull_tests::containerd), and fails loudly without them. Each ends with
 //! the leak check: no task, container, shim, VMM, shim socket, mount,
@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hull_shim::task::VM_GONE_EXIT_STATUS;
-use hull_tests::containerd::{stdout_ok, Containerd, Engine};
+use hull_tests::containerd::{kill_and_reap, stdout_ok, Containerd, Engine};
 use hull_tests::{leaks, prereq, test_dir};
 
 /// A container that runs until it is killed.
@@ -266,5 +266,43 @@ fn ctr_containerd_restart_keeps_containers_kvm() {
 
     let status = sigkill_task_and_remove(&containerd, id);
     assert_eq!(status, SIGKILLED, "exit status after SIGKILL");
+    containerd.assert_nothing_left();
+}
+
+/// A container that outgrows its memory limit: the guest's OOM killer ends
+/// it with 137 (the VM, sized limit + overhead, survives it), containerd
+/// gets a TaskOOM event for it, and nothing is left.
+#[test]
+fn ctr_oom_in_guest_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd16, dir.path());
+    let events = containerd.events();
+    let id = "oom";
+    // dd's 64 MiB buffer, filled from /dev/zero, against a 32 MiB limit.
+    let out = containerd.run(
+        id,
+        &["--memory-limit", "33554432"],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(SIGKILLED as i32),
+        "a container over its memory limit: {out:?}"
+    );
+
+    // TaskOOM is published while the task runs; give ctr events a moment
+    // to print what it already received.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut events = events;
+    let mut stdout = events.stdout.take().expect("ctr events stdout");
+    kill_and_reap(events);
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut seen).expect("read ctr events");
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&format!("\"{id}\""))),
+        "no TaskOOM event for {id}:\n{seen}"
+    );
     containerd.assert_nothing_left();
 }
