@@ -1,6 +1,7 @@
 //! The jail's file system: a tmpfs root holding only `/dev/kvm` (and
 //! `/dev/net/tun` when asked), the files and directories the VMM needs
-//! bind-mounted at their host paths, then `pivot_root` into it and remount
+//! bind-mounted at their host paths (disks that are block devices get a
+//! device node of their own), then `pivot_root` into it and remount
 //! it read-only. Runs in the child, in its new mount namespace, so nothing
 //! here is visible on the host and nothing needs unmounting afterwards.
 
@@ -40,8 +41,13 @@ enum Entry {
     Bind { path: PathBuf, writable: bool },
     /// A symbolic link recreated as on the host (merged /usr: /lib -> usr/lib).
     Symlink { path: PathBuf, target: PathBuf },
-    /// A character device node owned by the jail's uid.
-    Device { path: PathBuf, rdev: u64 },
+    /// A device node owned by the jail's uid: `mode` is its type
+    /// (`S_IFCHR`, `S_IFBLK`) and permissions.
+    Device {
+        path: PathBuf,
+        rdev: u64,
+        mode: libc::mode_t,
+    },
 }
 
 /// Everything the jail will hold, decided before forking.
@@ -77,6 +83,7 @@ impl Plan {
             entries.push(Entry::Device {
                 path: path.into(),
                 rdev: meta.rdev(),
+                mode: libc::S_IFCHR | 0o600,
             });
         }
         entries.push(Entry::Bind {
@@ -106,17 +113,31 @@ impl Plan {
                 writable: false,
             });
         }
-        for path in &args.read_only {
+        for (path, writable) in args
+            .read_only
+            .iter()
+            .map(|p| (p, false))
+            .chain(args.read_write.iter().map(|p| (p, true)))
+        {
+            let meta = std::fs::metadata(path).map_err(io_err("stat", path))?;
+            if meta.file_type().is_block_device() {
+                // A disk that is a block device (a snapshotter's volume): a
+                // node of its own in the jail, owned by the jail's uid. A
+                // bind mount would not do (the jail's binds are nodev), and
+                // the host's node keeps its owner.
+                entries.push(Entry::Device {
+                    path: path.clone(),
+                    rdev: meta.rdev(),
+                    mode: libc::S_IFBLK | if writable { 0o600 } else { 0o400 },
+                });
+                continue;
+            }
+            if writable {
+                chown(path, uid, gid)?;
+            }
             entries.push(Entry::Bind {
                 path: path.clone(),
-                writable: false,
-            });
-        }
-        for path in &args.read_write {
-            chown(path, uid, gid)?;
-            entries.push(Entry::Bind {
-                path: path.clone(),
-                writable: true,
+                writable,
             });
         }
         chown(&args.run_dir, uid, gid)?;
@@ -201,12 +222,12 @@ impl Plan {
                 make_parent(&link)?;
                 std::os::unix::fs::symlink(target, &link).map_err(io_err("symlink", &link))
             }
-            Entry::Device { path, rdev } => {
+            Entry::Device { path, rdev, mode } => {
                 let node = self.inside(path);
                 make_parent(&node)?;
                 let c = cstring(&node)?;
                 // SAFETY: a valid NUL-terminated path; mknod creates one node.
-                let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, *rdev) };
+                let rc = unsafe { libc::mknod(c.as_ptr(), *mode, *rdev) };
                 if rc != 0 {
                     return Err(io_err("mknod", &node)(std::io::Error::last_os_error()));
                 }

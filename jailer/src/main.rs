@@ -31,6 +31,7 @@ mod jail;
 mod privileges;
 mod supervisor;
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,11 +59,13 @@ pub struct Args {
     #[arg(long)]
     pub gid: Option<u32>,
     /// A file bind-mounted read-only at its own path (kernel, initramfs,
-    /// read-only disks). Repeatable.
+    /// read-only disks), or a block device given its own read-only node.
+    /// Repeatable.
     #[arg(long = "ro")]
     pub read_only: Vec<PathBuf>,
     /// A file bind-mounted read-write and handed to the jail's uid
-    /// (writable disks). Repeatable.
+    /// (writable disks), or a block device given its own node owned by
+    /// the jail's uid (the host's node is left as it is). Repeatable.
     #[arg(long = "rw")]
     pub read_write: Vec<PathBuf>,
     /// Create /dev/net/tun in the jail and keep the host network namespace
@@ -145,7 +148,15 @@ fn validate(args: &Args) -> Result<(), JailerError> {
     if args.uid() == 0 || args.gid() == 0 {
         return Err(JailerError::RootUid);
     }
-    let check = |flag, path: &PathBuf, dir: bool| {
+    // Disks may be block devices (a snapshotter's volume); everything else
+    // the VMM is given is a regular file or, for --run-dir, a directory.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        File,
+        Dir,
+        Disk,
+    }
+    let check = |flag, path: &PathBuf, kind: Kind| {
         let bad = |reason| JailerError::BadPath {
             flag,
             path: path.clone(),
@@ -156,18 +167,21 @@ fn validate(args: &Args) -> Result<(), JailerError> {
         }
         match std::fs::metadata(path) {
             Err(_) => Err(bad("does not exist")),
-            Ok(m) if dir && !m.is_dir() => Err(bad("is not a directory")),
-            Ok(m) if !dir && !m.is_file() => Err(bad("is not a regular file")),
+            Ok(m) if kind == Kind::Dir && !m.is_dir() => Err(bad("is not a directory")),
+            Ok(m) if kind == Kind::File && !m.is_file() => Err(bad("is not a regular file")),
+            Ok(m) if kind == Kind::Disk && !(m.is_file() || m.file_type().is_block_device()) => {
+                Err(bad("is neither a regular file nor a block device"))
+            }
             Ok(_) => Ok(()),
         }
     };
-    check("exec-file", &args.exec_file, false)?;
-    check("run-dir", &args.run_dir, true)?;
+    check("exec-file", &args.exec_file, Kind::File)?;
+    check("run-dir", &args.run_dir, Kind::Dir)?;
     for path in &args.read_only {
-        check("ro", path, false)?;
+        check("ro", path, Kind::Disk)?;
     }
     for path in &args.read_write {
-        check("rw", path, false)?;
+        check("rw", path, Kind::Disk)?;
     }
     Ok(())
 }

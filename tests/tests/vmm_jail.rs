@@ -15,6 +15,16 @@ use hull_tests::{dir_entries, leaks, prereq, test_dir};
 const BOOT_RUNS: Duration = Duration::from_secs(60);
 
 fn jailed_vmm(id: &str, run_dir: &Path, extra_vmm_args: &[&str]) -> Command {
+    jailed_vmm_with(id, run_dir, &[], extra_vmm_args)
+}
+
+/// [`jailed_vmm`] with `extra_jail_args` for the jailer.
+fn jailed_vmm_with(
+    id: &str,
+    run_dir: &Path,
+    extra_jail_args: &[&str],
+    extra_vmm_args: &[&str],
+) -> Command {
     let (kernel, initramfs) = (prereq::kernel(), prereq::agent_initramfs());
     let mut cmd = Command::new(prereq::jailer());
     cmd.arg("--id")
@@ -28,6 +38,7 @@ fn jailed_vmm(id: &str, run_dir: &Path, extra_vmm_args: &[&str]) -> Command {
         .arg("--ro")
         .arg(&initramfs)
         .args(["--memory-bytes", "402653184", "--pids-max", "16"])
+        .args(extra_jail_args)
         .arg("--")
         .arg("--kernel")
         .arg(&kernel)
@@ -193,6 +204,98 @@ fn the_jailed_vmm_holds_nothing_kvm() {
         "left in the run dir: {:?}",
         dir_entries(&run_dir)
     );
+    leaks::assert_no_process_mentions(dir.path());
+}
+
+/// A loop device over `file`, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(file: &Path) -> Self {
+        let out = Command::new(prereq::host_tool("losetup", "mount"))
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("run losetup");
+        assert!(out.status.success(), "losetup --find --show: {out:?}");
+        Self(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new(prereq::host_tool("losetup", "mount"))
+            .arg("--detach")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A disk that is a block device (as a devmapper snapshot is) gets a device
+/// node of its own in the jail, owned by the jail's uid, which the VMM
+/// opens; the host's node keeps its owner.
+#[test]
+fn a_block_device_disk_gets_its_own_node_in_the_jail_kvm() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    prereq::require_kvm();
+    let dir = test_dir();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(4 << 20))
+        .unwrap();
+    let device = LoopDevice::attach(&image);
+    let host_owner = std::fs::metadata(&device.0).unwrap().uid();
+    let id = format!("jail-blk-{}", std::process::id());
+    let drive = format!("{},id=data", device.0);
+    let mut jailer = Spawned::start(
+        jailed_vmm_with(&id, &run_dir, &["--rw", &device.0], &["--drive", &drive]),
+        &dir.path().join("jailer.log"),
+    );
+    let pid = vmm_pid(&id);
+
+    let node = PathBuf::from(format!("/proc/{pid}/root{}", device.0));
+    let meta = std::fs::metadata(&node).expect("the device node in the jail");
+    assert!(
+        meta.file_type().is_block_device(),
+        "{node:?} is not a block device"
+    );
+    assert_eq!(
+        meta.rdev(),
+        std::fs::metadata(&device.0).unwrap().rdev(),
+        "the jail's node is another device"
+    );
+    assert_ne!(meta.uid(), 0, "the jail's node is root's");
+    assert_eq!(
+        std::fs::metadata(&device.0).unwrap().uid(),
+        host_owner,
+        "the host's node changed owner"
+    );
+    let deadline = Instant::now() + BOOT_RUNS;
+    let opened = || {
+        dir_entries(Path::new(&format!("/proc/{pid}/fd")))
+            .iter()
+            .filter_map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok())
+            .any(|target| target == Path::new(&device.0))
+    };
+    while !opened() {
+        assert!(
+            Instant::now() < deadline,
+            "the jailed VMM never opened {}; log:\n{}",
+            device.0,
+            std::fs::read_to_string(dir.path().join("jailer.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // SAFETY: SIGTERM to the jailer we started; the supervisor forwards it.
+    unsafe { libc::kill(jailer.pid() as i32, libc::SIGTERM) };
+    let status = jailer
+        .wait(Duration::from_secs(20))
+        .expect("the jailer ends after SIGTERM");
+    assert_eq!(status.code(), Some(0), "jailed VMM after SIGTERM: {status}");
+    assert!(cgroup_dirs(&id).is_empty());
     leaks::assert_no_process_mentions(dir.path());
 }
 

@@ -157,7 +157,7 @@ impl VmConfig {
             require_file("initramfs", initramfs)?;
         }
         for drive in &self.drives {
-            require_file("drives.path", &drive.path)?;
+            require_disk("drives.path", &drive.path)?;
         }
         if let Some(vsock) = &self.vsock {
             if vsock.guest_cid < 3 {
@@ -194,6 +194,22 @@ fn require_file(field: &'static str, path: &Path) -> Result<(), ConfigError> {
         Ok(_) => Err(invalid(
             field,
             format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(invalid(field, format!("{}: {e}", path.display()))),
+    }
+}
+
+/// A disk image: a regular file or a block device (a snapshotter's volume).
+fn require_disk(field: &'static str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(invalid(
+            field,
+            format!(
+                "{} is neither a regular file nor a block device",
+                path.display()
+            ),
         )),
         Err(e) => Err(invalid(field, format!("{}: {e}", path.display()))),
     }
