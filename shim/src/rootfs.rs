@@ -51,6 +51,36 @@ pub struct HostBind {
     pub destination: PathBuf,
 }
 
+/// A snapshot that already is a disk: containerd's blockfile snapshotter
+/// (an ext4 image file mounted with `loop`) or a block device (devmapper).
+/// The guest gets it as it is: nothing is mounted or copied on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectDisk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The rootfs as a [`DirectDisk`], when containerd's mounts are one ext4
+/// mount of a block device, or of a regular file with the `loop` option.
+pub fn direct_disk(mounts: &[RootfsMount]) -> Option<DirectDisk> {
+    use std::os::unix::fs::FileTypeExt;
+    let [mount] = mounts else {
+        return None;
+    };
+    if mount.fs_type != "ext4" {
+        return None;
+    }
+    let kind = std::fs::metadata(&mount.source).ok()?.file_type();
+    let has = |option: &str| mount.options.iter().any(|o| o == option);
+    if !(kind.is_block_device() || kind.is_file() && has("loop")) {
+        return None;
+    }
+    Some(DirectDisk {
+        path: PathBuf::from(&mount.source),
+        read_only: has("ro"),
+    })
+}
+
 /// The largest host directory copied for a bind mount.
 pub const MAX_BIND_COPY_BYTES: u64 = 64 << 20;
 
@@ -207,6 +237,45 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hull\n");
+    }
+
+    #[test]
+    fn only_a_single_ext4_disk_mount_is_taken_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshot.img");
+        std::fs::write(&file, b"").unwrap();
+        let mount = |fs_type: &str, source: &Path, options: &[&str]| RootfsMount {
+            fs_type: fs_type.into(),
+            source: source.display().to_string(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        assert_eq!(
+            direct_disk(&[mount("ext4", &file, &["loop", "rw"])]),
+            Some(DirectDisk {
+                path: file.clone(),
+                read_only: false
+            })
+        );
+        assert_eq!(
+            direct_disk(&[mount("ext4", &file, &["ro", "loop"])]).map(|d| d.read_only),
+            Some(true)
+        );
+        // A file without `loop`, another file system, an overlay, a
+        // directory, a missing source, several mounts: copied as before.
+        assert_eq!(direct_disk(&[mount("ext4", &file, &["rw"])]), None);
+        assert_eq!(direct_disk(&[mount("xfs", &file, &["loop"])]), None);
+        assert_eq!(
+            direct_disk(&[mount("overlay", Path::new("overlay"), &[])]),
+            None
+        );
+        assert_eq!(direct_disk(&[mount("ext4", dir.path(), &["loop"])]), None);
+        assert_eq!(
+            direct_disk(&[mount("ext4", &dir.path().join("gone"), &["loop"])]),
+            None
+        );
+        let one = mount("ext4", &file, &["loop"]);
+        assert_eq!(direct_disk(&[one.clone(), one]), None);
+        assert_eq!(direct_disk(&[]), None);
     }
 
     #[test]

@@ -86,6 +86,34 @@ impl Containerd {
     /// Start containerd `engine` with everything under `dir` (keep it short:
     /// socket paths), and import the busybox image.
     pub fn start(engine: Engine, dir: &Path) -> Self {
+        Self::start_with(engine, dir, "")
+    }
+
+    /// containerd 1.7 as [`Self::start`], with its `blockfile` snapshotter
+    /// on: every snapshot an ext4 image file (copied from a 64 MiB scratch
+    /// image made here), mounted with `loop`.
+    pub fn start_with_blockfile(dir: &Path) -> Self {
+        let scratch = dir.join("blockfile-scratch.img");
+        std::fs::File::create(&scratch)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("create the blockfile scratch image");
+        let mkfs = Command::new(prereq::host_tool("mkfs.ext4", "e2fsprogs"))
+            .args(["-q", "-F", "-O", "^has_journal"])
+            .arg(&scratch)
+            .output()
+            .expect("run mkfs.ext4");
+        assert!(mkfs.status.success(), "mkfs.ext4 scratch: {mkfs:?}");
+        let plugin = format!(
+            "[plugins.\"io.containerd.snapshotter.v1.blockfile\"]\n  \
+             scratch_file = \"{}\"\n  fs_type = \"ext4\"\n  mount_options = []\n  \
+             recreate_scratch = false\n",
+            scratch.display()
+        );
+        Self::start_with(Engine::Containerd17, dir, &plugin)
+    }
+
+    /// [`Self::start`] with `extra` appended to containerd's config.
+    fn start_with(engine: Engine, dir: &Path, extra: &str) -> Self {
         let shim = prereq::file_from_env(
             "HULL_SHIM",
             "containerd-shim-hull-v2",
@@ -105,7 +133,7 @@ impl Containerd {
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
                  [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n",
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n{extra}",
                 root = dir.join("root").display(),
                 state = dir.join("state").display(),
                 sock = socket.display()
@@ -655,21 +683,7 @@ fn shim_socket_of(pid: u32) -> Option<String> {
 
 /// Files called `name` at any depth under `dir`.
 fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => todo.push(entry.path()),
-                Ok(_) if entry.file_name() == name => found.push(entry.path()),
-                _ => {}
-            }
-        }
-    }
-    found
+    leaks::files_under(dir, |entry, _| entry.file_name() == name)
 }
 
 /// The hull config for the shim under test, from the environment.

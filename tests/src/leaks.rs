@@ -4,6 +4,7 @@
 //! directory", and "still running" means "a process whose command line
 //! names that directory".
 
+use std::fs::{DirEntry, FileType};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,8 +69,8 @@ pub fn assert_no_process_mentions(dir: &Path) {
     }
 }
 
-/// Unix sockets anywhere under `dir`.
-pub fn sockets_under(dir: &Path) -> Vec<PathBuf> {
+/// Every non-directory entry at any depth under `dir` that `keep` accepts.
+pub fn files_under(dir: &Path, keep: impl Fn(&DirEntry, FileType) -> bool) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -79,12 +80,17 @@ pub fn sockets_under(dir: &Path) -> Vec<PathBuf> {
         for entry in entries.filter_map(Result::ok) {
             match entry.file_type() {
                 Ok(t) if t.is_dir() => todo.push(entry.path()),
-                Ok(t) if t.is_socket() => found.push(entry.path()),
+                Ok(t) if keep(&entry, t) => found.push(entry.path()),
                 _ => {}
             }
         }
     }
     found
+}
+
+/// Unix sockets anywhere under `dir`.
+pub fn sockets_under(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir, |_, t| t.is_socket())
 }
 
 /// Fail if a socket file is left under `dir`.

@@ -158,3 +158,60 @@ fn ctr_task_lifecycle_kvm() {
     stdout_ok(&containerd.ctr(&["container", "rm", id]), "container rm");
     containerd.assert_nothing_left();
 }
+
+/// A snapshot that already is a disk (containerd 1.7's blockfile
+/// snapshotter: an ext4 image file per snapshot) goes to the guest as it
+/// is: the VMM opens the snapshot's own file, no rootfs.img is built, the
+/// container reads the image and writes to its disk.
+#[test]
+fn ctr_run_blockfile_snapshot_is_attached_directly_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let containerd = Containerd::start_with_blockfile(dir.path());
+    let id = "blockfile";
+    stdout_ok(
+        &containerd.run_detached(id, &["--snapshotter", "blockfile"], &["sleep", "1000"]),
+        "ctr run -d --snapshotter blockfile",
+    );
+    let snapshots = dir
+        .path()
+        .join("root/io.containerd.snapshotter.v1.blockfile");
+    let vmm_disks: Vec<String> = containerd
+        .vmm_pids()
+        .into_iter()
+        .flat_map(hull_tests::leaks::process_args)
+        .filter(|arg| arg.contains(".img") || arg.contains(snapshots.to_str().unwrap()))
+        .collect();
+    assert!(
+        vmm_disks
+            .iter()
+            .any(|arg| arg.contains(snapshots.to_str().unwrap())),
+        "the VMM does not open the blockfile snapshot: {vmm_disks:?}"
+    );
+    assert!(
+        !vmm_disks.iter().any(|arg| arg.contains("rootfs.img")),
+        "a rootfs.img was built for a snapshot that is a disk: {vmm_disks:?}"
+    );
+
+    let out = containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "rw",
+        id,
+        "sh",
+        "-c",
+        "echo on-the-snapshot > /written && cat /written && test -x /bin/busybox && echo image-ok",
+    ]);
+    assert_eq!(
+        stdout_ok(&out, "exec on the blockfile rootfs"),
+        "on-the-snapshot\nimage-ok\n"
+    );
+    stdout_ok(
+        &containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]),
+        "task kill",
+    );
+    assert_eq!(containerd.wait_task_stopped_and_delete(id), 137);
+    stdout_ok(&containerd.ctr(&["container", "rm", id]), "container rm");
+    containerd.assert_nothing_left();
+}

@@ -127,6 +127,34 @@ pub async fn empty_cgroups(state_dir: &Path, limit: Duration) {
     }
 }
 
+/// Mounts containerd's rootfs mounts on `rootfs_dir` (unless containerd
+/// gave none: Docker mounted it already), copies the host bind mounts in,
+/// and builds the ext4 `image` from it.
+fn build_rootfs_image(
+    mounts: &[RootfsMount],
+    host_binds: &[rootfs::HostBind],
+    rootfs_dir: &Path,
+    image: &Path,
+) -> Result<(), ShimError> {
+    std::fs::create_dir_all(rootfs_dir).map_err(|source| ShimError::Io {
+        what: format!("creating {}", rootfs_dir.display()),
+        source,
+    })?;
+    let mounted = rootfs::mount_all(mounts, rootfs_dir);
+    let copied = mounted.and_then(|_| rootfs::copy_binds(host_binds, rootfs_dir));
+    let built = copied.and_then(|_| rootfs::build_image(rootfs_dir, image));
+    if !mounts.is_empty() {
+        rootfs::unmount(rootfs_dir);
+    }
+    let took = built?;
+    log::info!(
+        "rootfs disk {} built in {} ms",
+        image.display(),
+        took.as_millis()
+    );
+    Ok(())
+}
+
 pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     let config_path = req
         .options
@@ -171,21 +199,34 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
             options: m.options.clone(),
         })
         .collect();
-    std::fs::create_dir_all(&rootfs_dir).map_err(|source| ShimError::Io {
-        what: format!("creating {}", rootfs_dir.display()),
-        source,
-    })?;
-    let mounted = rootfs::mount_all(&mounts, &rootfs_dir);
-    let copied = mounted.and_then(|_| rootfs::copy_binds(&host_binds, &rootfs_dir));
-    let built = copied.and_then(|_| rootfs::build_image(&rootfs_dir, &image));
-    if !req.rootfs.is_empty() {
-        rootfs::unmount(&rootfs_dir);
-    }
-    let took = built?;
-    log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
+    // A snapshot that already is a disk goes to the guest as it is;
+    // anything else (and anything with host bind mounts to copy in) is
+    // copied into a new ext4 image.
+    let direct = if host_binds.is_empty() {
+        rootfs::direct_disk(&mounts)
+    } else {
+        None
+    };
+    let (disk, files) = match direct {
+        Some(disk) => {
+            log::info!(
+                "{}: the rootfs snapshot {} is a disk: attached as it is",
+                req.id,
+                disk.path.display()
+            );
+            (disk, Vec::new())
+        }
+        None => {
+            build_rootfs_image(&mounts, &host_binds, &rootfs_dir, &image)?;
+            let disk = rootfs::DirectDisk {
+                path: image.clone(),
+                read_only: false,
+            };
+            (disk, vec![image.clone()])
+        }
+    };
 
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
-    let files = vec![image.clone()];
     let undo = |e: ShimError| {
         remove_leftovers(&state_dir, &files);
         e
@@ -203,8 +244,8 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         memory_mib,
         kernel_args: Vec::new(),
         drives: vec![Drive {
-            path: image.clone(),
-            read_only: false,
+            path: disk.path.clone(),
+            read_only: disk.read_only,
             id: Some(ROOTFS_SERIAL.into()),
         }],
         console_log: config.debug_console,
@@ -239,8 +280,10 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         rootfs: MessageField::some(Storage {
             disk_serial: ROOTFS_SERIAL.into(),
             fstype: "ext4".into(),
-            readonly: false,
-            overlay: false,
+            // A read-only snapshot still gives the container a writable
+            // root: a tmpfs upper layer in the guest.
+            readonly: disk.read_only,
+            overlay: disk.read_only,
             ..Default::default()
         }),
         stdio: MessageField::some(stdio_options(&stdio)),
