@@ -306,3 +306,25 @@ fn ctr_oom_in_guest_kvm() {
     );
     containerd.assert_nothing_left();
 }
+
+/// The agent does not answer within the configured boot budget (here 3 s,
+/// far less than a boot takes): `ctr run` fails naming the unreachable
+/// agent, and the shim stops the VM it started and removes everything.
+#[test]
+fn ctr_agent_unreachable_fails_cleanly_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd16, dir.path());
+    containerd.set_boot_timeout(Duration::from_secs(3));
+    let id = "no-agent";
+    let out = containerd.run(id, &[], &["true"]);
+    assert!(!out.status.success(), "ctr run without an agent: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent did not answer within 3s"),
+        "the error names the unreachable agent: {stderr}"
+    );
+    // ctr --rm removes its container when the task cannot be created.
+    let _ = containerd.ctr(&["container", "rm", id]);
+    containerd.assert_nothing_left();
+}

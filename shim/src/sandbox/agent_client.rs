@@ -17,8 +17,13 @@ use super::hybrid_vsock::{self, HybridVsockError};
 pub enum AgentError {
     #[error("reaching the agent")]
     Dial(#[source] HybridVsockError),
-    #[error("the agent did not answer within {0:?}")]
-    NotReady(Duration),
+    #[error("the agent did not answer within {budget:?}")]
+    NotReady {
+        budget: Duration,
+        /// What the last attempt met.
+        #[source]
+        last: Box<AgentError>,
+    },
     #[error("agent call {call} failed")]
     Rpc {
         call: &'static str,
@@ -67,27 +72,41 @@ impl Agent {
 
     /// Connect, retrying while the guest boots (the vsock socket is not
     /// there yet, or nothing listens on the agent port yet), until `deadline`
-    /// or until `gave_up()` says there is no point (the VMM exited).
+    /// or until `gave_up()` says there is no point (the VMM exited). No
+    /// attempt outlives the deadline: each gets what is left of it, up to
+    /// `rpc_timeout`.
     pub async fn wait_ready(
         vsock_uds: &Path,
         deadline: Instant,
         rpc_timeout: Duration,
         mut gave_up: impl FnMut() -> bool,
     ) -> Result<Self, AgentError> {
-        let started = Instant::now();
+        const SHORTEST_ATTEMPT: Duration = Duration::from_millis(100);
+        // In whole seconds, as boot budgets are configured.
+        let budget = Duration::from_secs(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .ceil() as u64,
+        );
         loop {
-            let last = match Self::connect(vsock_uds, rpc_timeout).await {
-                Ok(agent) => return Ok(agent),
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = rpc_timeout.min(left).max(SHORTEST_ATTEMPT);
+            let last = match Self::connect(vsock_uds, attempt).await {
+                Ok(agent) => {
+                    // Later calls get the full per-call limit.
+                    return Ok(Self {
+                        rpc_timeout,
+                        ..agent
+                    });
+                }
                 Err(e @ AgentError::Protocol(_)) => return Err(e),
                 Err(e) => e,
             };
             if gave_up() || Instant::now() >= deadline {
-                return Err(match last {
-                    AgentError::Dial(HybridVsockError::Connect { .. })
-                    | AgentError::Dial(HybridVsockError::Refused { .. }) => {
-                        AgentError::NotReady(started.elapsed())
-                    }
-                    other => other,
+                return Err(AgentError::NotReady {
+                    budget,
+                    last: Box::new(last),
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
