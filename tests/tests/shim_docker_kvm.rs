@@ -6,6 +6,23 @@ use hull_tests::containerd::stdout_ok;
 use hull_tests::docker::{Docker, DOCKER_IMAGE};
 use hull_tests::{prereq, test_dir};
 
+/// `docker run MODE... --runtime RUNTIME --network none busybox sh -c SCRIPT`.
+fn run_args<'a>(mode: &[&'a str], runtime: &'a str, script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(mode);
+    args.extend([
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        DOCKER_IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    args
+}
+
 /// Output, exit code, logs, exec and stop through Docker, on one daemon.
 #[test]
 fn docker_run_exec_logs_stop_kvm() {
@@ -15,18 +32,7 @@ fn docker_run_exec_logs_stop_kvm() {
 
     // The runtime name users type, and the registered alias.
     for runtime in ["hull", "io.containerd.hull.v2"] {
-        let out = docker.docker(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--network",
-            "none",
-            DOCKER_IMAGE,
-            "sh",
-            "-c",
-            "uname -r; exit 3",
-        ]);
+        let out = docker.docker(&run_args(&["--rm"], runtime, "uname -r; exit 3"));
         assert_eq!(
             out.status.code(),
             Some(3),
@@ -41,24 +47,11 @@ fn docker_run_exec_logs_stop_kvm() {
 
     // `-it`: the container's stdio is a terminal of the user's size, and
     // its exit code comes back through it.
-    let (status, screen) = docker.docker_in_terminal(
-        &[
-            "run",
-            "--rm",
-            "-it",
-            "--runtime",
-            "hull",
-            "--network",
-            "none",
-            DOCKER_IMAGE,
-            "sh",
-            "-c",
-            "test -t 0 && test -t 1 && echo is-a-tty; \
-             for i in $(seq 100); do s=$(stty size); [ \"$s\" != '0 0' ] && break; sleep 0.1; done; \
-             echo \"size=$s\"; exit 4",
-        ],
-        (27, 91),
-    );
+    let script = "test -t 0 && test -t 1 && echo is-a-tty; \
+                  for i in $(seq 100); do s=$(stty size); [ \"$s\" != '0 0' ] && break; sleep 0.1; done; \
+                  echo \"size=$s\"; exit 4";
+    let (status, screen) =
+        docker.docker_in_terminal(&run_args(&["--rm", "-it"], "hull", script), (27, 91));
     assert_eq!(status.code(), Some(4), "docker run -it: {screen}");
     assert!(
         screen.contains("is-a-tty"),
@@ -69,20 +62,11 @@ fn docker_run_exec_logs_stop_kvm() {
         "docker run -it: terminal size: {screen}"
     );
 
-    let out = docker.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "svc",
-        "--runtime",
+    let out = docker.docker(&run_args(
+        &["-d", "--name", "svc"],
         "hull",
-        "--network",
-        "none",
-        DOCKER_IMAGE,
-        "sh",
-        "-c",
         "echo started; trap 'echo stopping; exit 0' TERM; while true; do sleep 1; done",
-    ]);
+    ));
     stdout_ok(&out, "docker run -d");
     let out = docker.docker(&["exec", "svc", "sh", "-c", "echo in-exec; exit 6"]);
     assert_eq!(out.status.code(), Some(6), "docker exec: {out:?}");
@@ -110,26 +94,13 @@ fn docker_resource_limits_reach_the_guest_kvm() {
     prereq::require_kvm();
     let dir = test_dir();
     let docker = Docker::start(dir.path());
-    let out = docker.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
+    let out = docker.docker(&run_args(
+        &["--rm", "-m", "256m", "--cpus", "1", "--pids-limit", "64"],
         "hull",
-        "--network",
-        "none",
-        "-m",
-        "256m",
-        "--cpus",
-        "1",
-        "--pids-limit",
-        "64",
-        DOCKER_IMAGE,
-        "sh",
-        "-c",
         "nproc; grep MemTotal /proc/meminfo; \
          cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); \
          cat $cg/memory.max $cg/pids.max",
-    ]);
+    ));
     let text = stdout_ok(&out, "docker run with limits");
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("1"), "nproc in the guest: {text}");
