@@ -174,7 +174,15 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     })?;
     policy::enforce(&spec, &config.policy()).map_err(ShimError::Policy)?;
     let host_binds = for_the_guest(&mut spec);
-    let (vcpus, memory_mib) = vm_size(&spec, &config);
+    let (wanted_vcpus, memory_mib) = vm_size(&spec, &config);
+    let vcpus = vcpus_this_host_runs(wanted_vcpus, Path::new(NESTED_PVM_MODULE).is_dir());
+    if vcpus != wanted_vcpus {
+        log::warn!(
+            "{}: nested PVM (kvm_pvm): a guest with {wanted_vcpus} vCPUs would hang starting \
+             its second CPU; it gets {vcpus} (the CPU quota still applies in the guest)",
+            req.id
+        );
+    }
 
     // The rootfs disk, from containerd's mounts (or a prepared rootfs dir).
     // containerd hands over the snapshot as mounts for `<bundle>/rootfs`;
@@ -404,6 +412,20 @@ pub fn vm_size(spec: &Value, config: &ShimConfig) -> (u8, u32) {
     (vcpus, memory_mib)
 }
 
+/// Present when /dev/kvm is nested PVM (see shared/kvm-here.md).
+const NESTED_PVM_MODULE: &str = "/sys/module/kvm_pvm";
+
+/// The vCPUs a VM gets: what it asked for, except under nested PVM, where
+/// guests with more than one vCPU hang in the second CPU's start-up
+/// (tests/tests/smp_boot.rs), so they get one.
+fn vcpus_this_host_runs(wanted: u8, nested_pvm: bool) -> u8 {
+    if nested_pvm {
+        wanted.min(1)
+    } else {
+        wanted
+    }
+}
+
 fn cpu_limit(spec: &Value) -> Option<(u64, u64)> {
     let quota = spec
         .pointer("/linux/resources/cpu/quota")
@@ -419,6 +441,13 @@ fn cpu_limit(spec: &Value) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nested_pvm_gets_one_vcpu() {
+        assert_eq!(vcpus_this_host_runs(4, false), 4);
+        assert_eq!(vcpus_this_host_runs(4, true), 1);
+        assert_eq!(vcpus_this_host_runs(1, true), 1);
+    }
 
     #[test]
     fn the_vm_is_sized_from_the_spec_limits() {
