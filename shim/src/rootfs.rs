@@ -51,18 +51,19 @@ pub struct HostBind {
     pub destination: PathBuf,
 }
 
-/// A snapshot that already is a disk: containerd's blockfile snapshotter
-/// (an ext4 image file mounted with `loop`) or a block device (devmapper).
-/// The guest gets it as it is: nothing is mounted or copied on the host.
+/// The disk the guest's rootfs is on: the image the shim built, or a
+/// snapshot that already is a disk (see [`direct_disk`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectDisk {
+pub struct RootfsDisk {
     pub path: PathBuf,
     pub read_only: bool,
 }
 
-/// The rootfs as a [`DirectDisk`], when containerd's mounts are one ext4
-/// mount of a block device, or of a regular file with the `loop` option.
-pub fn direct_disk(mounts: &[RootfsMount]) -> Option<DirectDisk> {
+/// The rootfs snapshot as it is, when containerd's mounts are one ext4
+/// mount of a block device (devmapper) or of a regular file with the `loop`
+/// option (the blockfile snapshotter): the guest gets that disk, and
+/// nothing is mounted or copied on the host.
+pub fn direct_disk(mounts: &[RootfsMount]) -> Option<RootfsDisk> {
     use std::os::unix::fs::FileTypeExt;
     let [mount] = mounts else {
         return None;
@@ -75,7 +76,7 @@ pub fn direct_disk(mounts: &[RootfsMount]) -> Option<DirectDisk> {
     if !(kind.is_block_device() || kind.is_file() && has("loop")) {
         return None;
     }
-    Some(DirectDisk {
+    Some(RootfsDisk {
         path: PathBuf::from(&mount.source),
         read_only: has("ro"),
     })
@@ -251,7 +252,7 @@ mod tests {
         };
         assert_eq!(
             direct_disk(&[mount("ext4", &file, &["loop", "rw"])]),
-            Some(DirectDisk {
+            Some(RootfsDisk {
                 path: file.clone(),
                 read_only: false
             })

@@ -614,6 +614,22 @@ impl Drop for Containerd {
     }
 }
 
+/// Waits up to `limit` for `child` to exit; kills it and fails the test
+/// when it takes longer.
+pub fn wait_within(mut child: Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            kill_and_reap(child);
+            panic!("{what}: did not finish within {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits up to `limit` for `child` (stdout/stderr piped) and collects its
 /// output; kills it and fails the test when it takes longer.
 pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
@@ -630,19 +646,8 @@ pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            kill_and_reap(child);
-            panic!("{what}: did not finish within {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
     Output {
-        status,
+        status: wait_within(child, limit, what),
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
     }

@@ -7,9 +7,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::containerd::kill_and_reap;
+use crate::containerd::wait_within;
 
 /// How long the terminal's output may take to drain after the command ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ pub fn run(
 ) -> (ExitStatus, String) {
     let (mut master, slave) = open(size);
     let stdio = |f: &File| Stdio::from(f.try_clone().expect("dup the terminal"));
-    let mut child = command
+    let child = command
         .stdin(stdio(&slave))
         .stdout(stdio(&slave))
         .stderr(stdio(&slave))
@@ -77,17 +77,7 @@ pub fn run(
         let _ = master.read_to_end(&mut shown);
         let _ = tx.send(shown);
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the command") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            kill_and_reap(child);
-            panic!("{what}: did not finish within {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_within(child, limit, what);
     let shown = screen
         .recv_timeout(DRAIN_TIMEOUT)
         .unwrap_or_else(|_| panic!("{what}: the terminal stayed open after it exited"));

@@ -129,13 +129,13 @@ pub async fn empty_cgroups(state_dir: &Path, limit: Duration) {
 
 /// Mounts containerd's rootfs mounts on `rootfs_dir` (unless containerd
 /// gave none: Docker mounted it already), copies the host bind mounts in,
-/// and builds the ext4 `image` from it.
+/// and builds the ext4 `image` from it; returns how long that took.
 fn build_rootfs_image(
     mounts: &[RootfsMount],
     host_binds: &[rootfs::HostBind],
     rootfs_dir: &Path,
     image: &Path,
-) -> Result<(), ShimError> {
+) -> Result<Duration, ShimError> {
     std::fs::create_dir_all(rootfs_dir).map_err(|source| ShimError::Io {
         what: format!("creating {}", rootfs_dir.display()),
         source,
@@ -146,13 +146,7 @@ fn build_rootfs_image(
     if !mounts.is_empty() {
         rootfs::unmount(rootfs_dir);
     }
-    let took = built?;
-    log::info!(
-        "rootfs disk {} built in {} ms",
-        image.display(),
-        took.as_millis()
-    );
-    Ok(())
+    Ok(built?)
 }
 
 pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
@@ -225,8 +219,9 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
             (disk, Vec::new())
         }
         None => {
-            build_rootfs_image(&mounts, &host_binds, &rootfs_dir, &image)?;
-            let disk = rootfs::DirectDisk {
+            let took = build_rootfs_image(&mounts, &host_binds, &rootfs_dir, &image)?;
+            log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
+            let disk = rootfs::RootfsDisk {
                 path: image.clone(),
                 read_only: false,
             };
