@@ -199,6 +199,7 @@ impl AgentService {
             &req.container_id,
             &req.oci_spec,
             req.rootfs.get_or_default(),
+            req.binds.as_ref(),
             req.stdio.get_or_default(),
         )?;
         Ok(CreateContainerResponse {

@@ -14,6 +14,7 @@
 //! cgroup is `/sys/fs/cgroup/hull/<id>` ([`cgroups`]).
 
 pub mod cgroups;
+pub mod executor;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;
@@ -362,6 +363,7 @@ impl Containers {
         id: &str,
         spec_json: &[u8],
         storage: &Storage,
+        binds: Option<&Storage>,
         options: &StdioOptions,
     ) -> Result<i32, ContainerError> {
         spec::check_id("container_id", id)?;
@@ -370,7 +372,10 @@ impl Containers {
             id: id.to_owned(),
             source,
         };
-        rootfs::check(storage).map_err(rootfs_error)?;
+        rootfs::check(storage, "rootfs").map_err(rootfs_error)?;
+        if let Some(binds) = binds {
+            rootfs::check(binds, "binds").map_err(rootfs_error)?;
+        }
         if self.lock().containers.contains_key(id) {
             return Err(ContainerError::AlreadyExists { id: id.to_owned() });
         }
@@ -386,9 +391,14 @@ impl Containers {
             armed: true,
         };
 
-        let rootfs = rootfs::mount(storage, &dir).map_err(rootfs_error)?;
-        spec::adapt_for_guest(&mut checked, id, rootfs.path())?;
+        let mut rootfs = rootfs::mount(storage, &dir).map_err(rootfs_error)?;
+        let binds_dir = binds
+            .map(|binds| rootfs::mount_binds(binds, &dir, &mut rootfs))
+            .transpose();
+        let root = rootfs.path().to_owned();
         cleanup.rootfs = Some(rootfs);
+        let binds_dir = binds_dir.map_err(rootfs_error)?;
+        spec::adapt_for_guest(&mut checked, id, &root, binds_dir.as_deref())?;
         let config = dir.join("config.json");
         let json = serde_json::to_vec(&checked.spec)
             .map_err(|err| io_error("write", &config)(err.into()))?;

@@ -21,12 +21,12 @@ const MAX_SERIAL: usize = 20;
 
 #[derive(Debug, Error)]
 pub enum RootfsError {
-    #[error("rootfs.disk_serial: {serial:?} is not a valid serial (1 to {MAX_SERIAL} bytes)")]
-    BadSerial { serial: String },
-    #[error("rootfs.fstype: {fstype:?} is not supported (ext4 is)")]
-    BadFsType { fstype: String },
-    #[error("rootfs.options: {option:?} is not a supported mount option")]
-    BadOption { option: String },
+    #[error("{field}.disk_serial: {serial:?} is not a valid serial (1 to {MAX_SERIAL} bytes)")]
+    BadSerial { field: &'static str, serial: String },
+    #[error("{field}.fstype: {fstype:?} is not supported (ext4 is)")]
+    BadFsType { field: &'static str, fstype: String },
+    #[error("{field}.options: {option:?} is not a supported mount option")]
+    BadOption { field: &'static str, option: String },
     #[error("no virtio-blk disk has serial {serial:?}")]
     NoSuchDisk { serial: String },
     #[error("cannot list {SYS_BLOCK}")]
@@ -109,16 +109,19 @@ impl Drop for Rootfs {
     }
 }
 
-/// Checks the request without touching anything.
-pub fn check(storage: &Storage) -> Result<MountFlags, RootfsError> {
+/// Checks the request for the disk in request field `field` (`rootfs`,
+/// `binds`) without touching anything.
+pub fn check(storage: &Storage, field: &'static str) -> Result<MountFlags, RootfsError> {
     let serial = &storage.disk_serial;
     if serial.is_empty() || serial.len() > MAX_SERIAL {
         return Err(RootfsError::BadSerial {
+            field,
             serial: serial.clone(),
         });
     }
     if !(storage.fstype.is_empty() || storage.fstype == "ext4") {
         return Err(RootfsError::BadFsType {
+            field,
             fstype: storage.fstype.clone(),
         });
     }
@@ -135,6 +138,7 @@ pub fn check(storage: &Storage) -> Result<MountFlags, RootfsError> {
             "rw" | "defaults" => MountFlags::empty(),
             _ => {
                 return Err(RootfsError::BadOption {
+                    field,
                     option: option.clone(),
                 })
             }
@@ -182,7 +186,7 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
 /// Mounts the disk `storage` names under `dir` (which exists), with an
 /// overlay if asked. On error nothing stays mounted.
 pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
-    let flags = check(storage)?;
+    let flags = check(storage, "rootfs")?;
     let device = find_disk(&storage.disk_serial)?;
     let disk = dir.join("disk");
     let mut rootfs = Rootfs {
@@ -235,6 +239,7 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
         work.display()
     );
     let data = std::ffi::CString::new(data).map_err(|_| RootfsError::BadSerial {
+        field: "rootfs",
         serial: storage.disk_serial.clone(),
     })?;
     rustix::mount::mount(
@@ -254,6 +259,31 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     Ok(rootfs)
 }
 
+/// Mounts the disk holding the content of the container's host bind
+/// mounts (`binds` in the request) at `dir/binds`, unmounted with `rootfs`;
+/// returns where.
+pub fn mount_binds(
+    storage: &Storage,
+    dir: &Path,
+    rootfs: &mut Rootfs,
+) -> Result<PathBuf, RootfsError> {
+    let flags = check(storage, "binds")?;
+    let device = find_disk(&storage.disk_serial)?;
+    let target = dir.join("binds");
+    mkdir(&target)?;
+    let flags = flags | MountFlags::NOSUID | MountFlags::NODEV;
+    rustix::mount::mount(&device, &target, "ext4", flags, None).map_err(|errno| {
+        RootfsError::Mount {
+            what: "the bind mounts' disk",
+            target: target.clone(),
+            errno,
+        }
+    })?;
+    // Unmounted first: nothing else is mounted on it.
+    rootfs.mounts.push(target.clone());
+    Ok(target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,28 +298,28 @@ mod tests {
 
     #[test]
     fn requests_are_checked_before_anything_is_touched() {
-        assert!(check(&storage("rootfs")).unwrap().is_empty());
-        let err = check(&storage("")).unwrap_err();
+        assert!(check(&storage("rootfs"), "rootfs").unwrap().is_empty());
+        let err = check(&storage(""), "rootfs").unwrap_err();
         assert!(err.is_invalid_request());
         assert!(matches!(
-            check(&storage(&"s".repeat(21))),
+            check(&storage(&"s".repeat(21)), "rootfs"),
             Err(RootfsError::BadSerial { .. })
         ));
         let mut xfs = storage("a");
         xfs.fstype = "xfs".into();
         assert_eq!(
-            check(&xfs).unwrap_err().to_string(),
-            "rootfs.fstype: \"xfs\" is not supported (ext4 is)"
+            check(&xfs, "binds").unwrap_err().to_string(),
+            "binds.fstype: \"xfs\" is not supported (ext4 is)"
         );
         let mut opts = storage("a");
         opts.options = vec!["noatime".into(), "bogus".into()];
         assert!(
-            matches!(check(&opts), Err(RootfsError::BadOption { option }) if option == "bogus")
+            matches!(check(&opts, "rootfs"), Err(RootfsError::BadOption { option, .. }) if option == "bogus")
         );
         opts.options.pop();
         opts.readonly = true;
         assert_eq!(
-            check(&opts).unwrap(),
+            check(&opts, "rootfs").unwrap(),
             MountFlags::NOATIME | MountFlags::RDONLY
         );
     }

@@ -37,6 +37,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use thiserror::Error;
 
+use super::executor::GuestExecutor;
 use super::stdio::ChildStdio;
 use crate::reaper::ReapHold;
 
@@ -144,6 +145,7 @@ impl Runtime {
         io: ProcessIo,
     ) -> Result<(ContainerBuilder, Option<UnixListener>), RuntimeError> {
         let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_executor(GuestExecutor::default())
             .with_root_path(&self.state_root)
             .map_err(lc_error("use the state root of", id))?;
         let mut console = None;

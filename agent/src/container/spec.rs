@@ -7,13 +7,16 @@
 //! that. What the host sends that means nothing in the guest is replaced:
 //! `root.path` (the agent mounts the rootfs itself), `linux.cgroupsPath`
 //! (a host cgroup; the guest's is `/hull/<id>`) and the hooks that run in
-//! the runtime's namespaces (see [`guest_hooks`]).
+//! the runtime's namespaces (see [`guest_hooks`]). Every container gets a
+//! cgroup namespace of its own and its cgroup at `/sys/fs/cgroup` (see
+//! [`own_cgroup`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Hooks, LinuxNamespaceType, LinuxResources, Process, Root, RootBuilder, Spec,
+    Hooks, Linux, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Mount, MountBuilder,
+    Process, Root, RootBuilder, Spec,
 };
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -214,12 +217,105 @@ pub fn cgroup_path(id: &str) -> PathBuf {
     Path::new("/hull").join(id)
 }
 
+/// Where a container sees its cgroup.
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// Gives the container a private cgroup namespace and its own cgroup at
+/// `/sys/fs/cgroup`, whatever the host asked for.
+///
+/// The guest's hierarchy is cgroup v2 and hull's own (the agent and every
+/// container of the sandbox live in it), so a container must not see it:
+/// runc on a cgroup v2 host does the same by default (Docker's
+/// `--cgroupns private`), showing `0::/` in `/proc/self/cgroup` and the
+/// container's own limit files (`pids.max`, `memory.max`) at
+/// `/sys/fs/cgroup`. A host on cgroup v1 (Docker then asks for no cgroup
+/// namespace) gets the same, since the guest is v2 whatever the host runs.
+/// libcontainer unshares the namespace after it has put the process in its
+/// cgroup and before it mounts, so the cgroup2 mount's root is the
+/// container's cgroup. The spec's own `/sys/fs/cgroup` mount keeps its
+/// options (Docker and containerd ask for `ro` unless privileged); without
+/// one the mount is read-only. A cgroup namespace the spec joins by path (a
+/// guest namespace) is kept.
+fn own_cgroup(linux: &mut Linux, mounts: &mut Vec<Mount>) -> Result<(), SpecError> {
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    if !namespaces
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Cgroup)
+    {
+        let cgroup = LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Cgroup)
+            .build()
+            .map_err(|err| SpecError::new("linux.namespaces", err.to_string()))?;
+        namespaces.push(cgroup);
+    }
+    linux.set_namespaces(Some(namespaces));
+
+    let target = Path::new(CGROUP_MOUNT);
+    // A cgroup mount anywhere else would show the guest's root hierarchy.
+    mounts.retain(|m| {
+        !matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")) || m.destination() == target
+    });
+    if !mounts.iter().any(|m| m.destination() == target) {
+        let mount = MountBuilder::default()
+            .destination(target)
+            .typ("cgroup")
+            .source("cgroup")
+            .options(["nosuid", "noexec", "nodev", "relatime", "ro"].map(String::from))
+            .build()
+            .map_err(|err| SpecError::new("mounts", err.to_string()))?;
+        mounts.push(mount);
+    }
+    Ok(())
+}
+
+/// Makes the relative sources of bind mounts (the host's bind mounts,
+/// whose content the host put on a disk of their own) paths under `binds`,
+/// where that disk is mounted. Without such a disk a relative bind source
+/// names nothing.
+fn locate_binds(mounts: &mut [Mount], binds: Option<&Path>) -> Result<(), SpecError> {
+    for (index, mount) in mounts.iter_mut().enumerate() {
+        let is_bind = mount.typ().as_deref() == Some("bind")
+            || mount
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        let Some(source) = mount
+            .source()
+            .clone()
+            .filter(|s| is_bind && s.is_relative())
+        else {
+            continue;
+        };
+        let field = format!("mounts[{index}].source");
+        let Some(binds) = binds else {
+            return Err(SpecError::new(
+                field,
+                format!("{source:?} is relative, and the request has no binds disk"),
+            ));
+        };
+        if !source
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(SpecError::new(
+                field,
+                format!("{source:?} is not a plain path on the binds disk"),
+            ));
+        }
+        mount.set_source(Some(binds.join(source)));
+    }
+    Ok(())
+}
+
 /// Rewrites `spec` for the guest: the rootfs the agent mounted, the guest
-/// cgroup, the user resolved from the rootfs, the guest's hooks only.
+/// cgroup, the user resolved from the rootfs, the guest's hooks only, the
+/// host's bind mounts from the disk at `binds`.
 pub fn adapt_for_guest(
     checked: &mut CheckedSpec,
     id: &str,
     rootfs: &Path,
+    binds: Option<&Path>,
 ) -> Result<(), SpecError> {
     let spec = &mut checked.spec;
     let readonly = spec.root().as_ref().and_then(Root::readonly);
@@ -232,7 +328,11 @@ pub fn adapt_for_guest(
 
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_cgroups_path(Some(cgroup_path(id)));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    own_cgroup(&mut linux, &mut mounts)?;
+    locate_binds(&mut mounts, binds)?;
     spec.set_linux(Some(linux));
+    spec.set_mounts(Some(mounts));
 
     let hooks = guest_hooks(spec.hooks().as_ref());
     spec.set_hooks(hooks);
@@ -396,7 +496,7 @@ mod tests {
             });
         }))
         .unwrap();
-        adapt_for_guest(&mut checked, "c1", Path::new("/run/hull/c1/rootfs")).unwrap();
+        adapt_for_guest(&mut checked, "c1", Path::new("/run/hull/c1/rootfs"), None).unwrap();
         let spec = &checked.spec;
         let root = spec.root().as_ref().unwrap();
         assert_eq!(root.path(), Path::new("/run/hull/c1/rootfs"));
@@ -406,6 +506,100 @@ mod tests {
         let hooks = spec.hooks().as_ref().unwrap();
         assert!(hooks.prestart().is_none());
         assert_eq!(hooks.start_container().as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn every_container_gets_its_own_cgroup_namespace_and_mount() {
+        // No cgroup namespace and no cgroup mount: both are added, the
+        // mount read-only.
+        let mut checked = parse_spec(&spec_json(|_| {})).unwrap();
+        adapt_for_guest(&mut checked, "c1", Path::new("/r"), None).unwrap();
+        let spec = &checked.spec;
+        let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let cgroup: Vec<_> = namespaces
+            .iter()
+            .filter(|ns| ns.typ() == LinuxNamespaceType::Cgroup)
+            .collect();
+        assert_eq!(cgroup.len(), 1);
+        assert_eq!(cgroup[0].path(), &None);
+        assert_eq!(namespaces.len(), 4, "the others are kept");
+        let mounts = spec.mounts().clone().unwrap();
+        let mount = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .unwrap();
+        assert_eq!(mount.typ().as_deref(), Some("cgroup"));
+        assert!(mount.options().as_ref().unwrap().contains(&"ro".to_owned()));
+
+        // The spec's own mount keeps its options (a privileged container's
+        // rw); one namespace, not two; a cgroup mount elsewhere goes.
+        let mut checked = parse_spec(&spec_json(|s| {
+            s["linux"]["namespaces"][2]["type"] = "cgroup".into();
+            s["mounts"] = serde_json::json!([
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "rw"]},
+                {"destination": "/mnt/cg", "type": "cgroup2", "source": "cgroup"}
+            ]);
+        }))
+        .unwrap();
+        adapt_for_guest(&mut checked, "c1", Path::new("/r"), None).unwrap();
+        let spec = &checked.spec;
+        let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(namespaces.len(), 3);
+        let mounts = spec.mounts().clone().unwrap();
+        let destinations: Vec<_> = mounts.iter().map(|m| m.destination().clone()).collect();
+        assert_eq!(
+            destinations,
+            [PathBuf::from("/proc"), PathBuf::from("/sys/fs/cgroup")]
+        );
+        assert_eq!(
+            mounts[1].options().as_deref(),
+            Some(&["nosuid".to_owned(), "rw".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn relative_bind_sources_come_from_the_binds_disk() {
+        let json = spec_json(|s| {
+            s["mounts"] = serde_json::json!([
+                {"destination": "/etc/hosts", "type": "bind", "source": "0", "options": ["rbind", "ro"]},
+                {"destination": "/data", "source": "1", "options": ["bind"]},
+                {"destination": "/guest", "type": "bind", "source": "/run/x", "options": ["bind"]}
+            ]);
+        });
+        let mut checked = parse_spec(&json).unwrap();
+        adapt_for_guest(
+            &mut checked,
+            "c1",
+            Path::new("/r"),
+            Some(Path::new("/c/binds")),
+        )
+        .unwrap();
+        let sources: Vec<_> = checked
+            .spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter_map(|m| m.source().clone())
+            .collect();
+        assert_eq!(
+            sources[..3],
+            ["/c/binds/0", "/c/binds/1", "/run/x"].map(PathBuf::from)
+        );
+
+        let mut checked = parse_spec(&json).unwrap();
+        let err = adapt_for_guest(&mut checked, "c1", Path::new("/r"), None).unwrap_err();
+        assert_eq!(err.field, "mounts[0].source");
+        let escape = spec_json(|s| {
+            s["mounts"] = serde_json::json!([
+                {"destination": "/x", "type": "bind", "source": "../../etc", "options": ["bind"]}
+            ]);
+        });
+        let mut checked = parse_spec(&escape).unwrap();
+        let err = adapt_for_guest(&mut checked, "c1", Path::new("/r"), Some(Path::new("/b")))
+            .unwrap_err();
+        assert!(err.reason.contains("not a plain path"), "{err}");
     }
 
     #[test]
