@@ -15,7 +15,7 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
 
-use crate::task::create::{empty_cgroups, image_for, remove_leftovers, state_dir_for};
+use crate::task::create::{bundle_files, empty_cgroups, remove_leftovers, state_dir_for};
 use crate::task::process::timestamp;
 use crate::task::HullTask;
 
@@ -77,7 +77,7 @@ impl Shim for HullShim {
             let _ = std::fs::remove_file(path);
         }
         crate::rootfs::unmount(&self.bundle.join("rootfs"));
-        remove_leftovers(&state_dir, &[image_for(&self.bundle)]);
+        remove_leftovers(&state_dir, &bundle_files(&self.bundle));
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),

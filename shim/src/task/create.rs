@@ -29,13 +29,10 @@ use crate::stdio::StdioPaths;
 pub const SANDBOX_STATE_BASE: &str = "/run/hull/sandboxes";
 /// The serial of the rootfs disk, by which the agent finds it.
 pub const ROOTFS_SERIAL: &str = "rootfs";
+/// The serial of the disk holding the host bind mounts' content.
+pub const BINDS_SERIAL: &str = "binds";
 /// The VMM's own memory beside guest RAM, for its host cgroup.
 pub const VMM_OVERHEAD_BYTES: u64 = 64 << 20;
-
-pub struct Created {
-    pub container: Container,
-    pub pid: u32,
-}
 
 /// The sandbox state directory of container `id` in `namespace`.
 pub fn state_dir_for(namespace: &str, id: &str) -> PathBuf {
@@ -47,6 +44,16 @@ pub fn state_dir_for(namespace: &str, id: &str) -> PathBuf {
 /// The rootfs disk image of a bundle.
 pub fn image_for(bundle: &Path) -> PathBuf {
     bundle.join("rootfs.img")
+}
+
+/// The disk the shim builds from the host bind mounts' content.
+pub fn binds_image_for(bundle: &Path) -> PathBuf {
+    bundle.join("binds.img")
+}
+
+/// The files a sandbox's create may leave in its bundle.
+pub fn bundle_files(bundle: &Path) -> [PathBuf; 2] {
+    [image_for(bundle), binds_image_for(bundle)]
 }
 
 /// The host cgroup id (`hull/<id>`) of a sandbox: its state directory's name.
@@ -128,11 +135,10 @@ pub async fn empty_cgroups(state_dir: &Path, limit: Duration) {
 }
 
 /// Mounts containerd's rootfs mounts on `rootfs_dir` (unless containerd
-/// gave none: Docker mounted it already), copies the host bind mounts in,
-/// and builds the ext4 `image` from it; returns how long that took.
+/// gave none: Docker mounted it already) and builds the ext4 `image` from
+/// it, reading only; returns how long that took.
 fn build_rootfs_image(
     mounts: &[RootfsMount],
-    host_binds: &[rootfs::HostBind],
     rootfs_dir: &Path,
     image: &Path,
 ) -> Result<Duration, ShimError> {
@@ -140,16 +146,29 @@ fn build_rootfs_image(
         what: format!("creating {}", rootfs_dir.display()),
         source,
     })?;
-    let mounted = rootfs::mount_all(mounts, rootfs_dir);
-    let copied = mounted.and_then(|_| rootfs::copy_binds(host_binds, rootfs_dir));
-    let built = copied.and_then(|_| rootfs::build_image(rootfs_dir, image));
+    let built =
+        rootfs::mount_all(mounts, rootfs_dir).and_then(|_| rootfs::build_image(rootfs_dir, image));
     if !mounts.is_empty() {
         rootfs::unmount(rootfs_dir);
     }
     Ok(built?)
 }
 
-pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
+/// Builds the binds disk `image` from the host bind mounts' content (see
+/// [`rootfs::stage_binds`]), staged under `staging` and removed after.
+fn build_binds_image(
+    binds: &[rootfs::HostBind],
+    staging: &Path,
+    image: &Path,
+) -> Result<Duration, ShimError> {
+    let _ = std::fs::remove_dir_all(staging);
+    let built =
+        rootfs::stage_binds(binds, staging).and_then(|_| rootfs::build_image(staging, image));
+    let _ = std::fs::remove_dir_all(staging);
+    Ok(built?)
+}
+
+pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     let config_path = req
         .options
         .as_ref()
@@ -202,14 +221,8 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         })
         .collect();
     // A snapshot that already is a disk goes to the guest as it is;
-    // anything else (and anything with host bind mounts to copy in) is
-    // copied into a new ext4 image.
-    let direct = if host_binds.is_empty() {
-        rootfs::direct_disk(&mounts)
-    } else {
-        None
-    };
-    let (disk, files) = match direct {
+    // anything else is copied into a new ext4 image.
+    let (disk, mut files) = match rootfs::direct_disk(&mounts) {
         Some(disk) => {
             log::info!(
                 "{}: the rootfs snapshot {} is a disk: attached as it is",
@@ -219,13 +232,34 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
             (disk, Vec::new())
         }
         None => {
-            let took = build_rootfs_image(&mounts, &host_binds, &rootfs_dir, &image)?;
+            let took = build_rootfs_image(&mounts, &rootfs_dir, &image)?;
             log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
             let disk = rootfs::RootfsDisk {
                 path: image.clone(),
                 read_only: false,
             };
             (disk, vec![image.clone()])
+        }
+    };
+    let binds_disk = if host_binds.is_empty() {
+        None
+    } else {
+        let binds_image = binds_image_for(&bundle);
+        match build_binds_image(&host_binds, &bundle.join("binds"), &binds_image) {
+            Ok(took) => {
+                log::info!(
+                    "{}: {} bind mount(s) copied to their disk in {} ms",
+                    req.id,
+                    host_binds.len(),
+                    took.as_millis()
+                );
+                files.push(binds_image.clone());
+                Some(binds_image)
+            }
+            Err(err) => {
+                files.iter().for_each(|f| drop(std::fs::remove_file(f)));
+                return Err(err);
+            }
         }
     };
 
@@ -246,11 +280,17 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
         vcpus,
         memory_mib,
         kernel_args: Vec::new(),
-        drives: vec![Drive {
+        drives: std::iter::once(Drive {
             path: disk.path.clone(),
             read_only: disk.read_only,
             id: Some(ROOTFS_SERIAL.into()),
-        }],
+        })
+        .chain(binds_disk.iter().map(|path| Drive {
+            path: path.clone(),
+            read_only: false,
+            id: Some(BINDS_SERIAL.into()),
+        }))
+        .collect(),
         console_log: config.debug_console,
         verbose_boot: config.verbose_boot,
         jail: config.jail.then(|| JailSpec {
@@ -289,6 +329,14 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
             overlay: disk.read_only,
             ..Default::default()
         }),
+        binds: binds_disk
+            .as_ref()
+            .map(|_| Storage {
+                disk_serial: BINDS_SERIAL.into(),
+                fstype: "ext4".into(),
+                ..Default::default()
+            })
+            .into(),
         stdio: MessageField::some(stdio_options(&stdio)),
         ..Default::default()
     };
@@ -296,7 +344,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
     // container) runs as slowly as its boot on a loaded host: it gets the
     // configured boot budget, not the limit of one quick call.
     let ctx = ttrpc::context::with_timeout(boot.max(RPC_TIMEOUT).as_nanos() as i64);
-    let pid = match agent.create_container(ctx, &request).await {
+    let guest_pid = match agent.create_container(ctx, &request).await {
         Ok(response) => response.pid,
         Err(source) => {
             sandbox.shutdown().await;
@@ -306,29 +354,31 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Created, ShimError> {
             }));
         }
     };
+    log::debug!("{}: container init is guest pid {guest_pid}", req.id);
+    let host_pid = sandbox.pid().await;
     let mut processes = HashMap::new();
     processes.insert(
         String::new(),
         std::sync::Arc::new(Process::new("", stdio, None)),
     );
-    Ok(Created {
-        container: Container {
-            id: req.id.clone(),
-            bundle,
-            sandbox,
-            agent,
-            files,
-            processes: Mutex::new(processes),
-            paused: AtomicBool::new(false),
-        },
-        pid,
+    Ok(Container {
+        id: req.id.clone(),
+        bundle,
+        sandbox,
+        agent,
+        files,
+        host_pid,
+        processes: Mutex::new(processes),
+        paused: AtomicBool::new(false),
     })
 }
 
 /// Rewrites what in a host-side spec cannot mean anything in the guest,
 /// and returns the bind mounts of host files and directories, whose
-/// content is copied into the rootfs disk instead (hull has no shared file
-/// system yet: a copy at start, not a live view):
+/// content is copied onto a disk of their own (hull has no shared file
+/// system yet: a copy at start, not a live view): each such mount's source
+/// becomes its index on that disk (`"0"`, `"1"`, ...), which the agent
+/// binds from in the guest;
 /// - host devices never reach the guest (policy C3.1);
 /// - namespace paths name host namespaces (Docker's and CRI's network
 ///   namespace): every namespace is the guest's own;
@@ -355,27 +405,28 @@ pub fn for_the_guest(spec: &mut Value) -> Vec<rootfs::HostBind> {
         root.remove("hooks");
     }
     let mut binds = Vec::new();
-    if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
-        mounts.retain(|m| {
-            let options: Vec<&str> = m
-                .get("options")
-                .and_then(Value::as_array)
-                .map(|o| o.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
-                || options.iter().any(|o| *o == "bind" || *o == "rbind");
-            let source = m.get("source").and_then(Value::as_str).unwrap_or("");
-            let destination = m.get("destination").and_then(Value::as_str).unwrap_or("");
-            if is_bind && source.starts_with('/') {
-                binds.push(rootfs::HostBind {
-                    source: source.into(),
-                    destination: destination.into(),
-                });
-                false
-            } else {
-                true
-            }
-        });
+    for m in spec
+        .get_mut("mounts")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let options: Vec<&str> = m
+            .get("options")
+            .and_then(Value::as_array)
+            .map(|o| o.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+            || options.iter().any(|o| *o == "bind" || *o == "rbind");
+        let source = m.get("source").and_then(Value::as_str).unwrap_or("");
+        let destination = m.get("destination").and_then(Value::as_str).unwrap_or("");
+        if is_bind && source.starts_with('/') {
+            binds.push(rootfs::HostBind {
+                source: source.into(),
+                destination: destination.into(),
+            });
+            m["source"] = Value::from((binds.len() - 1).to_string());
+        }
     }
     binds
 }
@@ -477,7 +528,12 @@ mod tests {
         assert_eq!(binds.len(), 1);
         assert_eq!(binds[0].destination, PathBuf::from("/etc/hosts"));
         assert!(spec.get("hooks").is_none());
-        assert_eq!(spec["mounts"].as_array().unwrap().len(), 1);
+        assert_eq!(binds[0].source, PathBuf::from("/var/lib/docker/c/hosts"));
+        // The mount stays, its source now the bind's place on the binds disk.
+        assert_eq!(
+            spec["mounts"][1],
+            json!({"destination": "/etc/hosts", "type": "bind", "source": "0", "options": ["rbind", "ro"]})
+        );
         assert!(spec["linux"].get("devices").is_none());
         assert_eq!(spec["linux"]["namespaces"][1], json!({"type": "network"}));
         assert_eq!(spec["linux"]["resources"]["memory"], json!({"limit": 100}));

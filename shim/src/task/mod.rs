@@ -64,6 +64,12 @@ pub struct Container {
     pub agent: Arc<AgentClient>,
     /// Files the shim made for it outside the sandbox state (the rootfs disk).
     pub files: Vec<PathBuf>,
+    /// The pid reported to containerd for each of its processes: the
+    /// sandbox's host process (the jailer's supervisor, or the VMM), never
+    /// a pid the guest chose. containerd and Docker build
+    /// `/proc/<pid>/ns/*` paths from it, and a compromised agent answering
+    /// `pid=1` would otherwise hand out the host's namespaces.
+    pub host_pid: u32,
     pub processes: Mutex<HashMap<String, Arc<Process>>>,
     pub paused: AtomicBool,
 }
@@ -141,9 +147,8 @@ impl HullTask {
         if self.inner.containers.lock().await.contains_key(&req.id) {
             return Err(ShimError::ContainerExists(req.id.clone()));
         }
-        let created = create::create(&req).await?;
-        let pid = created.pid;
-        let container = Arc::new(created.container);
+        let container = Arc::new(create::create(&req).await?);
+        let pid = container.host_pid;
         let init = container.process("").await?;
         let copies = StdioCopies::start(container.agent.clone(), &req.id, "", &init.stdio);
         *init.copies.lock().await = Some(copies);
@@ -195,7 +200,7 @@ impl HullTask {
                 req.exec_id, req.id
             )));
         }
-        let pid = if req.exec_id.is_empty() {
+        let guest_pid = if req.exec_id.is_empty() {
             let request = StartContainerRequest {
                 container_id: req.id.clone(),
                 ..Default::default()
@@ -225,6 +230,8 @@ impl HullTask {
             *process.copies.lock().await = Some(copies);
             pid
         };
+        log::debug!("{}/{:?}: guest pid {guest_pid}", req.id, req.exec_id);
+        let pid = container.host_pid;
         process.set_running(pid);
         tokio::spawn(self.clone().watch_exit(container.clone(), process.clone()));
         if req.exec_id.is_empty() {
@@ -471,6 +478,10 @@ impl HullTask {
         create::remove_leftovers(&state_dir, &container.files);
     }
 
+    /// The task's host process, the one pid hull reports (see
+    /// [`Container::host_pid`]): `docker top` and `ctr task ps` look pids
+    /// up on the host, where the guest's pids name unrelated processes.
+    /// The guest's own count is checked, so a dead guest is an error.
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, ShimError> {
         let container = self.container(&req.id).await?;
         let request = ListProcessesRequest {
@@ -482,15 +493,12 @@ impl HullTask {
             .list_processes(rpc_ctx(), &request)
             .await
             .map_err(agent_err("ListProcesses"))?;
+        log::debug!("{}: guest pids {:?}", req.id, listed.pids);
         Ok(PidsResponse {
-            processes: listed
-                .pids
-                .into_iter()
-                .map(|pid| ProcessInfo {
-                    pid,
-                    ..Default::default()
-                })
-                .collect(),
+            processes: vec![ProcessInfo {
+                pid: container.host_pid,
+                ..Default::default()
+            }],
             ..Default::default()
         })
     }
