@@ -12,7 +12,10 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::Value;
 
 /// Host paths a container may not bind-mount (nor a parent or a child of
-/// them) unless the config allows that path explicitly.
+/// them) unless the config allows that path explicitly. A source is checked
+/// as written and as it resolves on the host (symlinks followed), so
+/// neither `/var/run/...` (a link to `/run`) nor a symlink of the user's own
+/// reaches one of these.
 pub const SENSITIVE_HOST_PATHS: &[&str] = &[
     "/",
     "/proc",
@@ -23,9 +26,15 @@ pub const SENSITIVE_HOST_PATHS: &[&str] = &[
     "/var/run/docker.sock",
     "/run/docker.sock",
     "/run/containerd",
+    "/var/run/containerd",
     "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/kubelet",
     "/var/lib/hull",
     "/run/hull",
+    "/var/run/hull",
+    "/root",
+    "/home",
 ];
 
 /// The capabilities Docker and containerd grant by default; more is worth a
@@ -54,6 +63,7 @@ pub const RULES: &[(&str, &str)] = &[
     ("C1.2", "host IPC namespace"),
     ("C1.3", "host network namespace"),
     ("C1.4", "UTS namespace"),
+    ("C1.5", "namespace of another container"),
     ("C2.1", "sensitive host path mounted"),
     ("C2.2", "sensitive host path allowed by config"),
     ("C3.1", "host devices"),
@@ -191,6 +201,33 @@ fn host_namespaces(spec: &Value, findings: &mut Vec<Finding>) {
             );
         }
     }
+    let cri_pod_member = spec
+        .pointer("/annotations/io.kubernetes.cri.container-type")
+        .and_then(Value::as_str)
+        == Some("container");
+    for (index, ns) in namespaces.iter().enumerate() {
+        let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
+        let Some(path) = ns.get("path").and_then(Value::as_str) else {
+            continue;
+        };
+        // A network namespace made for the container (Docker's
+        // /var/run/docker/netns/<id>, CNI's /var/run/netns/cni-...) is its
+        // own network; anything named through another process is that
+        // process's namespace.
+        let joins_another = kind != "network" || path.starts_with("/proc/");
+        if joins_another && !cri_pod_member {
+            finding(
+                findings,
+                "C1.5",
+                Severity::Refuse,
+                format!("linux.namespaces[{index}].path"),
+                format!(
+                    "joins the {kind} namespace of another process or container ({path}): a hull container runs behind its own kernel and cannot share a namespace with a host process or another container's VM"
+                ),
+                "drop --pid/--ipc/--network container:NAME (or the namespace path), or run both containers with runc",
+            );
+        }
+    }
     if !has("uts") {
         finding(
             findings,
@@ -238,6 +275,30 @@ fn is_cri_sandbox_file(source: &Path) -> bool {
     .any(|dir| source.starts_with(dir) && source != Path::new(dir))
 }
 
+/// Docker (default data root) binds each container's own hostname, hosts
+/// and resolv.conf files from `/var/lib/docker/containers/<id>/`, and a
+/// named volume from `/var/lib/docker/volumes/<name>/_data`.
+fn is_docker_container_file(source: &Path) -> bool {
+    let parts: Vec<&str> = match source.strip_prefix("/var/lib/docker") {
+        Ok(rest) => rest.iter().filter_map(|p| p.to_str()).collect(),
+        Err(_) => return false,
+    };
+    matches!(
+        parts.as_slice(),
+        ["containers", id, "hostname" | "hosts" | "resolv.conf"] if !id.starts_with('.')
+    ) || matches!(parts.as_slice(), ["volumes", name, "_data", ..] if !name.starts_with('.'))
+}
+
+/// The paths the policy checks for a bind source: as written (normalised)
+/// and, where it exists, as the host resolves it (every symlink followed).
+pub fn bind_source_paths(source: &Path) -> (PathBuf, Option<PathBuf>) {
+    let written = normalise(source);
+    let real = std::fs::canonicalize(&written)
+        .ok()
+        .filter(|real| *real != written);
+    (written, real)
+}
+
 fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
     let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
         return;
@@ -256,20 +317,28 @@ fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
         if !is_bind || !source.starts_with('/') {
             continue;
         }
-        let source = normalise(Path::new(source));
-        if is_cri_sandbox_file(&source) {
+        let (written, real) = bind_source_paths(Path::new(source));
+        // What the copy will read is the real path: that is what counts
+        // for the exceptions; both count for the sensitive paths.
+        let checked = real.clone().unwrap_or_else(|| written.clone());
+        if is_cri_sandbox_file(&checked) || is_docker_container_file(&checked) {
             continue;
         }
-        let allowed = config
-            .allowed_host_paths
-            .iter()
-            .any(|p| normalise(p) == source);
-        let Some(sensitive) = SENSITIVE_HOST_PATHS
-            .iter()
-            .map(Path::new)
-            .find(|s| exposes(&source, s))
-        else {
+        let allowed = config.allowed_host_paths.iter().any(|p| {
+            let (p_written, p_real) = bind_source_paths(p);
+            p_real.unwrap_or(p_written) == checked
+        });
+        let Some(sensitive) = SENSITIVE_HOST_PATHS.iter().map(Path::new).find(|s| {
+            [Some(&written), real.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|path| exposes(path, s))
+        }) else {
             continue;
+        };
+        let source = match &real {
+            Some(real) => format!("{} (resolves to {})", written.display(), real.display()),
+            None => written.display().to_string(),
         };
         let field = format!("mounts[{index}].source");
         if allowed {
@@ -279,8 +348,7 @@ fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
                 Severity::Warn,
                 field,
                 format!(
-                    "bind-mounts {} (sensitive: {}), allowed by the config",
-                    source.display(),
+                    "bind-mounts {source} (sensitive: {}), allowed by the config",
                     sensitive.display()
                 ),
                 "remove the path from policy.allowed_host_paths unless it is needed",
@@ -292,8 +360,7 @@ fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
                 Severity::Refuse,
                 field,
                 format!(
-                    "bind-mounts the sensitive host path {} (it exposes {})",
-                    source.display(),
+                    "bind-mounts the sensitive host path {source} (it exposes {})",
                     sensitive.display()
                 ),
                 "do not mount it, or allow this exact path in hull's config (policy.allowed_host_paths)",
@@ -494,6 +561,25 @@ mod tests {
     }
 
     #[test]
+    fn joining_another_containers_namespace_is_refused() {
+        for (kind, path) in [
+            ("network", "/proc/4242/ns/net"),
+            ("pid", "/proc/4242/ns/pid"),
+            ("ipc", "/proc/1/ns/ipc"),
+            ("uts", "/run/some/uts"),
+        ] {
+            let mut spec = base();
+            let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+            let ns = namespaces.iter_mut().find(|ns| ns["type"] == kind).unwrap();
+            ns["path"] = json!(path);
+            let err = enforce(&spec, &PolicyConfig::default()).unwrap_err();
+            assert_eq!(err.id, "C1.5", "{kind} {path}");
+            assert!(err.field.ends_with("].path"), "{}", err.field);
+            assert!(err.message.contains(path), "{err}");
+        }
+    }
+
+    #[test]
     fn host_namespaces_are_refused_with_the_reason() {
         for (kind, id) in [("pid", "C1.1"), ("ipc", "C1.2"), ("network", "C1.3")] {
             let mut spec = base();
@@ -525,6 +611,12 @@ mod tests {
             "/proc/1/root",
             "/dev/sda",
             "/sys/../etc",
+            "/var/run/containerd",
+            "/var/run/hull/sandboxes",
+            "/var/lib/docker",
+            "/var/lib/kubelet/pods",
+            "/root/.ssh",
+            "/home/user/data",
         ] {
             let mut spec = base();
             spec["mounts"][1]["source"] = json!(source);
@@ -541,8 +633,11 @@ mod tests {
             assert!(ids(&spec, &allowed).contains(&"C2.2"), "{source}");
         }
         for fine in [
-            "/home/user/data",
             "/var/lib/docker/containers/x/hosts",
+            "/var/lib/docker/containers/x/resolv.conf",
+            "/var/lib/docker/volumes/data/_data",
+            "/var/lib/docker/volumes/data/_data/sub",
+            "/srv/data",
             "/tmp/x",
         ] {
             let mut spec = base();
@@ -553,6 +648,58 @@ mod tests {
         let mut spec = base();
         spec["mounts"][1] = json!({"destination": "/sys", "type": "sysfs", "source": "/sys"});
         enforce(&spec, &PolicyConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_to_a_sensitive_path_is_refused_by_its_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+        let docker_like = dir.path().join("hosts");
+        std::os::unix::fs::symlink("/etc/hosts", &docker_like).unwrap();
+        for source in [&link, &docker_like] {
+            let mut spec = base();
+            spec["mounts"][1]["source"] = json!(source);
+            let err = enforce(&spec, &PolicyConfig::default()).unwrap_err();
+            assert_eq!(err.id, "C2.1", "{source:?}");
+            assert!(
+                err.message
+                    .contains(&format!("{} (resolves to /etc/", source.display())),
+                "{err}"
+            );
+        }
+        // Docker's and a volume's paths count by where they lead.
+        let escape = dir.path().join("escape");
+        std::os::unix::fs::symlink("/etc", &escape).unwrap();
+        let mut spec = base();
+        spec["mounts"][1]["source"] = json!(escape.join("cron.d"));
+        assert_eq!(
+            enforce(&spec, &PolicyConfig::default()).unwrap_err().id,
+            "C2.1"
+        );
+        // Allowing the real path allows the link too.
+        let allowed = PolicyConfig {
+            allowed_host_paths: vec!["/etc/shadow".into()],
+        };
+        let mut spec = base();
+        spec["mounts"][1]["source"] = json!(link);
+        enforce(&spec, &allowed).unwrap();
+    }
+
+    #[test]
+    fn docker_files_count_by_their_place() {
+        assert!(is_docker_container_file(Path::new(
+            "/var/lib/docker/containers/abc/hosts"
+        )));
+        for not in [
+            "/var/lib/docker/containers/abc",
+            "/var/lib/docker/containers/abc/config.v2.json",
+            "/var/lib/docker/containers/../image/hosts",
+            "/var/lib/docker/volumes/x",
+            "/var/lib/docker/overlay2/x/merged",
+        ] {
+            assert!(!is_docker_container_file(Path::new(not)), "{not}");
+        }
     }
 
     #[test]
