@@ -91,6 +91,21 @@ impl ShimError {
 }
 
 /// "error: cause: root cause" on one line.
+/// Text that came from the guest (or a container), made safe for one log
+/// line: control characters (newlines, escape sequences) are escaped, so a
+/// guest cannot forge lines in containerd's log or drive a terminal.
+pub fn untrusted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
@@ -108,6 +123,18 @@ pub fn chain(err: &dyn std::error::Error) -> String {
 impl From<ShimError> for ttrpc::Error {
     fn from(err: ShimError) -> Self {
         ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), chain(&err)))
+    }
+}
+
+#[cfg(test)]
+mod untrusted_tests {
+    #[test]
+    fn guest_text_cannot_forge_log_lines() {
+        assert_eq!(
+            super::untrusted("oom\nlevel=info msg=\"forged\"\u{1b}[2J"),
+            "oom\\nlevel=info msg=\"forged\"\\u{1b}[2J"
+        );
+        assert_eq!(super::untrusted("plain text"), "plain text");
     }
 }
 

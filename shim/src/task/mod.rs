@@ -612,7 +612,11 @@ fn stdio_options(stdio: &StdioPaths) -> StdioOptions {
 /// Logs a failed call with its id before it goes back to containerd.
 fn logged<T>(call: &str, id: &str, result: Result<T, ShimError>) -> ttrpc::Result<T> {
     result.map_err(|e| {
-        log::error!("{call} {id}: {}", crate::error::chain(&e));
+        // Agent errors carry the guest's words: escaped, one line.
+        log::error!(
+            "{call} {id}: {}",
+            crate::error::untrusted(&crate::error::chain(&e))
+        );
         e.into()
     })
 }
