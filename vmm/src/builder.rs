@@ -369,7 +369,8 @@ fn attach_legacy_devices(
     let out: Option<Box<dyn Write + Send>> = match &config.console {
         Console::Off => None,
         Console::Stdout => Some(Box::new(std::io::stdout())),
-        Console::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+        // The guest writes it: readable by the VMM's owner alone.
+        Console::File(path) => Some(Box::new(private_file(path).map_err(|source| {
             BuildError::Open {
                 what: "console file",
                 path: path.clone(),
@@ -471,4 +472,15 @@ pub fn run(config: &VmConfig) -> i32 {
         }
     }
     outcome.exit_code()
+}
+
+/// Creates (or truncates) `path` readable and writable by its owner only.
+fn private_file(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }

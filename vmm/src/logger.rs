@@ -13,12 +13,17 @@ use std::time::{Duration, Instant};
 
 /// Lines per second allowed before lines are dropped (and counted).
 const MAX_LINES_PER_SECOND: u64 = 200;
+/// Lines in all: a VMM's log is a file on the host, and the rate limit alone
+/// lets a guest that runs for days fill the disk. Past this the VMM says so
+/// once and logs nothing more.
+const MAX_LINES: u64 = 100_000;
 
 struct Logger {
     start: Instant,
     second: AtomicU64,
     lines: AtomicU64,
     dropped: AtomicU64,
+    total: AtomicU64,
 }
 
 impl log::Log for Logger {
@@ -47,6 +52,18 @@ impl log::Log for Logger {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        match self.total.fetch_add(1, Ordering::Relaxed) {
+            total if total < MAX_LINES => {}
+            MAX_LINES => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "[hull-vmm {:>9.3}s WARN ] {MAX_LINES} log lines written: no more",
+                    elapsed.as_secs_f64()
+                );
+                return;
+            }
+            _ => return,
+        }
         let _ = writeln!(
             std::io::stderr(),
             "[hull-vmm {:>9.3}s {:<5}] {}",
@@ -66,6 +83,7 @@ pub fn init(level: log::LevelFilter) {
         second: AtomicU64::new(0),
         lines: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        total: AtomicU64::new(0),
     });
     let _ = log::set_boxed_logger(logger);
     log::set_max_level(level);

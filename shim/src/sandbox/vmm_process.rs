@@ -4,6 +4,7 @@
 //! state directory.
 
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -87,12 +88,20 @@ impl VmmProcess {
             path: state_dir.into(),
             source,
         };
-        std::fs::create_dir(state_dir).map_err(dir_err)?;
+        // The guest's console and the VMM's log are nobody else's to read.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(dir_err)?;
         let cleanup_on_error = |e| {
             let _ = std::fs::remove_dir_all(state_dir);
             e
         };
-        let log = File::create(state_dir.join("vmm.log"))
+        let log = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(state_dir.join("vmm.log"))
             .map_err(dir_err)
             .map_err(cleanup_on_error)?;
         let mut cmd = match &spec.jail {
@@ -267,8 +276,20 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
     cmd
 }
 
+/// The most of a log file [`tail`] reads: the guest decides how much the
+/// console gets, and the VMM's log only has a rate limit.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `n` lines of `path`, from its last [`TAIL_BYTES`] at most.
 fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+        let _ = file.take(TAIL_BYTES).read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
