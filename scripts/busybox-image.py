@@ -7,7 +7,10 @@ and `docker load` take it. Everything is deterministic (mtime 0, sorted
 entries): the same busybox gives the same image digest.
 
 Usage: busybox-image.py OUT.tar [--name docker.io/library/busybox:hull]
-                                [--busybox /bin/busybox]
+                                [--busybox /bin/busybox] [--symlink PATH=TARGET ...]
+
+--symlink adds symlinks to the layer (tests use it to build hostile images,
+e.g. `--symlink opt/job=/etc/cron.d`).
 """
 
 import argparse
@@ -52,7 +55,7 @@ def applets(busybox):
     return sorted(set(line.strip() for line in out.stdout.splitlines() if line.strip()))
 
 
-def build_layer(busybox):
+def build_layer(busybox, symlinks=()):
     with open(busybox, "rb") as f:
         binary = f.read()
     buf = io.BytesIO()
@@ -71,6 +74,9 @@ def build_layer(busybox):
         tar_entry(tar, "etc/passwd", PASSWD.encode())
         tar_entry(tar, "etc/group", GROUP.encode())
         tar_entry(tar, "etc/hostname", b"busybox\n")
+        for spec in symlinks:
+            path, target = spec.split("=", 1)
+            tar_entry(tar, path.strip("/"), kind=tarfile.SYMTYPE, link=target)
     return buf.getvalue()
 
 
@@ -85,11 +91,12 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--name", default="docker.io/library/busybox:hull")
     parser.add_argument("--busybox", default="/bin/busybox")
+    parser.add_argument("--symlink", action="append", default=[], metavar="PATH=TARGET")
     args = parser.parse_args()
     if not os.path.exists(args.busybox):
         sys.exit(f"busybox-image: {args.busybox} not found (apt-get install busybox-static)")
 
-    layer = build_layer(args.busybox)
+    layer = build_layer(args.busybox, args.symlink)
     layer_digest = hashlib.sha256(layer).hexdigest()
     config = {
         "architecture": "amd64",

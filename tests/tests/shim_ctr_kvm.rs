@@ -128,11 +128,53 @@ fn ctr_task_lifecycle_kvm() {
         "the VMM shares the host's mount namespace"
     );
 
+    // The pid containerd knows is a host process of this sandbox (the
+    // jailer's supervisor, the VMM's parent), never a pid the guest chose.
+    let ls = stdout_ok(&containerd.ctr(&["task", "ls"]), "task ls");
+    let task_pid: u32 = ls
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for {id} in: {ls}"));
+    let vmm_parent = std::fs::read_to_string(format!("/proc/{vmm}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<String> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            fields.get(1)?.parse::<u32>().ok()
+        });
+    assert!(
+        vmm_parent == Some(task_pid) || vmm.to_string() == task_pid.to_string(),
+        "task pid {task_pid} is not the sandbox's host process (VMM {vmm}, its parent {vmm_parent:?})"
+    );
     let ps = stdout_ok(&containerd.ctr(&["task", "ps", id]), "task ps");
     assert!(
-        ps.lines().count() >= 2,
-        "task ps lists the init process: {ps}"
+        ps.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().next() == Some(&task_pid.to_string())),
+        "task ps lists the sandbox's host pid {task_pid}: {ps}"
     );
+
+    // The sandbox's state (sockets, the VMM's log, the guest console) is
+    // private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let state = hull_shim::task::create::state_dir_for(hull_tests::containerd::NAMESPACE, id);
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&state), 0o700, "{}", state.display());
+    for file in ["vmm.log", "console.log"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+    }
 
     let metrics = stdout_ok(&containerd.ctr(&["task", "metrics", id]), "task metrics");
     assert!(

@@ -1,6 +1,7 @@
 //! The spec policy through the real front ends: `ctr run` and `docker run`
-//! with a host namespace or a sensitive bind mount are refused with an
-//! error saying why, before any VM starts, and leave nothing behind. Needs
+//! with a host namespace, another process's namespace, or a sensitive bind
+//! mount (also through a symlink or the `/var/run` alias) are refused with
+//! an error saying why, before any VM starts, and leave nothing behind. Needs
 //! containerd, Docker and the shim (the refusal itself needs no KVM, but
 //! the suite runs where the shim runs).
 
@@ -53,8 +54,30 @@ fn ctr_refuses_host_namespaces_and_sensitive_mounts() {
         "sensitive host path /etc",
     );
 
+    // A symlink of the user's own to a host secret counts by where it
+    // leads: the shadow file is never copied into a guest.
+    let link = dir.path().join("innocent");
+    std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+    let mount = format!("type=bind,src={},dst=/x,options=rbind:ro", link.display());
+    let mut args = base.to_vec();
+    args.extend(["--mount", &mount, IMAGE, "shadowlink", "true"]);
+    refused(
+        &containerd.ctr(&args),
+        "ctr run with a symlink to /etc/shadow bound",
+        "(resolves to /etc/shadow)",
+    );
+
+    // Joining another process's namespace cannot cross a VM.
+    let mut args = base.to_vec();
+    args.extend(["--with-ns", "pid:/proc/1/ns/pid", IMAGE, "joinpid", "true"]);
+    refused(
+        &containerd.ctr(&args),
+        "ctr run --with-ns pid:/proc/1/ns/pid",
+        "C1.5",
+    );
+
     // containerd keeps the container record of a failed `run --rm`.
-    for id in ["hostnet", "hostetc"] {
+    for id in ["hostnet", "hostetc", "shadowlink", "joinpid"] {
         let _ = containerd.ctr(&["container", "rm", id]);
     }
     containerd.assert_nothing_left();
@@ -105,6 +128,23 @@ fn docker_refuses_host_namespaces_and_sensitive_mounts() {
         "true",
     ]);
     refused(&out, "docker run -v /var/run", "sensitive host path");
+    let out = docker.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "--network",
+        "none",
+        "-v",
+        "/var/run/containerd:/c",
+        DOCKER_IMAGE,
+        "true",
+    ]);
+    refused(
+        &out,
+        "docker run -v /var/run/containerd",
+        "sensitive host path /var/run/containerd",
+    );
     let _ = docker.docker(&["container", "prune", "-f"]);
     docker.assert_nothing_left();
 }
