@@ -299,24 +299,27 @@ pub fn bind_source_paths(source: &Path) -> (PathBuf, Option<PathBuf>) {
     (written, real)
 }
 
+/// The host path a spec mount binds from, if it is a bind mount of a host
+/// path (`type: bind`, or a `bind`/`rbind` option, with an absolute source).
+pub fn host_bind_source(mount: &Value) -> Option<&str> {
+    let options = mount.get("options").and_then(Value::as_array);
+    let is_bind = mount.get("type").and_then(Value::as_str) == Some("bind")
+        || options
+            .into_iter()
+            .flatten()
+            .any(|o| matches!(o.as_str(), Some("bind" | "rbind")));
+    let source = mount.get("source").and_then(Value::as_str)?;
+    (is_bind && source.starts_with('/')).then_some(source)
+}
+
 fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
     let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
         return;
     };
     for (index, mount) in mounts.iter().enumerate() {
-        let options: Vec<&str> = mount
-            .get("options")
-            .and_then(Value::as_array)
-            .map(|o| o.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let is_bind = mount.get("type").and_then(Value::as_str) == Some("bind")
-            || options.iter().any(|o| *o == "bind" || *o == "rbind");
-        let Some(source) = mount.get("source").and_then(Value::as_str) else {
+        let Some(source) = host_bind_source(mount) else {
             continue;
         };
-        if !is_bind || !source.starts_with('/') {
-            continue;
-        }
         let (written, real) = bind_source_paths(Path::new(source));
         // What the copy will read is the real path: that is what counts
         // for the exceptions; both count for the sensitive paths.

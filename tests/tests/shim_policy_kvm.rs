@@ -115,36 +115,27 @@ fn docker_refuses_host_namespaces_and_sensitive_mounts() {
         "true",
     ]);
     refused(&out, "docker run --pid host", "host's PID namespace");
-    let out = docker.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "hull",
-        "--network",
-        "none",
-        "-v",
-        "/var/run:/host-run",
-        DOCKER_IMAGE,
-        "true",
-    ]);
-    refused(&out, "docker run -v /var/run", "sensitive host path");
-    let out = docker.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "hull",
-        "--network",
-        "none",
-        "-v",
-        "/var/run/containerd:/c",
-        DOCKER_IMAGE,
-        "true",
-    ]);
-    refused(
-        &out,
-        "docker run -v /var/run/containerd",
-        "sensitive host path /var/run/containerd",
-    );
+    for (volume, reason) in [
+        ("/var/run:/host-run", "sensitive host path"),
+        (
+            "/var/run/containerd:/c",
+            "sensitive host path /var/run/containerd",
+        ),
+    ] {
+        let out = docker.docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "hull",
+            "--network",
+            "none",
+            "-v",
+            volume,
+            DOCKER_IMAGE,
+            "true",
+        ]);
+        refused(&out, &format!("docker run -v {volume}"), reason);
+    }
     let _ = docker.docker(&["container", "prune", "-f"]);
     docker.assert_nothing_left();
 }

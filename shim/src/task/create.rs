@@ -411,22 +411,15 @@ pub fn for_the_guest(spec: &mut Value) -> Vec<rootfs::HostBind> {
         .into_iter()
         .flatten()
     {
-        let options: Vec<&str> = m
-            .get("options")
-            .and_then(Value::as_array)
-            .map(|o| o.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
-            || options.iter().any(|o| *o == "bind" || *o == "rbind");
-        let source = m.get("source").and_then(Value::as_str).unwrap_or("");
+        let Some(source) = policy::host_bind_source(m).map(PathBuf::from) else {
+            continue;
+        };
         let destination = m.get("destination").and_then(Value::as_str).unwrap_or("");
-        if is_bind && source.starts_with('/') {
-            binds.push(rootfs::HostBind {
-                source: source.into(),
-                destination: destination.into(),
-            });
-            m["source"] = Value::from((binds.len() - 1).to_string());
-        }
+        binds.push(rootfs::HostBind {
+            source,
+            destination: destination.into(),
+        });
+        m["source"] = Value::from((binds.len() - 1).to_string());
     }
     binds
 }
