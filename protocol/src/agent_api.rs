@@ -90,7 +90,12 @@ mod tests {
 
     #[test]
     fn incompatible_version_names_both_sides() {
-        let message = check_compatible(7).unwrap_err().to_string();
-        assert!(message.contains('7') && message.contains('2'), "{message}");
+        let other = PROTOCOL_VERSION + 4;
+        let message = check_compatible(other).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("version {other} "))
+                && message.contains(&format!("speaks {PROTOCOL_VERSION}")),
+            "{message}"
+        );
     }
 }
