@@ -65,8 +65,7 @@ impl Plan {
     /// Reads the host side (device numbers, library layout, whether the
     /// binary is dynamic), creates the empty jail root and hands the run
     /// directory and writable files to the jail's uid.
-    pub fn from_args(args: &Args) -> Result<Self, JailError> {
-        let (uid, gid) = (args.uid(), args.gid());
+    pub fn from_args(args: &Args, uid: u32, gid: u32) -> Result<Self, JailError> {
         let mut entries = Vec::new();
         for (path, required) in [("/dev/kvm", true), ("/dev/net/tun", args.dev_tun)] {
             if !required {

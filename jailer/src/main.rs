@@ -30,9 +30,10 @@ mod cgroup;
 mod jail;
 mod privileges;
 mod supervisor;
+mod uid_pool;
 
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -96,13 +97,25 @@ pub const DEFAULT_UID_BASE: u32 = 1_000_000_000;
 pub const DEFAULT_UID_RANGE: u32 = 1 << 20;
 
 impl Args {
-    pub fn uid(&self) -> u32 {
-        self.uid
-            .unwrap_or_else(|| DEFAULT_UID_BASE + fnv1a(self.id.as_bytes()) % DEFAULT_UID_RANGE)
+    /// The uid derived from the id: where the search for a free default
+    /// uid starts (see [`uid_pool`]).
+    pub fn derived_uid(&self) -> u32 {
+        DEFAULT_UID_BASE + fnv1a(self.id.as_bytes()) % DEFAULT_UID_RANGE
     }
 
-    pub fn gid(&self) -> u32 {
-        self.gid.unwrap_or_else(|| self.uid())
+    /// Leases the sandbox's uid: `--uid` exactly, or the first free one
+    /// from the derived uid.
+    fn lease_uid(&self) -> Result<uid_pool::UidLease, uid_pool::UidPoolError> {
+        let dir = Path::new(uid_pool::LEASE_DIR);
+        match self.uid {
+            Some(uid) => uid_pool::UidLease::exact(dir, uid),
+            None => uid_pool::UidLease::first_free(
+                dir,
+                self.derived_uid(),
+                DEFAULT_UID_BASE,
+                DEFAULT_UID_RANGE,
+            ),
+        }
     }
 }
 
@@ -131,6 +144,8 @@ pub enum JailerError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
+    #[error(transparent)]
+    Uid(#[from] uid_pool::UidPoolError),
 }
 
 fn validate(args: &Args) -> Result<(), JailerError> {
@@ -145,7 +160,7 @@ fn validate(args: &Args) -> Result<(), JailerError> {
     if !id_ok {
         return Err(JailerError::BadId(args.id.clone()));
     }
-    if args.uid() == 0 || args.gid() == 0 {
+    if args.uid == Some(0) || args.gid == Some(0) {
         return Err(JailerError::RootUid);
     }
     // Disks may be block devices (a snapshotter's volume); everything else
@@ -188,8 +203,11 @@ fn validate(args: &Args) -> Result<(), JailerError> {
 
 fn run(args: &Args) -> Result<supervisor::Ended, JailerError> {
     validate(args)?;
+    // Held until the VMM has ended: no other live sandbox gets this uid.
+    let lease = args.lease_uid()?;
+    let (uid, gid) = (lease.uid(), args.gid.unwrap_or(lease.uid()));
     let cgroups = cgroup::SandboxCgroup::create(args)?;
-    let plan = jail::Plan::from_args(args)?;
+    let plan = jail::Plan::from_args(args, uid, gid)?;
     let ended = supervisor::spawn_and_wait(args, &plan, &cgroups);
     cgroups.remove();
     plan.remove();
@@ -236,12 +254,11 @@ mod tests {
     #[test]
     fn default_uid_is_stable_unprivileged_and_per_id() {
         let a = args(&[]);
-        assert_eq!(a.uid(), args(&[]).uid());
-        assert!(a.uid() >= DEFAULT_UID_BASE);
-        assert_eq!(a.gid(), a.uid());
+        assert_eq!(a.derived_uid(), args(&[]).derived_uid());
+        assert!(a.derived_uid() >= DEFAULT_UID_BASE);
         let mut b = args(&[]);
         b.id = "box-2".into();
-        assert_ne!(a.uid(), b.uid());
+        assert_ne!(a.derived_uid(), b.derived_uid());
     }
 
     #[test]

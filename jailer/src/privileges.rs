@@ -26,6 +26,11 @@ fn check(step: &'static str, rc: libc::c_long) -> Result<(), PrivilegeError> {
 /// eventfds, disks; far below what a runaway leak would reach.
 pub const NOFILE: u64 = 4096;
 
+/// Processes and threads of the jail's uid (its own, see `uid_pool`): the
+/// VMM's main thread, one per vCPU and a few helpers. An escaped guest
+/// cannot fork-bomb the host from the VMM.
+pub const NPROC: u64 = 64;
+
 /// The highest capability number the running kernel knows; read before
 /// `pivot_root`, while /proc is still there.
 pub fn last_capability() -> u32 {
@@ -36,7 +41,11 @@ pub fn last_capability() -> u32 {
 }
 
 pub fn drop_all(uid: u32, gid: u32, last_cap: u32) -> Result<(), PrivilegeError> {
-    for (resource, limit) in [(libc::RLIMIT_NOFILE, NOFILE), (libc::RLIMIT_CORE, 0)] {
+    for (resource, limit) in [
+        (libc::RLIMIT_NOFILE, NOFILE),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NPROC, NPROC),
+    ] {
         let limit = libc::rlimit {
             rlim_cur: limit,
             rlim_max: limit,

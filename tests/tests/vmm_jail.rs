@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hull_tests::child::Spawned;
+use hull_tests::child::{self, Spawned};
 use hull_tests::{dir_entries, leaks, prereq, test_dir};
 
 const BOOT_RUNS: Duration = Duration::from_secs(60);
@@ -408,4 +408,86 @@ fn killing_the_jailer_kills_the_vmm_kvm() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The jailer's default uid hash (FNV-1a of the id, in 2^20 uids).
+fn derived_uid_slot(id: &str) -> u32 {
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |hash, b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % (1 << 20)
+}
+
+/// Two sandboxes whose ids hash to the same default uid still get two
+/// uids (the second is leased the next free one), a live sandbox's uid is
+/// refused to a third given it explicitly, and each VMM's uid may hold 64
+/// processes at most.
+#[test]
+fn live_sandboxes_never_share_a_uid_kvm() {
+    prereq::require_kvm();
+    let dir = test_dir();
+    let prefix = format!("uid-{}", std::process::id());
+    let mut seen = std::collections::HashMap::new();
+    let (first, second) = (0u32..)
+        .find_map(|n| {
+            let id = format!("{prefix}-{n}");
+            let slot = derived_uid_slot(&id);
+            seen.insert(slot, id.clone()).map(|other| (other, id))
+        })
+        .unwrap();
+    let mut jailers = Vec::new();
+    let mut uids = Vec::new();
+    for id in [&first, &second] {
+        let run_dir = dir.path().join(id);
+        std::fs::create_dir(&run_dir).unwrap();
+        jailers.push(Spawned::start(
+            jailed_vmm(id, &run_dir, &[]),
+            &dir.path().join(format!("{id}.log")),
+        ));
+        let pid = vmm_pid(id);
+        let uid: u32 = status_field(pid, "Uid")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        uids.push(uid);
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let nproc = limits
+            .lines()
+            .find(|l| l.starts_with("Max processes"))
+            .unwrap_or_default();
+        assert_eq!(
+            nproc.split_whitespace().nth(2),
+            Some("64"),
+            "RLIMIT_NPROC of the VMM: {nproc}"
+        );
+    }
+    assert_ne!(
+        uids[0], uids[1],
+        "{first} and {second} hash to one uid and got it both"
+    );
+
+    let run_dir = dir.path().join("third");
+    std::fs::create_dir(&run_dir).unwrap();
+    let taken = uids[0].to_string();
+    let third = child::run(
+        jailed_vmm_with("third", &run_dir, &["--uid", &taken], &[]),
+        &dir.path().join("third.log"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(third.status.code(), Some(2), "{}", third.stderr);
+    assert!(
+        third.stderr.contains(&format!("uid {taken} is in use")),
+        "{}",
+        third.stderr
+    );
+
+    for mut jailer in jailers {
+        // SAFETY: SIGTERM to a jailer this test started.
+        unsafe { libc::kill(jailer.pid() as i32, libc::SIGTERM) };
+        let status = jailer.wait(Duration::from_secs(20));
+        assert_eq!(status.and_then(|s| s.code()), Some(0));
+    }
+    leaks::assert_no_process_mentions(dir.path());
 }
