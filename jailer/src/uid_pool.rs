@@ -93,7 +93,27 @@ fn prepare(dir: &Path) -> Result<(), UidPoolError> {
         .map_err(|source| UidPoolError::Dir {
             path: dir.into(),
             source,
-        })
+        })?;
+    sweep(dir);
+    Ok(())
+}
+
+/// Removes the lease files of sandboxes whose supervisor was SIGKILLed
+/// (the kernel dropped their lock, but nobody unlinked the file): each one
+/// that can be locked now is held by nobody.
+fn sweep(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(uid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // Dropping the lease unlinks the file while it is still locked.
+        if let Ok(Some(stale)) = try_lease(dir, uid) {
+            drop(stale);
+        }
+    }
 }
 
 /// `Some` lease if `uid` is free, `None` if another sandbox holds it.
@@ -161,6 +181,20 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "leases are removed"
         );
+    }
+
+    #[test]
+    fn a_killed_holders_lease_file_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a SIGKILLed supervisor leaves: a file nobody locks.
+        std::fs::write(dir.path().join("3000"), "").unwrap();
+        let held = UidLease::exact(dir.path(), 3001).unwrap();
+        assert!(
+            !dir.path().join("3000").exists(),
+            "a stale lease file was kept"
+        );
+        assert!(dir.path().join("3001").exists(), "a held lease was swept");
+        drop(held);
     }
 
     #[test]
