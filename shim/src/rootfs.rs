@@ -219,7 +219,11 @@ fn content_size(dir: &Path) -> u64 {
 /// it took.
 pub fn build_image(from: &Path, image: &Path) -> Result<Duration, RootfsError> {
     let started = Instant::now();
-    let size = (content_size(from) * 5 / 4 + HEADROOM_BYTES).max(MIN_BYTES);
+    // Whole 4 KiB blocks: a disk's tail that is not a whole sector is not
+    // exposed to the guest (the VMM warns about it).
+    let size = (content_size(from) * 5 / 4 + HEADROOM_BYTES)
+        .max(MIN_BYTES)
+        .next_multiple_of(4096);
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
         move |source| RootfsError::Io { what, path, source }
@@ -265,6 +269,7 @@ mod tests {
         build_image(&root, &image).unwrap();
         let meta = std::fs::metadata(&image).unwrap();
         assert!(meta.len() >= MIN_BYTES);
+        assert_eq!(meta.len() % 4096, 0, "whole blocks");
         let out = Command::new("debugfs")
             .args(["-R", "cat /etc/hostname"])
             .arg(&image)
