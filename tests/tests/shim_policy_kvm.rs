@@ -87,54 +87,30 @@ fn ctr_refuses_host_namespaces_and_sensitive_mounts() {
 fn docker_refuses_host_namespaces_and_sensitive_mounts() {
     let dir = test_dir();
     let docker = Docker::start(dir.path());
-    let out = docker.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "hull",
-        "--network",
-        "host",
-        DOCKER_IMAGE,
-        "true",
-    ]);
-    refused(
-        &out,
-        "docker run --network host",
-        "host's network namespace",
-    );
-    let out = docker.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "hull",
-        "--pid",
-        "host",
-        "--network",
-        "none",
-        DOCKER_IMAGE,
-        "true",
-    ]);
-    refused(&out, "docker run --pid host", "host's PID namespace");
-    for (volume, reason) in [
-        ("/var/run:/host-run", "sensitive host path"),
+    let refusals: [(&[&str], &str); 4] = [
+        (&["--network", "host"], "host's network namespace"),
         (
-            "/var/run/containerd:/c",
+            &["--pid", "host", "--network", "none"],
+            "host's PID namespace",
+        ),
+        (
+            &["--network", "none", "-v", "/var/run:/host-run"],
+            "sensitive host path",
+        ),
+        (
+            &["--network", "none", "-v", "/var/run/containerd:/c"],
             "sensitive host path /var/run/containerd",
         ),
-    ] {
-        let out = docker.docker(&[
-            "run",
-            "--rm",
-            "--runtime",
-            "hull",
-            "--network",
-            "none",
-            "-v",
-            volume,
-            DOCKER_IMAGE,
-            "true",
-        ]);
-        refused(&out, &format!("docker run -v {volume}"), reason);
+    ];
+    for (options, reason) in refusals {
+        let mut args = vec!["run", "--rm", "--runtime", "hull"];
+        args.extend_from_slice(options);
+        args.extend([DOCKER_IMAGE, "true"]);
+        refused(
+            &docker.docker(&args),
+            &format!("docker run {}", options.join(" ")),
+            reason,
+        );
     }
     let _ = docker.docker(&["container", "prune", "-f"]);
     docker.assert_nothing_left();

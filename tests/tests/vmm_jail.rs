@@ -86,6 +86,15 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The real uid process `pid` runs as.
+fn vmm_uid(pid: u32) -> u32 {
+    status_field(pid, "Uid")
+        .split_whitespace()
+        .next()
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("no uid in /proc/{pid}/status"))
+}
+
 fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     ["memory", "pids", "cpu"]
         .iter()
@@ -108,13 +117,7 @@ fn the_jailed_vmm_holds_nothing_kvm() {
     );
     let pid = vmm_pid(&id);
 
-    let uid: u32 = status_field(pid, "Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_ne!(uid, 0, "the VMM runs as root");
+    assert_ne!(vmm_uid(pid), 0, "the VMM runs as root");
     for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(
             status_field(pid, field),
@@ -445,13 +448,7 @@ fn live_sandboxes_never_share_a_uid_kvm() {
             &dir.path().join(format!("{id}.log")),
         ));
         let pid = vmm_pid(id);
-        let uid: u32 = status_field(pid, "Uid")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        uids.push(uid);
+        uids.push(vmm_uid(pid));
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         let nproc = limits
             .lines()
