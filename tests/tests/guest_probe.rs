@@ -1,7 +1,8 @@
 //! One boot of the test guest (real kernel, hull-guest-probe as /init) that
 //! exercises the devices from inside: a guest-initiated vsock connection to
 //! a host listener, an ext4 read-write drive (/dev/vda) the guest reads and
-//! writes, and a read-only drive (/dev/vdb) the guest must fail to write.
+//! writes, a read-only drive (/dev/vdb) the guest must fail to write, and
+//! two processes whose AVX registers must survive switching between them.
 //! The results are checked on the host: what the listener received, the
 //! probe's console lines, and the images themselves (debugfs, e2fsck).
 
@@ -135,6 +136,7 @@ fn guest_vsock_and_block_kvm() {
         .arg(format!("{},ro", ro_image.display()))
         .args(["--kernel-arg", "HULL_PROBE_BLK=1"])
         .args(["--kernel-arg", "HULL_PROBE_BLK_RO=1"])
+        .args(["--kernel-arg", "HULL_PROBE_VECTORS=1"])
         .arg("--kernel-arg")
         .arg(format!("HULL_PROBE_VSOCK_PORT={PROBE_PORT}"));
     let started = Instant::now();
@@ -175,8 +177,8 @@ fn guest_vsock_and_block_kvm() {
         format!("blk vda mount=rw read={n} write=ok"),
     ];
     assert!(
-        lines.len() == 5 && lines[..3] == expected_start && lines[4] == "done",
-        "probe report lines: expected {expected_start:?}, the vdb line, \"done\"; got {lines:?}; {context}"
+        lines.len() == 6 && lines[..3] == expected_start && lines[5] == "done",
+        "probe report lines: expected {expected_start:?}, the vdb line, the vectors line, \"done\"; got {lines:?}; {context}"
     );
     // The guest kernel refuses the read-write mount of a drive the VMM
     // offers with VIRTIO_BLK_F_RO (EACCES or EROFS, by kernel version),
@@ -186,6 +188,15 @@ fn guest_vsock_and_block_kvm() {
         vdb.starts_with("blk vdb mount=ro rw_refused=")
             && vdb.ends_with(&format!(" read={n} write=EROFS")),
         "the read-only drive: expected a read-only mount and a refused write, got {vdb:?}"
+    );
+
+    // Two guest processes each keep their own AVX registers (ymm, or zmm
+    // and the k masks) across 100 switches between them: the guest kernel
+    // saves all the state the CPU lets user code use.
+    let vectors = &lines[4];
+    assert!(
+        vectors.starts_with("vectors ok "),
+        "vector registers across context switches: {vectors:?}; {context}"
     );
 
     assert_eq!(

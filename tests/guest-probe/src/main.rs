@@ -10,7 +10,9 @@
 //! - `HULL_PROBE_BLK=1`: check `/dev/vda`, a read-write ext4 drive: read
 //!   `in.txt`, write `out.txt` (see [`drive::expected_output`]), fsync;
 //! - `HULL_PROBE_BLK_RO=1`: the same on `/dev/vdb`, a drive the VMM exposes
-//!   read-only: the write must fail.
+//!   read-only: the write must fail;
+//! - `HULL_PROBE_VECTORS=1`: two processes keep their own AVX registers
+//!   across context switches (see [`vectors`]).
 //!
 //! Every guest syscall is expensive here (the guest kernel may be emulated),
 //! so the probe makes few, runs no other process, and never panics: a failed
@@ -20,6 +22,7 @@
 
 mod drive;
 mod report;
+mod vectors;
 mod vsock;
 
 use report::Report;
@@ -39,6 +42,9 @@ fn main() {
     }
     if env("HULL_PROBE_BLK_RO").as_deref() == Some("1") {
         drive::probe("vdb", &mut report);
+    }
+    if env("HULL_PROBE_VECTORS").as_deref() == Some("1") {
+        vectors::probe(&mut report);
     }
     report.line("done");
     power_off(&mut report);

@@ -8,7 +8,10 @@
 //! per thread, then trimmed to what the code needs after set-up: files,
 //! sockets, KVM fds and guest memory all exist before the filters go in.
 
-use kvm_bindings::{kvm_irq_level, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, KVMIO};
+use kvm_bindings::{
+    kvm_irq_level, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    KVMIO,
+};
 
 /// One syscall, allowed always or only with these argument values.
 pub enum Allow {
@@ -50,6 +53,9 @@ pub const KVM_SET_SREGS: u64 = iow(0x84, std::mem::size_of::<kvm_sregs>());
 pub const KVM_TRANSLATE: u64 = iowr(0x85, std::mem::size_of::<kvm_translation>());
 pub const KVM_GET_VCPU_EVENTS: u64 = ior(0x9f, std::mem::size_of::<kvm_vcpu_events>());
 pub const KVM_SET_VCPU_EVENTS: u64 = iow(0xa0, std::mem::size_of::<kvm_vcpu_events>());
+pub const KVM_GET_XSAVE: u64 = ior(0xa4, std::mem::size_of::<kvm_xsave>());
+pub const KVM_SET_XSAVE: u64 = iow(0xa5, std::mem::size_of::<kvm_xsave>());
+pub const KVM_GET_XCRS: u64 = ior(0xa6, std::mem::size_of::<kvm_xcrs>());
 /// Non-blocking mode on accepted sockets.
 const FIONBIO: u64 = libc::FIONBIO;
 
@@ -142,6 +148,10 @@ pub const VCPU: &[Allow] = &[ArgIn {
         KVM_GET_VCPU_EVENTS,
         KVM_SET_VCPU_EVENTS,
         KVM_TRANSLATE,
+        // XSAVE/XRSTOR completed for a PVM guest (vstate::xstate).
+        KVM_GET_XSAVE,
+        KVM_SET_XSAVE,
+        KVM_GET_XCRS,
     ],
 }];
 
@@ -166,6 +176,9 @@ mod tests {
         assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
+        assert_eq!(KVM_SET_XSAVE, 0x5000_aea5);
+        assert_eq!(KVM_GET_XCRS, 0x8188_aea6);
     }
 
     #[test]

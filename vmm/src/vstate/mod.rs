@@ -5,3 +5,4 @@ pub mod memory;
 pub mod pvm;
 pub mod vcpu;
 pub mod vm;
+pub mod xstate;

@@ -6,7 +6,8 @@
 //! 1. CPUID cannot hide features, so the kernel command line does
 //!    (`clearcpuid=`): instructions the emulator lacks are never used.
 //! 2. A few instructions still reach the emulator and fail with
-//!    `KVM_INTERNAL_ERROR_EMULATION`; [`PvmEmulator`] completes them here.
+//!    `KVM_INTERNAL_ERROR_EMULATION`; [`fixup_for`] says how to complete
+//!    them, and XSAVE/XRSTOR are emulated whole ([`super::xstate`]).
 //! 3. A user-mode `syscall` jumps to LSTAR without leaving CPL3 and faults.
 //!    hull fixes that in the guest kernel (guest-kernel/patches/0001-*):
 //!    the #PF handler recognises the fault and runs the system call. It is
@@ -21,9 +22,12 @@ use kvm_bindings::{
 };
 
 /// Kernel arguments a guest needs under PVM. `clearcpuid=` holds at most 127
-/// characters. 114 is X86_FEATURE_LFENCE_RDTSC, which has no name.
+/// characters. 114 is X86_FEATURE_LFENCE_RDTSC, which has no name. XSAVE
+/// stays: the VMM completes XSAVE/XRSTOR (see [`super::xstate`]); the other
+/// forms (XSAVEOPT, XSAVEC, XSAVES) and XGETBV with ECX=1 are hidden, so the
+/// kernel uses only those two.
 pub const PVM_KERNEL_ARGS: &[&str] = &[
-    "clearcpuid=smap,xsave,popcnt,cx16,erms,fsrm,fsgsbase,pku,rtm,hle,rdrand,rdseed,rdtscp,rdpid,serialize,114",
+    "clearcpuid=smap,xsaveopt,xsavec,xsaves,xgetbv1,popcnt,cx16,erms,fsrm,fsgsbase,pku,rtm,hle,rdrand,rdseed,rdtscp,rdpid,serialize,114",
     "hull_pvm_syscall",
 ];
 
@@ -83,6 +87,10 @@ pub struct PvmStats {
     pub int3: u64,
     pub skipped: u64,
     pub ud: u64,
+    pub xsave: u64,
+    pub xrstor: u64,
+    /// XSAVE/XRSTOR that raised #PF or #GP in the guest instead.
+    pub xstate_faults: u64,
 }
 
 impl PvmStats {

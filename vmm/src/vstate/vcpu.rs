@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::memory::GuestMemoryMmap;
 use super::pvm::{self, Fixup, PvmStats};
+use super::xstate::{self, XstateError};
 use crate::devices::bus::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,15 @@ pub enum VcpuError {
     },
     #[error("vCPU {id}: the guest executed an instruction nobody can emulate at RIP {rip:#x}: bytes {bytes:02x?}")]
     Emulation { id: u8, rip: u64, bytes: Vec<u8> },
+    #[error("vCPU {id}: emulating XSAVE/XRSTOR at RIP {rip:#x}")]
+    Xstate {
+        id: u8,
+        rip: u64,
+        #[source]
+        source: XstateError,
+    },
+    #[error("vCPU {id}: emulating XSAVE/XRSTOR at RIP {rip:#x}: the host's XSAVE area ({size} bytes) exceeds KVM_GET_XSAVE's 4096")]
+    XstateTooLarge { id: u8, rip: u64, size: usize },
     #[error("vCPU {id}: KVM internal error, suberror {suberror}, data {data:x?}")]
     Internal {
         id: u8,
@@ -130,6 +140,8 @@ pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
     pvm_stats: PvmStats,
+    /// The XSAVE layout, read from CPUID at the first XSAVE/XRSTOR.
+    xstate_layout: Option<xstate::Layout>,
 }
 
 const MSR_IA32_TSC: u32 = 0x10;
@@ -144,6 +156,7 @@ const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
+const CR4_LA57: u64 = 1 << 12;
 const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -156,6 +169,7 @@ impl Vcpu {
             id,
             fd,
             pvm_stats: PvmStats::default(),
+            xstate_layout: None,
         }
     }
 
@@ -323,6 +337,9 @@ impl Vcpu {
             }
             None => return Err(internal_error()),
         };
+        if let Some(x) = xstate::decode(&insn) {
+            return self.emulate_xstate(ctx, &x, &regs);
+        }
         let fixup = pvm::fixup_for(&insn).ok_or_else(|| VcpuError::Emulation {
             id,
             rip: regs.rip,
@@ -335,21 +352,99 @@ impl Vcpu {
             Fixup::Inject { vector } => (0, Some(vector)),
         };
         if len > 0 {
-            let regs = kvm_regs {
-                rip: regs.rip + len,
-                ..regs
-            };
-            self.ioctl("KVM_SET_REGS", self.fd.set_regs(&regs))?;
+            self.skip(&regs, len)?;
         }
         if let Some(vector) = vector {
-            let mut events = self.ioctl("KVM_GET_VCPU_EVENTS", self.fd.get_vcpu_events())?;
-            events.exception.injected = 1;
-            events.exception.nr = vector;
-            events.exception.has_error_code = 0;
-            events.exception.error_code = 0;
-            self.ioctl("KVM_SET_VCPU_EVENTS", self.fd.set_vcpu_events(&events))?;
+            self.inject(vector, None)?;
         }
         Ok(())
+    }
+
+    fn skip(&self, regs: &kvm_regs, len: u64) -> Result<(), VcpuError> {
+        let regs = kvm_regs {
+            rip: regs.rip + len,
+            ..*regs
+        };
+        self.ioctl("KVM_SET_REGS", self.fd.set_regs(&regs))
+    }
+
+    /// Raise exception `vector` in the guest, before the next instruction.
+    fn inject(&self, vector: u8, error_code: Option<u32>) -> Result<(), VcpuError> {
+        let mut events = self.ioctl("KVM_GET_VCPU_EVENTS", self.fd.get_vcpu_events())?;
+        events.exception.injected = 1;
+        events.exception.nr = vector;
+        events.exception.has_error_code = u8::from(error_code.is_some());
+        events.exception.error_code = error_code.unwrap_or(0);
+        self.ioctl("KVM_SET_VCPU_EVENTS", self.fd.set_vcpu_events(&events))
+    }
+
+    /// XSAVE/XRSTOR (the guest kernel's context switches and signal frames):
+    /// see [`xstate`] for why the VMM completes them under PVM.
+    fn emulate_xstate(
+        &mut self,
+        ctx: &VcpuRunContext,
+        insn: &xstate::Insn,
+        regs: &kvm_regs,
+    ) -> Result<(), VcpuError> {
+        let (id, rip) = (self.id, regs.rip);
+        let layout = self
+            .xstate_layout
+            .get_or_insert_with(xstate::Layout::host)
+            .clone();
+        if layout.max_size > xstate::KVM_AREA {
+            let size = layout.max_size;
+            return Err(VcpuError::XstateTooLarge { id, rip, size });
+        }
+        let sregs = self.ioctl("KVM_GET_SREGS", self.fd.get_sregs())?;
+        let xcrs = self.ioctl("KVM_GET_XCRS", self.fd.get_xcrs())?;
+        let xcr0 = xcrs.xcrs[..(xcrs.nr_xcrs as usize).min(xcrs.xcrs.len())]
+            .iter()
+            .find(|x| x.xcr == 0)
+            .map_or(xstate::X87_SSE, |x| x.value);
+        let gpr = [
+            regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
+            regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+        ];
+        let req = xstate::Request {
+            op: insn.op,
+            addr: insn.address(&gpr, rip),
+            rfbm: xcr0 & ((regs.rdx << 32) | (regs.rax & 0xffff_ffff)),
+            xcr0,
+        };
+        let paging = xstate::Paging {
+            cr3: sregs.cr3,
+            la57: sregs.cr4 & CR4_LA57 != 0,
+        };
+        let mut state = self.ioctl("KVM_GET_XSAVE", self.fd.get_xsave())?;
+        let mut area = [0u8; xstate::KVM_AREA];
+        for (bytes, word) in area.chunks_exact_mut(4).zip(state.region.iter()) {
+            bytes.copy_from_slice(&word.to_le_bytes());
+        }
+        match xstate::emulate(&req, &ctx.mem, &paging, &layout, &mut area) {
+            Ok(()) => {}
+            Err(XstateError::Guest(e)) => {
+                self.pvm_stats.xstate_faults += 1;
+                if let Some(cr2) = e.cr2 {
+                    let sregs = kvm_sregs { cr2, ..sregs };
+                    self.ioctl("KVM_SET_SREGS", self.fd.set_sregs(&sregs))?;
+                }
+                return self.inject(e.vector, Some(e.error_code));
+            }
+            Err(source) => return Err(VcpuError::Xstate { id, rip, source }),
+        }
+        if insn.op == xstate::Op::Restore {
+            for (word, bytes) in state.region.iter_mut().zip(area.chunks_exact(4)) {
+                *word = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+            }
+            // SAFETY: the host's whole XSAVE area fits the 4096-byte region
+            // (checked above), so KVM reads nothing past `state`.
+            let set = unsafe { self.fd.set_xsave(&state) };
+            self.ioctl("KVM_SET_XSAVE", set)?;
+            self.pvm_stats.xrstor += 1;
+        } else {
+            self.pvm_stats.xsave += 1;
+        }
+        self.skip(regs, insn.len)
     }
 
     /// The bytes at guest-virtual `rip`, when KVM did not report them.
