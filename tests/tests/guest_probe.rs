@@ -3,11 +3,15 @@
 //! a host listener, an ext4 read-write drive (/dev/vda) the guest reads and
 //! writes, a read-only drive (/dev/vdb) the guest must fail to write, and
 //! two processes whose AVX registers must survive switching between them.
+//! Before those, the guest resets and re-activates every block and vsock
+//! device (driver unbind and bind), so they run on re-activated devices;
+//! the host knocks on the vsock device while it is reset, then connects
+//! to a guest port through it, as the shim reaches the agent.
 //! The results are checked on the host: what the listener received, the
 //! probe's console lines, and the images themselves (debugfs, e2fsck).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +26,10 @@ use hull_tests::{ext4, leaks, prereq, test_dir};
 
 /// The host port the probe connects to (`<uds>_5000` on the host).
 const PROBE_PORT: u32 = 5000;
+/// The guest port the probe listens on after resetting its devices.
+const REBIND_PORT: u32 = 6000;
+/// What the host sends there; the probe answers `echo <it>`.
+const KNOCK_LINE: &str = "host-after-reset";
 /// What the probe sends (its `vsock::HELLO`).
 const PROBE_HELLO: &str = "hello from hull-guest-probe";
 /// Boot (~50 s here with two drives) plus the checks, with margin.
@@ -97,6 +105,77 @@ fn serve_once(listener: &UnixListener, stop: &AtomicBool, reply: &str) -> Result
     Ok(line)
 }
 
+/// The host's side of the reset check, on a thread: while the probe's vsock
+/// device is reset (`rebind vsock unbound` on the console) it knocks (a
+/// hybrid-vsock `CONNECT` the VMM cannot deliver then); once the probe
+/// listens again it connects to the guest port and exchanges a line, as
+/// the shim reaches the agent. Returns the guest's answer.
+fn knock_across_reset(
+    uds: PathBuf,
+    console: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Result<String, String>> {
+    std::thread::spawn(move || {
+        wait_console(&console, "rebind vsock unbound", &stop)?;
+        if let Ok(mut knock) = UnixStream::connect(&uds) {
+            let _ = knock.write_all(format!("CONNECT {REBIND_PORT}\n").as_bytes());
+            let _ = knock.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = knock.read(&mut [0u8; 64]);
+        }
+        wait_console(
+            &console,
+            &format!("rebind listening port={REBIND_PORT}"),
+            &stop,
+        )?;
+        // The probe says it listens just before it does: retry a refusal.
+        let deadline = Instant::now() + PEER_IO_TIMEOUT;
+        loop {
+            match exchange_with_guest(&uds) {
+                Ok(answer) => return Ok(answer),
+                Err(e) if Instant::now() > deadline || stop.load(Ordering::SeqCst) => {
+                    return Err(format!(
+                        "connecting to guest port {REBIND_PORT} after the reset: {e}"
+                    ))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    })
+}
+
+/// Wait until the console shows `marker` (or the test gives up).
+fn wait_console(console: &Path, marker: &str, stop: &AtomicBool) -> Result<(), String> {
+    while !stop.load(Ordering::SeqCst) {
+        if std::fs::read_to_string(console).is_ok_and(|text| text.contains(marker)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the probe never reported {marker:?}"))
+}
+
+/// Hybrid vsock: `CONNECT port`, `OK <host port>`, then one line each way.
+fn exchange_with_guest(uds: &Path) -> Result<String, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut stream = UnixStream::connect(uds).map_err(io)?;
+    stream.set_read_timeout(Some(PEER_IO_TIMEOUT)).map_err(io)?;
+    stream
+        .write_all(format!("CONNECT {REBIND_PORT}\n").as_bytes())
+        .map_err(io)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
+    let mut ok = String::new();
+    reader.read_line(&mut ok).map_err(io)?;
+    if !ok.starts_with("OK ") {
+        return Err(format!("CONNECT answered {ok:?}"));
+    }
+    stream
+        .write_all(format!("{KNOCK_LINE}\n").as_bytes())
+        .map_err(io)?;
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(io)?;
+    Ok(answer.trim_end().to_string())
+}
+
 /// What the probe writes to out.txt: the input reversed, then a marker.
 fn expected_output(input: &[u8], dev: &str) -> Vec<u8> {
     let reversed: String = String::from_utf8_lossy(input)
@@ -120,6 +199,8 @@ fn guest_vsock_and_block_kvm() {
     let console = d.join("console.log");
     let reply = format!("hull-test-reply-{}", std::process::id());
     let peer = HostPeer::listen(&uds, PROBE_PORT, reply.clone());
+    let stop_knocking = Arc::new(AtomicBool::new(false));
+    let knocker = knock_across_reset(uds.clone(), console.clone(), stop_knocking.clone());
 
     let mut cmd = Command::new(&vmm_bin);
     cmd.arg("--kernel")
@@ -138,6 +219,8 @@ fn guest_vsock_and_block_kvm() {
         .args(["--kernel-arg", "HULL_PROBE_BLK_RO=1"])
         .args(["--kernel-arg", "HULL_PROBE_VECTORS=1"])
         .arg("--kernel-arg")
+        .arg(format!("HULL_PROBE_REBIND_PORT={REBIND_PORT}"))
+        .arg("--kernel-arg")
         .arg(format!("HULL_PROBE_VSOCK_PORT={PROBE_PORT}"));
     let started = Instant::now();
     let mut vm = Spawned::start(cmd, &d.join("vmm.stderr"));
@@ -148,6 +231,10 @@ fn guest_vsock_and_block_kvm() {
         vm.stderr_text(),
         tail(&console_text, 30)
     );
+    stop_knocking.store(true, Ordering::SeqCst);
+    let knocked = knocker
+        .join()
+        .unwrap_or_else(|_| Err("the knocking thread panicked".into()));
     let Some(status) = status else {
         drop(vm);
         let _ = peer.finish();
@@ -171,19 +258,29 @@ fn guest_vsock_and_block_kvm() {
 
     let lines = probe_lines(&console_text);
     let n = INPUT.len();
+    // Every device was reset and re-activated before the checks below, and
+    // the host reached the guest through the re-activated vsock device.
+    assert_eq!(
+        knocked.as_deref(),
+        Ok(format!("echo {KNOCK_LINE}").as_str()),
+        "the host's connection to the guest after its vsock reset; {context}"
+    );
     let expected_start = [
         "start".to_string(),
+        "rebind vsock unbound".to_string(),
+        format!("rebind listening port={REBIND_PORT}"),
+        format!("rebind ok blk=2 vsock=1 host={KNOCK_LINE:?}"),
         format!("vsock ok port={PROBE_PORT} reply={reply:?}"),
         format!("blk vda mount=rw read={n} write=ok"),
     ];
     assert!(
-        lines.len() == 6 && lines[..3] == expected_start && lines[5] == "done",
+        lines.len() == 9 && lines[..6] == expected_start && lines[8] == "done",
         "probe report lines: expected {expected_start:?}, the vdb line, the vectors line, \"done\"; got {lines:?}; {context}"
     );
     // The guest kernel refuses the read-write mount of a drive the VMM
     // offers with VIRTIO_BLK_F_RO (EACCES or EROFS, by kernel version),
     // then the write on the read-only mount fails.
-    let vdb = &lines[3];
+    let vdb = &lines[6];
     assert!(
         vdb.starts_with("blk vdb mount=ro rw_refused=")
             && vdb.ends_with(&format!(" read={n} write=EROFS")),
@@ -193,7 +290,7 @@ fn guest_vsock_and_block_kvm() {
     // Two guest processes each keep their own AVX registers (ymm, or zmm
     // and the k masks) across 100 switches between them: the guest kernel
     // saves all the state the CPU lets user code use.
-    let vectors = &lines[4];
+    let vectors = &lines[7];
     assert!(
         vectors.starts_with("vectors ok "),
         "vector registers across context switches: {vectors:?}; {context}"

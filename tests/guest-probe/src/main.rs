@@ -5,6 +5,9 @@
 //!
 //! The kernel hands `key=value` command-line arguments it does not know to
 //! init as environment variables, so a test sets them with `--kernel-arg`:
+//! - `HULL_PROBE_REBIND_PORT=P`, first: reset and re-activate every block
+//!   and vsock device, then answer one host connection on vsock port `P`
+//!   (see [`rebind`]); the checks below then run on re-activated devices;
 //! - `HULL_PROBE_VSOCK_PORT=P`: connect to the host (CID 2) port `P`, send
 //!   [`vsock::HELLO`], read the host's reply line;
 //! - `HULL_PROBE_BLK=1`: check `/dev/vda`, a read-write ext4 drive: read
@@ -21,6 +24,7 @@
 //! Must not depend on any hull crate: it tests them from the outside.
 
 mod drive;
+mod rebind;
 mod report;
 mod vectors;
 mod vsock;
@@ -31,6 +35,12 @@ use rustix::system::{reboot, RebootCommand};
 fn main() {
     let mut report = Report::open();
     report.line("start");
+    if let Some(value) = env("HULL_PROBE_REBIND_PORT") {
+        match value.parse::<u32>() {
+            Ok(port) => rebind::probe(port, &mut report),
+            Err(_) => report.line(&format!("rebind error step=config port={value:?}")),
+        }
+    }
     if let Some(value) = env("HULL_PROBE_VSOCK_PORT") {
         match value.parse::<u32>() {
             Ok(port) => vsock::probe(port, &mut report),

@@ -75,16 +75,70 @@ fn exchange(port: u32) -> Result<String, StepError> {
     Ok(text.split('\n').next().unwrap_or_default().to_string())
 }
 
-/// `connect(2)` to the host CID. rustix has no vsock address type, so the
-/// `sockaddr_vm` is built and passed with libc.
-fn connect_host(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
-    let addr = libc::sockaddr_vm {
+/// Listen on vsock `port`, accept one connection (within [`IO_TIMEOUT`]),
+/// read one line and answer `echo <line>`; returns the line.
+pub fn serve_one(port: u32) -> Result<String, String> {
+    fn err(step: &'static str) -> impl Fn(Errno) -> String {
+        move |e| format!("{step} {}", errno_name(e.raw_os_error()))
+    }
+    let fd = socket_with(
+        AddressFamily::VSOCK,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(err("socket"))?;
+    set_socket_timeout(&fd, Timeout::Recv, Some(IO_TIMEOUT)).map_err(err("setsockopt"))?;
+    let addr = vm_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: `fd` is an open socket; `addr` is a fully initialised
+    // sockaddr_vm that lives across the call, passed with its exact size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("bind {}", std::io::Error::last_os_error()));
+    }
+    rustix::net::listen(&fd, 1).map_err(err("listen"))?;
+    // accept(2) honours the receive timeout.
+    let conn = rustix::net::accept(&fd).map_err(err("accept"))?;
+    set_socket_timeout(&conn, Timeout::Recv, Some(IO_TIMEOUT)).map_err(err("setsockopt"))?;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 64];
+    while line.len() < MAX_REPLY && !line.contains(&b'\n') {
+        match rustix::net::recv(&conn, &mut chunk, RecvFlags::empty()).map_err(err("recv"))? {
+            (0, _) => break,
+            (n, _) => line.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    let text = text.split('\n').next().unwrap_or_default().to_string();
+    let answer = format!("echo {text}\n");
+    let mut rest = answer.as_bytes();
+    while !rest.is_empty() {
+        let n = rustix::net::send(&conn, rest, SendFlags::NOSIGNAL).map_err(err("send"))?;
+        rest = rest.get(n..).unwrap_or_default();
+    }
+    Ok(text)
+}
+
+fn vm_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    libc::sockaddr_vm {
         svm_family: libc::AF_VSOCK as libc::sa_family_t,
         svm_reserved1: 0,
         svm_port: port,
-        svm_cid: libc::VMADDR_CID_HOST,
+        svm_cid: cid,
         svm_zero: [0; 4],
-    };
+    }
+}
+
+/// `connect(2)` to the host CID. rustix has no vsock address type, so the
+/// `sockaddr_vm` is built and passed with libc.
+fn connect_host(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
+    let addr = vm_addr(libc::VMADDR_CID_HOST, port);
     // SAFETY: `fd` is an open socket owned by the caller for the whole call;
     // `addr` is a fully initialised sockaddr_vm that lives across the call,
     // and the length passed is exactly its size.

@@ -106,6 +106,8 @@ pub struct VirtioCommon {
     /// on the event loop.
     pub queue_evts: Vec<Arc<EventFd>>,
     activate_evt: EventFd,
+    /// Whether the event loop watches `queue_evts` (from the first activation on).
+    queues_watched: bool,
     mem: Option<GuestMemoryMmap>,
     interrupt: Option<Arc<VirtioInterrupt>>,
     /// For what the shared plumbing logs on the guest's behalf (writes to
@@ -139,6 +141,7 @@ impl VirtioCommon {
             queues,
             queue_evts,
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            queues_watched: false,
             mem: None,
             interrupt: None,
             guest_log: LogLimiter::new(format!("virtio device type {device_type}")),
@@ -213,19 +216,19 @@ impl VirtioCommon {
     }
 
     /// For `MutEventSubscriber::process` on [`TAG_ACTIVATE`]: start watching
-    /// every queue's eventfd (tag = queue index) and stop watching activation.
-    pub fn on_activate(&self, ops: &mut EventOps) -> Result<(), VirtioError> {
+    /// every queue's eventfd (tag = queue index), once. Activation stays
+    /// watched: a driver may reset the device and activate it again (virtio
+    /// 1.2, 2.1.1), and the device must notice each activation.
+    pub fn on_activate(&mut self, ops: &mut EventOps) -> Result<(), VirtioError> {
         let _ = self.activate_evt.read();
-        ops.remove(Events::with_data(
-            &self.activate_evt,
-            TAG_ACTIVATE,
-            EventSet::IN,
-        ))
-        .map_err(VirtioError::EventLoop)?;
+        if self.queues_watched {
+            return Ok(());
+        }
         for (i, evt) in self.queue_evts.iter().enumerate() {
-            ops.add(Events::with_data(evt, i as u32, EventSet::IN))
+            ops.add(Events::with_data(evt.as_ref(), i as u32, EventSet::IN))
                 .map_err(VirtioError::EventLoop)?;
         }
+        self.queues_watched = true;
         Ok(())
     }
 }

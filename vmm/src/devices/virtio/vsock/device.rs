@@ -198,6 +198,9 @@ impl Vsock {
     ) -> Result<(), DeviceError> {
         if tag == TAG_ACTIVATE {
             self.common.on_activate(ops).map_err(DeviceError::Virtio)?;
+            // After a reset the guest's driver starts with no connection:
+            // drop what the muxer still holds from before, then serve again.
+            self.muxer.deactivate(ops);
             self.muxer.activate(ops).map_err(DeviceError::Muxer)?;
             return self.process_rx(ops);
         }
