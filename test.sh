@@ -29,6 +29,11 @@ probe=$(build_static_bin hull-guest-probe)
 HULL_PROBE_INITRAMFS=$HULL_CACHE/initramfs/hull-guest-probe.cpio
 "$HULL_ROOT/target/debug/hull" initramfs --agent "$probe" --out "$HULL_PROBE_INITRAMFS" >/dev/null
 export HULL_PROBE_INITRAMFS
+say "hostile agent initramfs (tests of what the host trusts)"
+hostile=$(agent/build.sh --hostile 2>/dev/null | tail -1)
+HULL_HOSTILE_INITRAMFS=$HULL_CACHE/initramfs/hull-agent-hostile.cpio
+"$HULL_ROOT/target/debug/hull" initramfs --agent "$hostile" --out "$HULL_HOSTILE_INITRAMFS" >/dev/null
+export HULL_HOSTILE_INITRAMFS
 export HULL_VMM=$HULL_ROOT/target/debug/hull-vmm
 export HULL_SHIM=$HULL_ROOT/target/debug/containerd-shim-hull-v2
 

@@ -6,11 +6,21 @@
 #
 # Prints the binary's path as the last line of stdout; everything else goes
 # to stderr. Honours CARGO_TARGET_DIR.
+#
+# `--hostile`: the test build that lies to the host (feature `hostile-test`,
+# agent/src/hostile.rs), in its own profile's directory (agent-hostile), so
+# it never replaces the product binary.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-linux-gnu
 cd "$root"
+profile=agent
+features=()
+if [ "${1:-}" = --hostile ]; then
+    profile=agent-hostile
+    features=(--features hostile-test)
+fi
 
 # With an explicit --target, RUSTFLAGS reach only the target's crates, not
 # the build scripts and proc-macros that run on the host. libseccomp (for
@@ -19,9 +29,9 @@ cd "$root"
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 LIBSECCOMP_LINK_TYPE=static \
 LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/x86_64-linux-gnu} \
-    cargo build --profile agent -p hull-agent --target "$target" >&2
+    cargo build --profile "$profile" -p hull-agent --target "$target" "${features[@]}" >&2
 
-bin="${CARGO_TARGET_DIR:-$root/target}/$target/agent/hull-agent"
+bin="${CARGO_TARGET_DIR:-$root/target}/$target/$profile/hull-agent"
 [ -x "$bin" ] || { echo "build.sh: $bin was not built" >&2; exit 1; }
 
 # Static means no PT_INTERP program header (and, for glibc, no DYNAMIC one).

@@ -20,6 +20,8 @@
 pub mod config;
 pub mod container;
 pub mod guest_log;
+#[cfg(feature = "hostile-test")]
+pub mod hostile;
 pub mod init;
 pub mod logger;
 pub mod power;

@@ -251,6 +251,18 @@ impl Containerd {
         std::fs::write(&self.config, config).expect("rewrite the hull config");
     }
 
+    /// Boots the guests of the containers created from now on with
+    /// `initramfs` instead of the product one.
+    pub fn set_initramfs(&self, initramfs: &Path) {
+        let product = prereq::agent_initramfs();
+        let config = hull_config().replace(
+            &format!("initramfs = \"{}\"", product.display()),
+            &format!("initramfs = \"{}\"", initramfs.display()),
+        );
+        assert_ne!(config, hull_config(), "the hull config names an initramfs");
+        std::fs::write(&self.config, config).expect("rewrite the hull config");
+    }
+
     /// containerd's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()

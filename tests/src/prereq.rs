@@ -78,6 +78,16 @@ pub fn agent_initramfs() -> PathBuf {
     )
 }
 
+/// A hostile agent's initramfs (`$HULL_HOSTILE_INITRAMFS`): hull-agent
+/// built with the `hostile-test` feature, which lies to the host.
+pub fn hostile_initramfs() -> PathBuf {
+    file_from_env(
+        "HULL_HOSTILE_INITRAMFS",
+        "the hostile agent's initramfs",
+        "hull initramfs --agent $(agent/build.sh --hostile | tail -1) --out FILE",
+    )
+}
+
 /// The test initramfs, with hull-guest-probe as /init (`$HULL_PROBE_INITRAMFS`).
 pub fn probe_initramfs() -> PathBuf {
     file_from_env(
