@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hull_protocol::vmm_config::SeccompMode;
 use serde::Deserialize;
 
 use crate::policy::PolicyConfig;
@@ -67,7 +68,7 @@ pub struct ShimConfig {
     /// no capabilities, host cgroup). `false` is for debugging only.
     pub jail: bool,
     /// The VMM's seccomp mode: `enforce` or `log` (debugging).
-    pub seccomp: String,
+    pub seccomp: SeccompMode,
     /// How long the guest may take to boot to a ready agent, in seconds.
     pub boot_timeout_secs: u64,
     pub policy: PolicySection,
@@ -95,7 +96,7 @@ impl Default for ShimConfig {
             verbose_boot: false,
             log_level: "info".into(),
             jail: true,
-            seccomp: "enforce".into(),
+            seccomp: SeccompMode::Enforce,
             boot_timeout_secs: 180,
             policy: PolicySection::default(),
         }
@@ -138,9 +139,6 @@ impl ShimConfig {
         }
         if config.memory_mib < 64 {
             return Err(invalid("memory_mib", "must be at least 64"));
-        }
-        if !matches!(config.seccomp.as_str(), "enforce" | "log") {
-            return Err(invalid("seccomp", "must be \"enforce\" or \"log\""));
         }
         Ok(config)
     }

@@ -452,12 +452,19 @@ impl Containerd {
     /// The `hull-vmm` process of container `id` (its disk is in `id`'s
     /// bundle).
     pub fn vmm_pid(&self, id: &str) -> Option<u32> {
-        let bundle = format!("/{NAMESPACE}/{id}/rootfs.img,");
+        let bundle = format!("/{NAMESPACE}/{id}/rootfs.img");
         self.vmm_pids().into_iter().find(|pid| {
-            leaks::process_args(*pid)
+            self.vmm_drives(*pid)
                 .iter()
-                .any(|arg| arg.contains(&bundle))
+                .any(|drive| drive.to_string_lossy().ends_with(&bundle))
         })
+    }
+
+    /// The disks VMM `pid` opens (from its VM config).
+    pub fn vmm_drives(&self, pid: u32) -> Vec<PathBuf> {
+        leaks::vmm_config(pid)
+            .map(|config| config.drives.into_iter().map(|d| d.path).collect())
+            .unwrap_or_default()
     }
 
     /// The serving `containerd-shim-hull-v2` of container `id` (the one

@@ -2,14 +2,16 @@
 //! socket or state directory is left. Each test keeps everything it creates
 //! under its own temporary directory, so "left behind" means "under that
 //! directory", and "still running" means "a process whose command line
-//! names that directory".
+//! names that directory" (or, for a VMM, whose `--config` file does: the
+//! shim starts `hull-vmm --config <state dir>/vmm.json`).
 
 use std::fs::{DirEntry, FileType};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Processes other than this one whose command line contains `dir`.
+/// Processes other than this one whose command line contains `dir`, or
+/// whose `--config FILE` contains it.
 pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.as_os_str().as_encoded_bytes();
     let me = std::process::id();
@@ -22,15 +24,33 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            cmdline
-                .windows(needle.len())
-                .any(|w| w == needle)
+            let config = config_file_of(&cmdline).unwrap_or_default();
+            (contains(&cmdline, needle) || contains(&config, needle))
                 .then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
         })
         .collect()
 }
 
 /// The arguments of process `pid` (empty when it is gone).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The content of the file a `--config FILE` argument names, if any.
+fn config_file_of(cmdline: &[u8]) -> Option<Vec<u8>> {
+    let mut args = cmdline.split(|b| *b == 0);
+    args.find(|arg| *arg == b"--config")?;
+    let path = std::str::from_utf8(args.next()?).ok()?;
+    std::fs::read(path).ok()
+}
+
+/// The VM config of `hull-vmm` process `pid` (its `--config` file), if it
+/// was started with one and still runs.
+pub fn vmm_config(pid: u32) -> Option<hull_protocol::vmm_config::VmConfig> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    serde_json::from_slice(&config_file_of(&cmdline)?).ok()
+}
+
 pub fn process_args(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()

@@ -219,8 +219,8 @@ fn ctr_run_blockfile_snapshot_is_attached_directly_kvm() {
     let vmm_disks: Vec<String> = containerd
         .vmm_pids()
         .into_iter()
-        .flat_map(hull_tests::leaks::process_args)
-        .filter(|arg| arg.contains(".img") || arg.contains(snapshots.to_str().unwrap()))
+        .flat_map(|pid| containerd.vmm_drives(pid))
+        .map(|path| path.to_string_lossy().into_owned())
         .collect();
     assert!(
         vmm_disks

@@ -120,9 +120,18 @@ pub struct RunningVm {
     pub host: HostKvm,
 }
 
+/// How the binary runs a VM beyond its config: switches that are not part
+/// of the VM.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Test trigger (hidden `--test-forbidden-syscall`): make a forbidden
+    /// syscall once the seccomp filters are in.
+    pub test_forbidden_syscall: bool,
+}
+
 /// Build the VM described by `config` and start its vCPUs. `config` must
-/// have passed [`VmConfig::validate`] (the binary does that before calling).
-pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
+/// have passed [`crate::config::validate`] (the binary does that before calling).
+pub fn build_and_start(config: &VmConfig, options: RunOptions) -> Result<RunningVm, BuildError> {
     let signals = stop_signals().map_err(io("the signal fd"))?;
     register_kick_signal().map_err(|e| BuildError::Io {
         what: "the vCPU kick signal handler",
@@ -260,7 +269,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
     }
     // After the vCPU threads exist: they must not inherit this filter.
     filters.install(ThreadKind::Main)?;
-    if config.test_forbidden_syscall {
+    if options.test_forbidden_syscall {
         forbidden_syscall_for_tests();
     }
     let machine = Arc::new(Mutex::new(machine));
@@ -432,8 +441,8 @@ impl VirtioSlots<'_> {
 }
 
 /// Build, start and serve a VM until it ends; returns the exit code.
-pub fn run(config: &VmConfig) -> i32 {
-    let mut vm = match build_and_start(config) {
+pub fn run(config: &VmConfig, options: RunOptions) -> i32 {
+    let mut vm = match build_and_start(config, options) {
         Ok(vm) => vm,
         Err(e) => {
             log::error!("starting the VM: {}", ErrorChain(&e));

@@ -1,14 +1,13 @@
-//! The VM configuration: one typed struct, read from a JSON or TOML file or
-//! built from command-line flags, validated before anything is started.
+//! The VM configuration: the typed [`VmConfig`] (in `hull-protocol`, shared
+//! with the shim, which writes it as JSON), read from a JSON or TOML file or
+//! built from command-line flags, and validated here, in one place, before
+//! anything is started.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use hull_protocol::vmm_config::{Console, VmConfig};
 
 use crate::arch::mptable;
-use crate::devices::virtio::block::BlockConfig;
-use crate::devices::virtio::vsock::VsockConfig;
-use crate::seccomp::SeccompMode;
 
 /// Longest path a Unix socket address can hold (sun_path less the NUL).
 pub const UNIX_PATH_MAX: usize = 107;
@@ -16,61 +15,6 @@ pub const UNIX_PATH_MAX: usize = 107;
 /// connections: keep room for `_` and a 10-digit port.
 const VSOCK_PORT_SUFFIX: usize = 11;
 pub const MIN_MEMORY_MIB: u32 = 32;
-
-/// Where the guest console goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Console {
-    /// Dropped (the VMM still keeps the last lines for error reports).
-    #[default]
-    Off,
-    Stdout,
-    File(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Uncompressed ELF `vmlinux`.
-    pub kernel: PathBuf,
-    /// Uncompressed (newc cpio) initramfs.
-    #[serde(default)]
-    pub initramfs: Option<PathBuf>,
-    /// Appended to the kernel command line hull builds.
-    #[serde(default)]
-    pub kernel_args: Vec<String>,
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u8,
-    #[serde(default = "default_memory_mib")]
-    pub memory_mib: u32,
-    #[serde(default)]
-    pub console: Console,
-    /// Print the kernel's boot messages (drops `quiet`; slower under emulation).
-    #[serde(default)]
-    pub verbose_boot: bool,
-    #[serde(default)]
-    pub drives: Vec<BlockConfig>,
-    #[serde(default)]
-    pub vsock: Option<VsockConfig>,
-    /// The control socket (status, pause, resume, shutdown).
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
-    /// `enforce` (default): a syscall outside a thread's seccomp list kills
-    /// the VMM; `log`: the kernel logs it instead, to find a missing entry.
-    #[serde(default)]
-    pub seccomp: SeccompMode,
-    /// Test trigger: make a forbidden syscall once the filters are in.
-    #[serde(skip)]
-    pub test_forbidden_syscall: bool,
-}
-
-fn default_vcpus() -> u8 {
-    1
-}
-
-fn default_memory_mib() -> u32 {
-    128
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -93,99 +37,97 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-impl VmConfig {
-    /// Read a config file: TOML when it ends in `.toml`, JSON otherwise.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let parsed = if path.extension().is_some_and(|e| e == "toml") {
-            Self::from_toml(&text)
-        } else {
-            Self::from_json(&text)
-        };
-        parsed.map_err(|message| ConfigError::Parse {
-            path: path.into(),
-            message,
-        })
-    }
+/// Read a config file: TOML when it ends in `.toml`, JSON otherwise.
+pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let parsed = if path.extension().is_some_and(|e| e == "toml") {
+        from_toml(&text)
+    } else {
+        from_json(&text)
+    };
+    parsed.map_err(|message| ConfigError::Parse {
+        path: path.into(),
+        message,
+    })
+}
 
-    /// Parse JSON; a type error names its field (`vcpus: invalid type ...`).
-    fn from_json(text: &str) -> Result<Self, String> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let config = serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())?;
-        // What `serde_json::from_str` also checks: nothing but whitespace after.
-        de.end().map_err(|e| e.to_string())?;
-        Ok(config)
-    }
+/// Parse JSON; a type error names its field (`vcpus: invalid type ...`).
+fn from_json(text: &str) -> Result<VmConfig, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let config = serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())?;
+    // What `serde_json::from_str` also checks: nothing but whitespace after.
+    de.end().map_err(|e| e.to_string())?;
+    Ok(config)
+}
 
-    /// Parse TOML; a type error names its field (`vcpus: invalid type ...`).
-    fn from_toml(text: &str) -> Result<Self, String> {
-        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| e.to_string())
-    }
+/// Parse TOML; a type error names its field (`vcpus: invalid type ...`).
+fn from_toml(text: &str) -> Result<VmConfig, String> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| e.to_string())
+}
 
-    /// Check every value that can be checked before starting anything.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.vcpus == 0 || self.vcpus > mptable::max_cpus() {
+/// Check every value that can be checked before starting anything.
+pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
+    if config.vcpus == 0 || config.vcpus > mptable::max_cpus() {
+        return Err(invalid(
+            "vcpus",
+            format!(
+                "{} is not between 1 and {}",
+                config.vcpus,
+                mptable::max_cpus()
+            ),
+        ));
+    }
+    if config.memory_mib < MIN_MEMORY_MIB {
+        return Err(invalid(
+            "memory_mib",
+            format!(
+                "{} MiB is less than the minimum {MIN_MEMORY_MIB} MiB",
+                config.memory_mib
+            ),
+        ));
+    }
+    if u64::from(config.memory_mib) > host_memory_mib() {
+        return Err(invalid(
+            "memory_mib",
+            format!("{} MiB is more than this host has", config.memory_mib),
+        ));
+    }
+    require_file("kernel", &config.kernel)?;
+    if let Some(initramfs) = &config.initramfs {
+        require_file("initramfs", initramfs)?;
+    }
+    for drive in &config.drives {
+        require_disk("drives.path", &drive.path)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        if vsock.guest_cid < 3 {
             return Err(invalid(
-                "vcpus",
-                format!(
-                    "{} is not between 1 and {}",
-                    self.vcpus,
-                    mptable::max_cpus()
-                ),
+                "vsock.guest_cid",
+                format!("{} is reserved (guest CIDs start at 3)", vsock.guest_cid),
             ));
         }
-        if self.memory_mib < MIN_MEMORY_MIB {
-            return Err(invalid(
-                "memory_mib",
-                format!(
-                    "{} MiB is less than the minimum {MIN_MEMORY_MIB} MiB",
-                    self.memory_mib
-                ),
-            ));
-        }
-        if u64::from(self.memory_mib) > host_memory_mib() {
-            return Err(invalid(
-                "memory_mib",
-                format!("{} MiB is more than this host has", self.memory_mib),
-            ));
-        }
-        require_file("kernel", &self.kernel)?;
-        if let Some(initramfs) = &self.initramfs {
-            require_file("initramfs", initramfs)?;
-        }
-        for drive in &self.drives {
-            require_disk("drives.path", &drive.path)?;
-        }
-        if let Some(vsock) = &self.vsock {
-            if vsock.guest_cid < 3 {
-                return Err(invalid(
-                    "vsock.guest_cid",
-                    format!("{} is reserved (guest CIDs start at 3)", vsock.guest_cid),
-                ));
-            }
-            socket_path("vsock.uds_path", &vsock.uds_path, VSOCK_PORT_SUFFIX)?;
-        }
-        if let Some(api) = &self.api_socket {
-            socket_path("api_socket", api, 0)?;
-        }
-        if let Console::File(path) = &self.console {
-            if path.as_os_str().is_empty() {
-                return Err(invalid("console", "file path is empty"));
-            }
-        }
-        for arg in &self.kernel_args {
-            if arg.is_empty() || arg.contains(['\0', '\n']) {
-                return Err(invalid(
-                    "kernel_args",
-                    format!("{arg:?} is not a kernel argument"),
-                ));
-            }
-        }
-        Ok(())
+        socket_path("vsock.uds_path", &vsock.uds_path, VSOCK_PORT_SUFFIX)?;
     }
+    if let Some(api) = &config.api_socket {
+        socket_path("api_socket", api, 0)?;
+    }
+    if let Console::File(path) = &config.console {
+        if path.as_os_str().is_empty() {
+            return Err(invalid("console", "file path is empty"));
+        }
+    }
+    for arg in &config.kernel_args {
+        if arg.is_empty() || arg.contains(['\0', '\n']) {
+            return Err(invalid(
+                "kernel_args",
+                format!("{arg:?} is not a kernel argument"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn require_file(field: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -268,7 +210,7 @@ mod tests {
             (c.vcpus, c.memory_mib, c.console.clone()),
             (1, 128, Console::Off)
         );
-        c.validate().unwrap();
+        validate(&c).unwrap();
         let err =
             serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "memroy_mib": 5}"#).unwrap_err();
         assert!(err.to_string().contains("memroy_mib"), "{err}");
@@ -280,7 +222,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let dir = tempfile::tempdir().unwrap();
-        let field_of = |c: VmConfig| match c.validate() {
+        let field_of = |c: VmConfig| match validate(&c) {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         };
@@ -335,7 +277,7 @@ mod tests {
         let parse_error = |name: &str, text: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
-            match VmConfig::from_file(&path) {
+            match from_file(&path) {
                 Err(ConfigError::Parse { message, .. }) => message,
                 other => panic!("{name}: expected a parse error, got {other:?}"),
             }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_protocol::vmm_api::exit_code;
-use hull_vmm::config::{ConfigError, Console, VmConfig};
+use hull_vmm::builder::RunOptions;
+use hull_vmm::config::{self, ConfigError, Console, VmConfig};
 use hull_vmm::devices::virtio::block::BlockConfig;
 use hull_vmm::devices::virtio::vsock::VsockConfig;
 use hull_vmm::logger::ErrorChain;
@@ -41,7 +42,7 @@ struct Args {
     #[arg(long = "drive")]
     drives: Vec<String>,
     /// Guest CID of the vsock device (needs --vsock-uds).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = hull_protocol::vmm_config::DEFAULT_GUEST_CID)]
     vsock_cid: u32,
     /// Host Unix socket of the hybrid vsock device.
     #[arg(long)]
@@ -62,21 +63,8 @@ struct Args {
 
 fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
     let mut config = match (&args.config, &args.kernel) {
-        (Some(path), _) => VmConfig::from_file(path)?,
-        (None, Some(kernel)) => VmConfig {
-            kernel: kernel.clone(),
-            initramfs: None,
-            kernel_args: Vec::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            console: Console::Off,
-            verbose_boot: false,
-            drives: Vec::new(),
-            vsock: None,
-            api_socket: None,
-            seccomp: SeccompMode::default(),
-            test_forbidden_syscall: false,
-        },
+        (Some(path), _) => config::from_file(path)?,
+        (None, Some(kernel)) => VmConfig::new(kernel.clone()),
         (None, None) => {
             return Err(ConfigError::Invalid {
                 field: "kernel",
@@ -110,7 +98,6 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
     }
     config.api_socket = args.api_sock.or(config.api_socket);
     config.seccomp = args.seccomp.unwrap_or(config.seccomp);
-    config.test_forbidden_syscall = args.test_forbidden_syscall;
     Ok(config)
 }
 
@@ -144,14 +131,17 @@ fn parse_drive(text: &str) -> Result<BlockConfig, ConfigError> {
 fn main() -> ExitCode {
     let args = Args::parse();
     hull_vmm::logger::init(args.log_level);
-    let config = match config_from(args).and_then(|c| c.validate().map(|_| c)) {
+    let options = RunOptions {
+        test_forbidden_syscall: args.test_forbidden_syscall,
+    };
+    let config = match config_from(args).and_then(|c| config::validate(&c).map(|_| c)) {
         Ok(config) => config,
         Err(e) => {
             log::error!("{}", ErrorChain(&e));
             return ExitCode::from(exit_code::BAD_CONFIG as u8);
         }
     };
-    ExitCode::from(hull_vmm::builder::run(&config) as u8)
+    ExitCode::from(hull_vmm::builder::run(&config, options) as u8)
 }
 
 #[cfg(test)]

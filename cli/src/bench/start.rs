@@ -174,7 +174,9 @@ impl Ctr<'_> {
     }
 }
 
-/// Processes whose command line contains `needle`, with their names.
+/// Processes whose command line contains `needle`, or whose `--config FILE`
+/// does (the shim starts `hull-vmm --config <state dir>/vmm.json`), with
+/// their names.
 fn processes_with(needle: &str) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -184,8 +186,16 @@ fn processes_with(needle: &str) -> Vec<(u32, String)> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            text.contains(needle).then(|| {
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let config = args
+                .windows(2)
+                .find(|pair| pair[0] == "--config")
+                .and_then(|pair| std::fs::read_to_string(&pair[1]).ok())
+                .unwrap_or_default();
+            (args.join(" ").contains(needle) || config.contains(needle)).then(|| {
                 let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .unwrap_or_default()
                     .trim()
@@ -220,8 +230,8 @@ fn running_cost(ctr: &Ctr, runtime: &str, id: &str) -> Result<Vec<(String, u64)>
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ctr.run(&args)?;
     std::thread::sleep(Duration::from_secs(2));
-    // The shim names the container id; hull's jailer and VMM name its
-    // rootfs disk in the bundle, runc's container process is a child of
+    // The shim names the container id; hull's jailer and VMM (in its
+    // config) name its rootfs disk in the bundle, runc's container process is a child of
     // its shim.
     let mut cost = Vec::new();
     for (pid, name) in processes_with(&format!("-id {id}")) {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_protocol::vmm_config::{Console, SeccompMode, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
 use tokio::process::{Child, Command};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +31,8 @@ pub enum VmmProcessError {
     Wait(#[source] std::io::Error),
 }
 
-/// A raw disk image for the guest.
-#[derive(Debug, Clone)]
-pub struct Drive {
-    pub path: PathBuf,
-    pub read_only: bool,
-    /// The serial the guest reads (virtio-blk GET_ID, at most 20 bytes):
-    /// how the agent finds the disk.
-    pub id: Option<String>,
-}
+/// A raw disk image for the guest (the VMM's own drive config).
+pub use hull_protocol::vmm_config::BlockConfig as Drive;
 
 /// Start the VMM through `hull-jailer` (see jailer/): namespaces, a
 /// pivot_root into the state directory's jail, an unprivileged uid, no
@@ -69,9 +63,41 @@ pub struct VmmSpec {
     pub verbose_boot: bool,
     /// Run jailed; `None` starts the VMM directly (tools, debugging).
     pub jail: Option<JailSpec>,
-    /// hull-vmm's `--seccomp` (`enforce` when `None`).
-    pub seccomp: Option<String>,
+    /// The VMM's seccomp mode (`enforce` when `None`).
+    pub seccomp: Option<SeccompMode>,
 }
+
+impl VmmSpec {
+    /// The VM's config as `hull-vmm --config` reads it, with its sockets
+    /// and console in `state_dir`.
+    pub fn vm_config(&self, state_dir: &Path) -> VmConfig {
+        VmConfig {
+            initramfs: Some(self.initramfs.clone()),
+            kernel_args: self.kernel_args.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            console: if self.console_log {
+                Console::File(state_dir.join(CONSOLE_LOG))
+            } else {
+                Console::Off
+            },
+            verbose_boot: self.verbose_boot,
+            drives: self.drives.clone(),
+            vsock: Some(VsockConfig {
+                guest_cid: DEFAULT_GUEST_CID,
+                uds_path: VmmProcess::vsock_path_in(state_dir),
+            }),
+            api_socket: Some(state_dir.join(API_SOCKET)),
+            seccomp: self.seccomp.unwrap_or_default(),
+            ..VmConfig::new(self.kernel.clone())
+        }
+    }
+}
+
+/// What the sandbox's state directory holds.
+const VM_CONFIG: &str = "vmm.json";
+const CONSOLE_LOG: &str = "console.log";
+const API_SOCKET: &str = "api.sock";
 
 pub struct VmmProcess {
     child: Child,
@@ -104,44 +130,24 @@ impl VmmProcess {
             .open(state_dir.join("vmm.log"))
             .map_err(dir_err)
             .map_err(cleanup_on_error)?;
+        // The VMM reads its config inside the jail as the jail's uid: the
+        // directory (0700) keeps it private, the file itself is readable.
+        let config_path = state_dir.join(VM_CONFIG);
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&config_path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, spec.vm_config(state_dir).to_json().as_bytes())
+            })
+            .map_err(dir_err)
+            .map_err(cleanup_on_error)?;
         let mut cmd = match &spec.jail {
             None => Command::new(&spec.vmm_binary),
             Some(jail) => jailer_command(spec, jail, state_dir),
         };
-        cmd.arg("--kernel")
-            .arg(&spec.kernel)
-            .arg("--initramfs")
-            .arg(&spec.initramfs)
-            .arg("--vcpus")
-            .arg(spec.vcpus.to_string())
-            .arg("--memory-mib")
-            .arg(spec.memory_mib.to_string())
-            .arg("--vsock-uds")
-            .arg(Self::vsock_path_in(state_dir))
-            .arg("--api-sock")
-            .arg(state_dir.join("api.sock"));
-        if spec.console_log {
-            cmd.arg("--console").arg(state_dir.join("console.log"));
-        }
-        if spec.verbose_boot {
-            cmd.arg("--verbose-boot");
-        }
-        for arg in &spec.kernel_args {
-            cmd.arg("--kernel-arg").arg(arg);
-        }
-        for drive in &spec.drives {
-            let mut value = drive.path.clone().into_os_string();
-            if drive.read_only {
-                value.push(",ro");
-            }
-            if let Some(id) = &drive.id {
-                value.push(format!(",id={id}"));
-            }
-            cmd.arg("--drive").arg(value);
-        }
-        if let Some(mode) = &spec.seccomp {
-            cmd.arg("--seccomp").arg(mode);
-        }
+        cmd.arg("--config").arg(&config_path);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let started = Instant::now();
         let child = cmd
@@ -175,7 +181,7 @@ impl VmmProcess {
 
     /// The VMM's control socket.
     pub fn api_path(&self) -> PathBuf {
-        self.state_dir.join("api.sock")
+        self.state_dir.join(API_SOCKET)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -237,7 +243,7 @@ impl VmmProcess {
 
     /// The last `n` lines of the guest console (when `console_log` was set).
     pub fn console_tail(&self, n: usize) -> Vec<String> {
-        tail(&self.state_dir.join("console.log"), n)
+        tail(&self.state_dir.join(CONSOLE_LOG), n)
     }
 }
 
@@ -322,5 +328,52 @@ impl Drop for VmmProcess {
             }
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_config_puts_sockets_and_console_in_the_state_dir() {
+        let spec = VmmSpec {
+            vmm_binary: "/usr/local/bin/hull-vmm".into(),
+            kernel: "/k".into(),
+            initramfs: "/i.cpio".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_args: vec!["quiet".into()],
+            drives: vec![Drive {
+                path: "/b/rootfs.img".into(),
+                read_only: false,
+                id: Some("rootfs".into()),
+            }],
+            console_log: true,
+            verbose_boot: false,
+            jail: None,
+            seccomp: Some(SeccompMode::Log),
+        };
+        let state = Path::new("/run/hull/sandboxes/x");
+        let config = spec.vm_config(state);
+        assert_eq!(config.kernel, Path::new("/k"));
+        assert_eq!(config.initramfs.as_deref(), Some(Path::new("/i.cpio")));
+        assert_eq!((config.vcpus, config.memory_mib), (1, 256));
+        assert_eq!(config.console, Console::File(state.join("console.log")));
+        assert_eq!(config.api_socket, Some(state.join("api.sock")));
+        let vsock = config.vsock.as_ref().unwrap();
+        assert_eq!(vsock.uds_path, state.join("vsock.sock"));
+        assert_eq!(config.drives, spec.drives);
+        assert_eq!(config.seccomp, SeccompMode::Log);
+        let quiet = VmmSpec {
+            console_log: false,
+            seccomp: None,
+            ..spec
+        }
+        .vm_config(state);
+        assert_eq!(
+            (quiet.console, quiet.seccomp),
+            (Console::Off, SeccompMode::Enforce)
+        );
     }
 }

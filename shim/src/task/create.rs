@@ -300,7 +300,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
             pids_max: Some(u64::from(vcpus) + 32),
             cpu: cpu_limit(&spec),
         }),
-        seccomp: Some(config.seccomp.clone()),
+        seccomp: Some(config.seccomp),
     };
     let boot = Duration::from_secs(config.boot_timeout_secs);
     let sandbox = Sandbox::start(&vmm_spec, &state_dir, boot)

@@ -18,20 +18,10 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
 };
-use serde::{Deserialize, Serialize};
 
 use filters::Allow;
 
-/// What happens on a syscall outside a thread's list.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SeccompMode {
-    /// The process is killed (SIGSYS).
-    #[default]
-    Enforce,
-    /// The syscall runs and the kernel logs it.
-    Log,
-}
+pub use hull_protocol::vmm_config::SeccompMode;
 
 /// Which thread a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

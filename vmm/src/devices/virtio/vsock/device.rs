@@ -62,7 +62,7 @@ impl Vsock {
     }
 
     pub fn with_options(config: &VsockConfig, opts: MuxerOptions) -> Result<Self, VsockError> {
-        config.validate()?;
+        super::validate(config)?;
         let guest_cid = u64::from(config.guest_cid);
         Ok(Self {
             common: VirtioCommon::new(TYPE_VSOCK, 0, &QUEUE_SIZES).map_err(VsockError::Virtio)?,

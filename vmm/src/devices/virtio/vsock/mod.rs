@@ -18,36 +18,21 @@ pub mod device;
 pub mod muxer;
 pub mod packet;
 
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
-
 pub use device::Vsock;
 pub use muxer::MuxerOptions;
 
 use super::VirtioError;
 
-/// The vsock device as configured for a VM.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// The guest's context ID: 3 or more (0-2 are reserved, `u32::MAX` is
-    /// `VMADDR_CID_ANY`).
-    pub guest_cid: u32,
-    /// Where the VMM listens for host connections; `<uds_path>_<port>` is
-    /// where guest connections to host port `<port>` go.
-    pub uds_path: PathBuf,
-}
+pub use hull_protocol::vmm_config::VsockConfig;
 
-impl VsockConfig {
-    pub fn validate(&self) -> Result<(), VsockError> {
-        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
-            return Err(VsockError::InvalidCid {
-                cid: self.guest_cid,
-            });
-        }
-        Ok(())
+/// The guest CID is one a guest may have.
+pub fn validate(config: &VsockConfig) -> Result<(), VsockError> {
+    if config.guest_cid < 3 || config.guest_cid == u32::MAX {
+        return Err(VsockError::InvalidCid {
+            cid: config.guest_cid,
+        });
     }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +56,13 @@ mod tests {
     fn config_rejects_reserved_cids_and_unknown_fields() {
         let ok: VsockConfig =
             serde_json::from_str(r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#).unwrap();
-        assert!(ok.validate().is_ok());
+        assert!(validate(&ok).is_ok());
         for cid in [0, 1, 2, u32::MAX] {
             let c = VsockConfig {
                 guest_cid: cid,
                 ..ok.clone()
             };
-            assert!(matches!(c.validate(), Err(VsockError::InvalidCid { .. })));
+            assert!(matches!(validate(&c), Err(VsockError::InvalidCid { .. })));
         }
         assert!(serde_json::from_str::<VsockConfig>(
             r#"{"guest_cid": 3, "uds_path": "/v", "cid": 4}"#
