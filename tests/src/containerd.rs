@@ -312,6 +312,17 @@ impl Containerd {
         command.spawn().expect("run ctr events")
     }
 
+    /// What `events` (from [`Self::events`]) printed: after a moment for
+    /// ctr to print what it already received, it is stopped and reaped.
+    pub fn events_seen(mut events: Child) -> String {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut stdout = events.stdout.take().expect("ctr events stdout");
+        kill_and_reap(events);
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut seen).expect("read ctr events");
+        seen
+    }
+
     /// `ctr -a SOCK -n hull-test ARGS...`, not started.
     fn ctr_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(self.engine.ctr());

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hull_shim::task::VM_GONE_EXIT_STATUS;
-use hull_tests::containerd::{kill_and_reap, stdout_ok, Containerd, Engine};
+use hull_tests::containerd::{stdout_ok, Containerd, Engine};
 use hull_tests::{leaks, prereq, test_dir};
 
 /// A container that runs until it is killed.
@@ -291,14 +291,8 @@ fn ctr_oom_in_guest_kvm() {
         "a container over its memory limit: {out:?}"
     );
 
-    // TaskOOM is published while the task runs; give ctr events a moment
-    // to print what it already received.
-    std::thread::sleep(Duration::from_secs(1));
-    let mut events = events;
-    let mut stdout = events.stdout.take().expect("ctr events stdout");
-    kill_and_reap(events);
-    let mut seen = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut seen).expect("read ctr events");
+    // TaskOOM is published while the task runs.
+    let seen = Containerd::events_seen(events);
     assert!(
         seen.lines()
             .any(|l| l.contains("/tasks/oom") && l.contains(&format!("\"{id}\""))),

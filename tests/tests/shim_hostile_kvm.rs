@@ -7,10 +7,9 @@
 //! (at most one a second), and write what the guest said on one escaped
 //! log line.
 
-use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use hull_tests::containerd::{kill_and_reap, stdout_ok, Containerd, Engine};
+use hull_tests::containerd::{stdout_ok, Containerd, Engine};
 use hull_tests::{prereq, test_dir};
 
 /// The record the hostile agent hopes to see as a line of its own.
@@ -31,12 +30,7 @@ fn ctr_hostile_agent_oom_events_are_judged_kvm() {
         stdout_ok(&out, "ctr run on the hostile agent").trim(),
         "done"
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let mut events = events;
-    let mut stdout = events.stdout.take().expect("ctr events stdout");
-    kill_and_reap(events);
-    let mut seen = String::new();
-    stdout.read_to_string(&mut seen).expect("read ctr events");
+    let seen = Containerd::events_seen(events);
 
     let ooms: Vec<&str> = seen.lines().filter(|l| l.contains("/tasks/oom")).collect();
     assert!(

@@ -58,20 +58,31 @@ fn exchange(port: u32) -> Result<String, StepError> {
     set_socket_timeout(&fd, Timeout::Recv, Some(IO_TIMEOUT)).map_err(at("setsockopt"))?;
     set_socket_timeout(&fd, Timeout::Send, Some(IO_TIMEOUT)).map_err(at("setsockopt"))?;
     connect_host(&fd, port).map_err(at("connect"))?;
-    let mut rest = HELLO.as_bytes();
-    while !rest.is_empty() {
-        let n = rustix::net::send(&fd, rest, SendFlags::NOSIGNAL).map_err(at("send"))?;
-        rest = rest.get(n..).unwrap_or_default();
+    send_all(&fd, HELLO.as_bytes()).map_err(at("send"))?;
+    recv_line(&fd).map_err(at("recv"))
+}
+
+/// Send all of `bytes`.
+fn send_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        let n = rustix::net::send(fd, bytes, SendFlags::NOSIGNAL)?;
+        bytes = bytes.get(n..).unwrap_or_default();
     }
-    let mut reply = Vec::new();
+    Ok(())
+}
+
+/// Read up to the first newline (at most [`MAX_REPLY`] bytes, or until the
+/// peer closes); the text before it.
+fn recv_line(fd: &OwnedFd) -> Result<String, Errno> {
+    let mut line = Vec::new();
     let mut chunk = [0u8; 64];
-    while reply.len() < MAX_REPLY && !reply.contains(&b'\n') {
-        match rustix::net::recv(&fd, &mut chunk, RecvFlags::empty()).map_err(at("recv"))? {
+    while line.len() < MAX_REPLY && !line.contains(&b'\n') {
+        match rustix::net::recv(fd, &mut chunk, RecvFlags::empty())? {
             (0, _) => break,
-            (n, _) => reply.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            (n, _) => line.extend_from_slice(chunk.get(..n).unwrap_or_default()),
         }
     }
-    let text = String::from_utf8_lossy(&reply);
+    let text = String::from_utf8_lossy(&line);
     Ok(text.split('\n').next().unwrap_or_default().to_string())
 }
 
@@ -106,22 +117,8 @@ pub fn serve_one(port: u32) -> Result<String, String> {
     // accept(2) honours the receive timeout.
     let conn = rustix::net::accept(&fd).map_err(err("accept"))?;
     set_socket_timeout(&conn, Timeout::Recv, Some(IO_TIMEOUT)).map_err(err("setsockopt"))?;
-    let mut line = Vec::new();
-    let mut chunk = [0u8; 64];
-    while line.len() < MAX_REPLY && !line.contains(&b'\n') {
-        match rustix::net::recv(&conn, &mut chunk, RecvFlags::empty()).map_err(err("recv"))? {
-            (0, _) => break,
-            (n, _) => line.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
-    }
-    let text = String::from_utf8_lossy(&line);
-    let text = text.split('\n').next().unwrap_or_default().to_string();
-    let answer = format!("echo {text}\n");
-    let mut rest = answer.as_bytes();
-    while !rest.is_empty() {
-        let n = rustix::net::send(&conn, rest, SendFlags::NOSIGNAL).map_err(err("send"))?;
-        rest = rest.get(n..).unwrap_or_default();
-    }
+    let text = recv_line(&conn).map_err(err("recv"))?;
+    send_all(&conn, format!("echo {text}\n").as_bytes()).map_err(err("send"))?;
     Ok(text)
 }
 
