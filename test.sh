@@ -10,13 +10,14 @@ source scripts/common.sh
 source scripts/engines.sh
 
 install_deps
+# Format and lint first: a style error should not wait for the engines.
+say "format and lint"
+cargo fmt --all -- --check
+cargo clippy -q --workspace --all-targets -- -D warnings
 say "container engines: containerd 1.6 + runc (bookworm), containerd 1.7 + Docker 26 (trixie, extracted)"
 install_containerd
 install_trixie_engines
 engines_env
-say "format and lint"
-cargo fmt --all -- --check
-cargo clippy -q --workspace --all-targets -- -D warnings
 
 say "build"
 cargo build -q --workspace
