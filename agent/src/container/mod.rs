@@ -3,10 +3,11 @@
 //! supervised through the agent's reaper, their stdio buffered for the host.
 //!
 //! [`Containers`] is the registry the RPC handlers call. Every operation
-//! checks the container's state first and fails with a [`ContainerError`]
-//! that `rpc.rs` maps to a ttrpc code. A failed create leaves nothing
-//! behind: the rootfs mounts, libcontainer's state, the cgroup and the
-//! container's directory are undone in reverse order.
+//! checks the container's state first, against the one table in
+//! [`state`], and fails with a [`ContainerError`] that `rpc.rs` maps to a
+//! ttrpc code. A failed create leaves nothing behind: the rootfs mounts,
+//! libcontainer's state, the cgroup and the container's directory are
+//! undone in reverse order.
 //!
 //! In the guest: `/run/hull/containers/<id>/` holds the bundle
 //! (`config.json`), the rootfs mounts ([`rootfs`]) and exec'd processes'
@@ -19,6 +20,7 @@ pub mod process;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;
+pub mod state;
 pub mod stdio;
 
 use std::collections::HashMap;
@@ -40,6 +42,7 @@ use process::{Exited, Process};
 use rootfs::{Rootfs, RootfsError};
 use runtime::{ProcessIo, Runtime, RuntimeError};
 use spec::SpecError;
+use state::{Operation, State};
 use stdio::{Stdio, StdioError};
 
 /// Everything the agent makes for containers lives under here.
@@ -61,11 +64,11 @@ pub enum ContainerError {
     InvalidSpec(#[from] SpecError),
     #[error("signal: {signal} is not a signal number (1 to 64)")]
     BadSignal { signal: u32 },
-    #[error("container {id} is {state}, {needed}")]
+    #[error("container {id} is {state}, {}", .operation.refusal())]
     WrongState {
         id: String,
-        state: &'static str,
-        needed: &'static str,
+        state: State,
+        operation: Operation,
     },
     #[error("process {exec_id:?} of container {id} has already exited")]
     ProcessExited { id: String, exec_id: String },
@@ -124,8 +127,9 @@ struct Entry {
     own_pid_namespace: bool,
     /// By exec id; "" is the init process.
     processes: HashMap<String, Arc<Process>>,
-    started: bool,
-    paused: bool,
+    /// Where the operations so far left it; [`Entry::state`] says stopped
+    /// once the init has exited.
+    state: State,
 }
 
 impl Entry {
@@ -133,31 +137,24 @@ impl Entry {
         &self.processes[""]
     }
 
-    fn state(&self) -> &'static str {
-        match (self.init().exit(), self.started, self.paused) {
-            (Some(_), _, _) => "stopped",
-            (None, false, _) => "created",
-            (None, true, true) => "paused",
-            (None, true, false) => "running",
+    fn state(&self) -> State {
+        match self.init().exit() {
+            Some(_) => State::Stopped,
+            None => self.state,
         }
     }
 
-    fn require(
-        &self,
-        id: &str,
-        wanted: &'static str,
-        needed: &'static str,
-    ) -> Result<(), ContainerError> {
+    /// The state `operation` will leave the container in, or why it is
+    /// refused in this one.
+    fn check(&self, id: &str, operation: Operation) -> Result<State, ContainerError> {
         let state = self.state();
-        if state == wanted {
-            Ok(())
-        } else {
-            Err(ContainerError::WrongState {
+        operation
+            .transition(state)
+            .ok_or_else(|| ContainerError::WrongState {
                 id: id.to_owned(),
                 state,
-                needed,
+                operation,
             })
-        }
     }
 }
 
@@ -431,8 +428,7 @@ impl Containers {
                 dir,
                 own_pid_namespace: checked.own_pid_namespace,
                 processes: HashMap::from([(String::new(), init)]),
-                started: false,
-                paused: false,
+                state: State::Created,
             },
         );
         // Only now may the reaper publish the init's exit.
@@ -448,9 +444,9 @@ impl Containers {
             .containers
             .get_mut(id)
             .ok_or_else(|| ContainerError::NotFound { id: id.to_owned() })?;
-        entry.require(id, "created", "not created")?;
+        let next = entry.check(id, Operation::Start)?;
         self.runtime()?.start(&mut entry.lc)?;
-        entry.started = true;
+        entry.state = next;
         Ok(entry.init().pid)
     }
 
@@ -470,7 +466,7 @@ impl Containers {
                 .containers
                 .get(id)
                 .ok_or_else(|| ContainerError::NotFound { id: id.to_owned() })?;
-            entry.require(id, "running", "not running")?;
+            entry.check(id, Operation::Exec)?;
             if entry.processes.contains_key(exec_id) {
                 return Err(ContainerError::ProcessExists {
                     id: id.to_owned(),
@@ -570,9 +566,10 @@ impl Containers {
         })?;
         let status = match (process.exit(), entry.state()) {
             (Some(_), _) => ProcessStatus::PROCESS_STATUS_STOPPED,
-            (None, "paused") => ProcessStatus::PROCESS_STATUS_PAUSED,
-            (None, "created") => ProcessStatus::PROCESS_STATUS_CREATED,
-            (None, _) => ProcessStatus::PROCESS_STATUS_RUNNING,
+            (None, State::Paused) => ProcessStatus::PROCESS_STATUS_PAUSED,
+            (None, State::Created) => ProcessStatus::PROCESS_STATUS_CREATED,
+            // An exec'd process may outlive a stopped init for a moment.
+            (None, State::Running | State::Stopped) => ProcessStatus::PROCESS_STATUS_RUNNING,
         };
         Ok((process, status))
     }
@@ -659,9 +656,9 @@ impl Containers {
             .containers
             .get_mut(id)
             .ok_or_else(|| ContainerError::NotFound { id: id.to_owned() })?;
-        entry.require(id, "running", "not running")?;
+        let next = entry.check(id, Operation::Pause)?;
         self.runtime()?.pause(&mut entry.lc)?;
-        entry.paused = true;
+        entry.state = next;
         Ok(())
     }
 
@@ -671,9 +668,9 @@ impl Containers {
             .containers
             .get_mut(id)
             .ok_or_else(|| ContainerError::NotFound { id: id.to_owned() })?;
-        entry.require(id, "paused", "not paused")?;
+        let next = entry.check(id, Operation::Resume)?;
         self.runtime()?.resume(&mut entry.lc)?;
-        entry.paused = false;
+        entry.state = next;
         Ok(())
     }
 
@@ -692,13 +689,8 @@ impl Containers {
                 .containers
                 .get(id)
                 .ok_or_else(|| ContainerError::NotFound { id: id.to_owned() })?;
-            let state = entry.state();
-            if !force && matches!(state, "running" | "paused") {
-                return Err(ContainerError::WrongState {
-                    id: id.to_owned(),
-                    state,
-                    needed: "remove it with force",
-                });
+            if !force {
+                entry.check(id, Operation::Remove)?;
             }
             Arc::clone(entry.init())
         };
@@ -787,5 +779,34 @@ fn record_exit(registry: &Mutex<Registry>, exit: Exit) {
                 log::warn!("container {id}: cannot kill its remaining processes: {err}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_state_and_what_was_needed() {
+        let refused = |state, operation| {
+            ContainerError::WrongState {
+                id: "c1".to_owned(),
+                state,
+                operation,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(State::Running, Operation::Start),
+            "container c1 is running, not created"
+        );
+        assert_eq!(
+            refused(State::Stopped, Operation::Pause),
+            "container c1 is stopped, not running"
+        );
+        assert_eq!(
+            refused(State::Paused, Operation::Remove),
+            "container c1 is paused, remove it with force"
+        );
     }
 }
