@@ -6,6 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use tokio::io::unix::AsyncFd;
 use tokio::time::timeout;
 
 use hull_agent::reaper::{ExitStatus, Reaper};
@@ -18,6 +20,24 @@ fn spawn_shell(script: &str) -> i32 {
         .spawn()
         .expect("spawn sh");
     i32::try_from(child.id()).expect("pid fits i32")
+}
+
+/// Waits, at most `limit`, until child `pid` has ended, without reaping it:
+/// its pidfd turns readable when it exits. Then gives the reaper's task,
+/// woken by the same exit's SIGCHLD, its turn to (wrongly) sweep.
+async fn until_ended(pid: i32, limit: Duration) {
+    let raw = Pid::from_raw(pid).expect("a pid");
+    let pidfd = pidfd_open(raw, PidfdFlags::empty()).expect("pidfd_open");
+    // SAFETY: an `OwnedFd` is an open fd that it alone closes, on drop; the
+    // `AsyncFd` owns it until it is dropped, and `as_raw_fd` always returns
+    // that same fd.
+    let pidfd = unsafe { AsyncFd::register(pidfd) }.expect("register the pidfd");
+    timeout(limit, pidfd.readable())
+        .await
+        .unwrap_or_else(|_| panic!("pid {pid} did not end within {limit:?}"))
+        .expect("poll the pidfd")
+        .retain_ready();
+    tokio::task::yield_now().await;
 }
 
 // One test only: every reaper in this process reaps all its children.
@@ -70,7 +90,7 @@ async fn exits_reach_every_subscriber_with_their_status() {
     // does with its intermediate process): the reaper does not take it.
     let hold = reaper.hold();
     let held = spawn_shell("exit 5");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_ended(held, wait).await;
     assert_eq!(reaper.reap(), 0, "the reaper swept during a hold");
     let pid = rustix::process::Pid::from_raw(held).expect("a pid");
     let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
@@ -79,7 +99,7 @@ async fn exits_reach_every_subscriber_with_their_status() {
     assert_eq!(status.exit_status(), Some(5));
     // Exits during a hold are published once it is dropped.
     let late = spawn_shell("exit 6");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_ended(late, wait).await;
     drop(hold);
     let status = timeout(wait, first.wait_for(late))
         .await
