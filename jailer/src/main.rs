@@ -26,7 +26,6 @@
 //!
 //! Must not depend on the VMM, the shim or the agent.
 
-mod cgroup;
 mod jail;
 mod privileges;
 mod supervisor;
@@ -37,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use hull_jailer::cgroup;
 
 /// Start hull-vmm in a jail (see the crate documentation).
 #[derive(Parser, Debug)]
@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, requires = "cpu_quota_us")]
     pub cpu_period_us: Option<u64>,
     /// The host cgroup's parent (relative to each hierarchy's root).
-    #[arg(long, default_value = "hull")]
+    #[arg(long, default_value = cgroup::DEFAULT_PARENT)]
     pub cgroup_parent: String,
     /// The VMM's arguments.
     #[arg(last = true)]
@@ -206,7 +206,12 @@ fn run(args: &Args) -> Result<supervisor::Ended, JailerError> {
     // Held until the VMM has ended: no other live sandbox gets this uid.
     let lease = args.lease_uid()?;
     let (uid, gid) = (lease.uid(), args.gid.unwrap_or(lease.uid()));
-    let cgroups = cgroup::SandboxCgroup::create(args)?;
+    let limits = cgroup::Limits {
+        memory_bytes: args.memory_bytes,
+        pids_max: args.pids_max,
+        cpu: args.cpu_quota_us.zip(args.cpu_period_us),
+    };
+    let cgroups = cgroup::SandboxCgroup::create(&args.cgroup_parent, &args.id, &limits)?;
     let plan = jail::Plan::from_args(args, uid, gid)?;
     let ended = supervisor::spawn_and_wait(args, &plan, &cgroups);
     cgroups.remove();

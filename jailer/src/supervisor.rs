@@ -11,9 +11,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
-use crate::cgroup::SandboxCgroup;
 use crate::jail::Plan;
 use crate::{privileges, Args};
+use hull_jailer::cgroup::SandboxCgroup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
