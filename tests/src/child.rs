@@ -5,7 +5,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::poll::try_poll_until;
 
 /// How often a waiting test looks at the process.
 const POLL: Duration = Duration::from_millis(20);
@@ -70,16 +72,7 @@ impl Spawned {
 
     /// Wait up to `timeout` for the process to end by itself.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_exit() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
-        }
+        try_poll_until(timeout, POLL, || self.try_exit().ok_or(())).ok()
     }
 
     /// Wait up to `timeout`; fail the test (killing the process) if it is

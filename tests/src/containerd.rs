@@ -14,11 +14,12 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::leaks;
+use crate::poll::try_poll_until;
 use crate::prereq;
 use crate::terminal;
 
@@ -196,19 +197,21 @@ impl Containerd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
+        let answered = try_poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
             if let Some(daemon) = self.daemon.as_mut() {
                 if let Ok(Some(status)) = daemon.try_wait() {
                     panic!("containerd exited at start ({status}):\n{}", self.log());
                 }
             }
             if self.socket.exists() && self.ctr(&["version"]).status.success() {
-                return;
+                Ok(())
+            } else {
+                Err(())
             }
-            std::thread::sleep(Duration::from_millis(100));
+        });
+        if answered.is_err() {
+            panic!("containerd did not answer within 30 s:\n{}", self.log());
         }
-        panic!("containerd did not answer within 30 s:\n{}", self.log());
     }
 
     fn import_busybox(&self) {
@@ -412,18 +415,14 @@ impl Containerd {
     /// status as `ctr task delete` reports it ("exit with non-zero exit
     /// code N"; nothing for 0).
     pub fn wait_task_stopped_and_delete(&self, id: &str) -> u32 {
-        let deadline = Instant::now() + CTR_TIMEOUT;
-        loop {
-            match self.task_status(id).as_deref() {
-                Some("STOPPED") => break,
+        try_poll_until(CTR_TIMEOUT, Duration::from_millis(200), || {
+            match self.task_status(id) {
+                Some(status) if status == "STOPPED" => Ok(()),
                 None => panic!("task {id} is gone from `ctr task ls`"),
-                Some(status) => assert!(
-                    Instant::now() < deadline,
-                    "task {id} did not stop within {CTR_TIMEOUT:?}: {status}"
-                ),
+                Some(status) => Err(status),
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
+        .unwrap_or_else(|status| panic!("task {id} did not stop within {CTR_TIMEOUT:?}: {status}"));
         let out = self.ctr(&["task", "delete", id]);
         assert!(out.status.success(), "ctr task delete {id}: {out:?}");
         let text = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -528,8 +527,7 @@ impl Containerd {
     /// [`Self::assert_no_shim_leftovers`], ignoring the daemons in `daemons`
     /// (dockerd names the test directory too).
     pub fn assert_no_shim_leftovers_but(&self, daemons: &[u32]) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let clean = try_poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
             let processes: Vec<_> = leaks::processes_mentioning(&self.dir)
                 .into_iter()
                 .filter(|(pid, _)| Some(*pid) != self.daemon.as_ref().map(Child::id))
@@ -545,16 +543,17 @@ impl Containerd {
                 && disks.is_empty()
                 && sandboxes.is_empty()
             {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "left behind: processes {processes:?}, shim sockets {sockets:?}, \
+                Ok(())
+            } else {
+                Err(format!(
+                    "processes {processes:?}, shim sockets {sockets:?}, \
                      mounts {mounts:?}, rootfs disks {disks:?}, \
                      sandbox state and cgroups {sandboxes:?}"
-                );
+                ))
             }
-            std::thread::sleep(Duration::from_millis(200));
+        });
+        if let Err(left) = clean {
+            panic!("left behind: {left}");
         }
     }
 }
@@ -629,11 +628,16 @@ impl Drop for Containerd {
                 let _ = std::fs::remove_file(Path::new(SHIM_SOCKET_DIR).join(socket));
             }
         }
-        // A cgroup can only go once the processes killed above are gone.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !leaks::processes_mentioning(&self.dir).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // A cgroup can only go once the processes killed above are gone;
+        // if some are not, removing it fails quietly below.
+        let _ = try_poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            let left = leaks::processes_mentioning(&self.dir);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left)
+            }
+        });
         for path in self.sandbox_leftovers() {
             if path.starts_with("/sys/fs/cgroup") {
                 let _ = std::fs::remove_dir(&path);
@@ -647,16 +651,15 @@ impl Drop for Containerd {
 /// Waits up to `limit` for `child` to exit; kills it and fails the test
 /// when it takes longer.
 pub fn wait_within(mut child: Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            return status;
-        }
-        if Instant::now() >= deadline {
+    let exited = try_poll_until(limit, Duration::from_millis(20), || {
+        child.try_wait().expect("wait for the child").ok_or(())
+    });
+    match exited {
+        Ok(status) => status,
+        Err(()) => {
             kill_and_reap(child);
             panic!("{what}: did not finish within {limit:?}; killed");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -694,14 +697,15 @@ fn terminate_and_reap(mut child: Child, grace: Duration) {
     // SAFETY: kill(2) on our own child, not yet reaped (we own its handle),
     // so the pid cannot name another process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+    let exited = try_poll_until(grace, Duration::from_millis(50), || {
+        match child.try_wait() {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(()),
         }
-        std::thread::sleep(Duration::from_millis(50));
+    });
+    if exited.is_err() {
+        kill_and_reap(child);
     }
-    kill_and_reap(child);
 }
 
 /// The name of the socket in [`SHIM_SOCKET_DIR`] a serving shim listens

@@ -2,7 +2,7 @@
 //! response line (`hull_protocol::vmm_api`), each call bounded in time.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_protocol::vmm_api::{VmState, VmmRequest, VmmResponse};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -55,16 +55,12 @@ pub async fn expect_state(api_sock: &Path, req: VmmRequest, expected: VmState) {
 
 /// Wait until something listens on `path`, or fail after `timeout`.
 pub async fn wait_for_listener(path: &Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if UnixStream::connect(path).await.is_ok() {
-            return;
+    let listening = async {
+        while UnixStream::connect(path).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listened on {} within {timeout:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    tokio::time::timeout(timeout, listening)
+        .await
+        .unwrap_or_else(|_| panic!("nothing listened on {} within {timeout:?}", path.display()));
 }

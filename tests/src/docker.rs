@@ -9,9 +9,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::containerd::{kill_and_reap, wait_output, Containerd, Engine, CTR_TIMEOUT, IMAGE};
+use crate::poll::try_poll_until;
 use crate::{prereq, terminal};
 
 /// The image as Docker names it.
@@ -87,19 +88,21 @@ impl Docker {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
+        let answered = try_poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
             if let Some(daemon) = self.daemon.as_mut() {
                 if let Ok(Some(status)) = daemon.try_wait() {
                     panic!("dockerd exited at start ({status}):\n{}", self.log());
                 }
             }
             if self.socket.exists() && self.docker(&["version"]).status.success() {
-                return;
+                Ok(())
+            } else {
+                Err(())
             }
-            std::thread::sleep(Duration::from_millis(200));
+        });
+        if answered.is_err() {
+            panic!("dockerd did not answer within 60 s:\n{}", self.log());
         }
-        panic!("dockerd did not answer within 60 s:\n{}", self.log());
     }
 
     /// dockerd's log so far.

@@ -8,7 +8,9 @@
 use std::fs::{DirEntry, FileType};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::poll::try_poll_until;
 
 /// Processes other than this one whose command line contains `dir`, or
 /// whose `--config FILE` contains it.
@@ -76,16 +78,16 @@ pub fn process_exists(pid: u32) -> bool {
 /// Fail if any process still names `dir` on its command line. A process
 /// that is exiting gets a moment to finish.
 pub fn assert_no_process_mentions(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
+    let gone = try_poll_until(Duration::from_secs(2), Duration::from_millis(50), || {
         let left = processes_mentioning(dir);
         if left.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(left)
         }
-        if Instant::now() >= deadline {
-            panic!("processes left running by the test: {left:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    });
+    if let Err(left) = gone {
+        panic!("processes left running by the test: {left:?}");
     }
 }
 
@@ -153,12 +155,15 @@ mod tests {
             .expect("starting tail -f");
         // The parent of a vfork-style spawn resumes before the child's new
         // command line is in place: give it a moment.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut found = processes_mentioning(dir.path());
-        while found.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-            found = processes_mentioning(dir.path());
-        }
+        let found = try_poll_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            let found = processes_mentioning(dir.path());
+            if found.is_empty() {
+                Err(found)
+            } else {
+                Ok(found)
+            }
+        })
+        .unwrap_or_else(|none| none);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.len(), 1, "{found:?}");

@@ -5,8 +5,8 @@
 //! no mocks. What they need comes from the environment ([`prereq`]); a test
 //! whose prerequisite is missing fails with a message saying how to get it,
 //! it never passes by returning early. Every wait is bounded ([`child`],
-//! [`within`]) and every test ends by checking that nothing it started is
-//! left behind ([`leaks`]).
+//! [`poll`], [`within`]) and every test ends by checking that nothing it
+//! started is left behind ([`leaks`]).
 //!
 //! Depends on `hull-protocol` and `hull-shim` (the host side, as a user of
 //! hull sees it), never on the VMM or the agent crates.
@@ -19,6 +19,7 @@ pub mod control;
 pub mod docker;
 pub mod ext4;
 pub mod leaks;
+pub mod poll;
 pub mod prereq;
 pub mod rootfs;
 pub mod sandbox;
