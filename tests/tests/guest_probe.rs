@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use hull_protocol::vmm_api::exit_code;
 use hull_tests::child::Spawned;
 use hull_tests::console::{probe_lines, tail};
+use hull_tests::poll::try_poll_until;
 use hull_tests::{ext4, leaks, prereq, test_dir};
 
 /// The host port the probe connects to (`<uds>_5000` on the host).
@@ -127,19 +128,19 @@ fn knock_across_reset(
             &format!("rebind listening port={REBIND_PORT}"),
             &stop,
         )?;
-        // The probe says it listens just before it does: retry a refusal.
-        let deadline = Instant::now() + PEER_IO_TIMEOUT;
-        loop {
-            match exchange_with_guest(&uds) {
-                Ok(answer) => return Ok(answer),
-                Err(e) if Instant::now() > deadline || stop.load(Ordering::SeqCst) => {
-                    return Err(format!(
-                        "connecting to guest port {REBIND_PORT} after the reset: {e}"
-                    ))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
+        // The probe says it listens just before it does: retry a refusal,
+        // until the test gives up (then the error is final at once).
+        try_poll_until(
+            PEER_IO_TIMEOUT,
+            Duration::from_millis(500),
+            || match exchange_with_guest(&uds) {
+                Ok(answer) => Ok(Ok(answer)),
+                Err(e) if stop.load(Ordering::SeqCst) => Ok(Err(e)),
+                Err(e) => Err(e),
+            },
+        )
+        .and_then(|answer| answer)
+        .map_err(|e| format!("connecting to guest port {REBIND_PORT} after the reset: {e}"))
     })
 }
 

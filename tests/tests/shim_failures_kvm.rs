@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hull_shim::task::VM_GONE_EXIT_STATUS;
 use hull_tests::containerd::{stdout_ok, Containerd, Engine};
+use hull_tests::poll::try_poll_until;
 use hull_tests::{leaks, prereq, test_dir};
 
 /// A container that runs until it is killed.
@@ -39,18 +40,11 @@ fn sigkill(pid: u32) {
 
 /// Waits up to `limit` for `done`, failing with `what` and the last state.
 fn wait_for<T: std::fmt::Debug>(limit: Duration, what: &str, mut poll: impl FnMut() -> (bool, T)) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (done, state) = poll();
-        if done {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?}: {state:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    try_poll_until(limit, Duration::from_millis(200), || match poll() {
+        (true, _) => Ok(()),
+        (false, state) => Err(state),
+    })
+    .unwrap_or_else(|state| panic!("{what}: not within {limit:?}: {state:?}"));
 }
 
 /// `ctr task exec` of `cmd` in `id`: its stdout, which must be a success.

@@ -7,9 +7,10 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_tests::child::{self, Spawned};
+use hull_tests::poll::{poll_until, try_poll_until};
 use hull_tests::{dir_entries, leaks, prereq, test_dir};
 
 const BOOT_RUNS: Duration = Duration::from_secs(60);
@@ -58,23 +59,15 @@ fn vmm_pid(id: &str) -> u32 {
     let unified = Path::new("/sys/fs/cgroup/hull")
         .join(id)
         .join("cgroup.procs");
-    let deadline = Instant::now() + BOOT_RUNS;
-    loop {
+    let what = format!("a jailed hull-vmm in cgroup hull/{id}");
+    poll_until(&what, BOOT_RUNS, Duration::from_millis(50), || {
         let text = std::fs::read_to_string(&procs)
             .or_else(|_| std::fs::read_to_string(&unified))
             .unwrap_or_default();
-        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-            if exe.file_name() == prereq::vmm().file_name() {
-                return pid;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no jailed hull-vmm in cgroup hull/{id}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        (exe.file_name() == prereq::vmm().file_name()).then_some(pid)
+    })
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -127,14 +120,12 @@ fn the_jailed_vmm_holds_nothing_kvm() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     // The VMM installs its filters once its vCPUs run.
-    let deadline = Instant::now() + BOOT_RUNS;
-    while status_field(pid, "Seccomp") != "2" {
-        assert!(
-            Instant::now() < deadline,
-            "the jailed VMM never ran under seccomp"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        "the jailed VMM under seccomp",
+        BOOT_RUNS,
+        Duration::from_millis(50),
+        || (status_field(pid, "Seccomp") == "2").then_some(()),
+    );
     // PID 1 of its own PID namespace.
     assert!(
         status_field(pid, "NSpid").ends_with("\t1") || status_field(pid, "NSpid").ends_with(" 1")
@@ -275,21 +266,20 @@ fn a_block_device_disk_gets_its_own_node_in_the_jail_kvm() {
         host_owner,
         "the host's node changed owner"
     );
-    let deadline = Instant::now() + BOOT_RUNS;
-    let opened = || {
+    let opened = try_poll_until(BOOT_RUNS, Duration::from_millis(50), || {
         dir_entries(Path::new(&format!("/proc/{pid}/fd")))
             .iter()
             .filter_map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok())
             .any(|target| target == Path::new(&device.0))
-    };
-    while !opened() {
-        assert!(
-            Instant::now() < deadline,
+            .then_some(())
+            .ok_or(())
+    });
+    if opened.is_err() {
+        panic!(
             "the jailed VMM never opened {}; log:\n{}",
             device.0,
             std::fs::read_to_string(dir.path().join("jailer.log")).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
 
     // SAFETY: SIGTERM to the jailer we started; the supervisor forwards it.
@@ -389,27 +379,26 @@ fn killing_the_jailer_kills_the_vmm_kvm() {
     jailer
         .wait(Duration::from_secs(10))
         .expect("the jailer dies");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{vmm}")).exists() {
-        let state = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap_or_default();
-        if state.split(' ').nth(2) == Some("Z") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the VMM outlived its killed jailer"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        "the VMM dying with its killed jailer",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let gone = !Path::new(&format!("/proc/{vmm}")).exists();
+            let state = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap_or_default();
+            (gone || state.split(' ').nth(2) == Some("Z")).then_some(())
+        },
+    );
     leaks::assert_no_process_mentions(&run_dir);
     // The cgroup outlives a SIGKILLed supervisor; whoever started it (the
     // shim's delete) removes it, as here.
     for dir in cgroup_dirs(&id) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&dir).is_err() {
-            assert!(Instant::now() < deadline, "cannot remove {}", dir.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            &format!("removing {}", dir.display()),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || std::fs::remove_dir(&dir).ok(),
+        );
     }
 }
 
