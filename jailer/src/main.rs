@@ -224,14 +224,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(ended) => ended.mirror(),
         Err(err) => {
-            let mut message = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("hull-jailer: {message}");
+            eprintln!("hull-jailer: {}", hull_protocol::error_chain(&err));
             // 2, like hull-vmm's bad-config code: nothing was started.
             ExitCode::from(2)
         }

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use crate::jail::Plan;
 use crate::{privileges, Args};
 use hull_jailer::cgroup::SandboxCgroup;
+use hull_protocol::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -178,7 +179,7 @@ fn child(plan: &Plan, cgroup: &SandboxCgroup, setup: &ChildSetup) -> String {
     } = setup;
     let (namespaces, last_cap) = (*namespaces, *last_cap);
     if let Err(e) = cgroup.join_self() {
-        return chain(&e);
+        return error_chain(&e);
     }
     // SAFETY: unshare with namespace flags only.
     if unsafe { libc::unshare(namespaces) } != 0 {
@@ -188,10 +189,10 @@ fn child(plan: &Plan, cgroup: &SandboxCgroup, setup: &ChildSetup) -> String {
     // SAFETY: a valid buffer and its length.
     unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
     if let Err(e) = plan.enter() {
-        return chain(&e);
+        return error_chain(&e);
     }
     if let Err(e) = privileges::drop_all(plan.uid(), plan.gid(), last_cap) {
-        return chain(&e);
+        return error_chain(&e);
     }
     // If the supervisor dies (the shim SIGKILLs it), the VMM dies with it.
     // Set after the uid change, which would clear it; kept across exec.
@@ -241,17 +242,6 @@ fn parent_gone(lifeline: &std::fs::File) -> bool {
     // SAFETY: one valid pollfd, no waiting.
     let ready = unsafe { libc::poll(&mut poll, 1, 0) };
     ready > 0 && poll.revents & libc::POLLHUP != 0
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// Waits for `pid`, forwarding the stop signals to it.
