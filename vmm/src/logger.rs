@@ -2,13 +2,19 @@
 //! with the time since start, and a cap on how many lines a second can be
 //! written so a guest that makes the VMM log in a loop cannot flood the
 //! host's logs), [`ErrorChain`] to put an error and its causes on one line,
-//! and [`LogLimiter`] for messages a guest can trigger at will.
+//! and [`guest_warn!`] and its siblings for messages a guest can trigger at
+//! will: each call site may log [`LogLimiter::PER_SECOND`] lines a second.
+//!
+//! Device code logs only through those macros: `vmm/clippy.toml` forbids
+//! the raw `log` macros and `devices` denies that lint (see `lib.rs`).
 //!
 //! Every other module may use this one; it depends on none of them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Lines per second allowed before lines are dropped (and counted).
@@ -114,11 +120,12 @@ impl fmt::Display for ErrorChain<'_> {
 /// Caps how many messages a guest can make the VMM log (bad register
 /// accesses, malformed requests, refused connections): [`Self::PER_SECOND`]
 /// a second, then one warning with how many were suppressed when the next
-/// message comes in a later second.
+/// message comes in a later second. The [`guest_warn!`] family keeps one
+/// per call site.
 #[derive(Debug)]
 pub struct LogLimiter {
-    /// Who is speaking, for the "suppressed" summary: `vsock`, `virtio-blk`.
-    what: String,
+    /// Who is speaking, for the "suppressed" summary: a call site.
+    what: Cow<'static, str>,
     window: Instant,
     left: u32,
     suppressed: u64,
@@ -127,7 +134,7 @@ pub struct LogLimiter {
 impl LogLimiter {
     pub const PER_SECOND: u32 = 10;
 
-    pub fn new(what: impl Into<String>) -> Self {
+    pub fn new(what: impl Into<Cow<'static, str>>) -> Self {
         Self {
             what: what.into(),
             window: Instant::now(),
@@ -139,13 +146,6 @@ impl LogLimiter {
     /// Whether the next message may be logged; counts it if not.
     pub fn allow(&mut self) -> bool {
         self.allow_at(Instant::now())
-    }
-
-    /// Log `args` as a warning unless the limit is reached.
-    pub fn warn(&mut self, args: fmt::Arguments<'_>) {
-        if self.allow() {
-            log::warn!("{args}");
-        }
     }
 
     fn allow_at(&mut self, now: Instant) -> bool {
@@ -170,6 +170,95 @@ impl LogLimiter {
         }
     }
 }
+
+/// One call site of the [`guest_warn!`] family: where it is, and its own
+/// [`LogLimiter`], made at the site's first message. The macros create it
+/// as a `static` in their expansion; nothing else needs one.
+#[derive(Debug)]
+pub struct GuestLogSite {
+    target: &'static str,
+    file: &'static str,
+    line: u32,
+    limiter: Mutex<Option<LogLimiter>>,
+}
+
+impl GuestLogSite {
+    pub const fn new(target: &'static str, file: &'static str, line: u32) -> Self {
+        Self {
+            target,
+            file,
+            line,
+            limiter: Mutex::new(None),
+        }
+    }
+
+    /// Log `args` at `level` unless the level is off or this site used up
+    /// its lines for the current second; returns whether it was logged.
+    pub fn log(&self, level: log::Level, args: fmt::Arguments<'_>) -> bool {
+        if level > log::max_level() || !self.allow() {
+            return false;
+        }
+        log::logger().log(
+            &log::Record::builder()
+                .level(level)
+                .target(self.target)
+                .file(Some(self.file))
+                .line(Some(self.line))
+                .module_path(Some(self.target))
+                .args(args)
+                .build(),
+        );
+        true
+    }
+
+    fn allow(&self) -> bool {
+        // A panic while the lock was held left a whole limiter: keep it.
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        limiter
+            .get_or_insert_with(|| LogLimiter::new(format!("{}:{}", self.file, self.line)))
+            .allow()
+    }
+}
+
+/// Log at a level, rate-limited per call site: for anything a guest can
+/// make the VMM say. Evaluates to whether the line was logged.
+macro_rules! guest_log {
+    ($level:expr, $($arg:tt)+) => {{
+        static SITE: $crate::logger::GuestLogSite =
+            $crate::logger::GuestLogSite::new(module_path!(), file!(), line!());
+        SITE.log($level, format_args!($($arg)+))
+    }};
+}
+
+/// `log::error!`, rate-limited per call site ([`guest_log!`]).
+macro_rules! guest_error {
+    ($($arg:tt)+) => {{
+        $crate::logger::guest_log!(::log::Level::Error, $($arg)+);
+    }};
+}
+
+/// `log::warn!`, rate-limited per call site ([`guest_log!`]).
+macro_rules! guest_warn {
+    ($($arg:tt)+) => {{
+        $crate::logger::guest_log!(::log::Level::Warn, $($arg)+);
+    }};
+}
+
+/// `log::info!`, rate-limited per call site ([`guest_log!`]).
+macro_rules! guest_info {
+    ($($arg:tt)+) => {{
+        $crate::logger::guest_log!(::log::Level::Info, $($arg)+);
+    }};
+}
+
+/// `log::debug!`, rate-limited per call site ([`guest_log!`]).
+macro_rules! guest_debug {
+    ($($arg:tt)+) => {{
+        $crate::logger::guest_log!(::log::Level::Debug, $($arg)+);
+    }};
+}
+
+pub(crate) use {guest_debug, guest_error, guest_info, guest_log, guest_warn};
 
 #[cfg(test)]
 mod tests {
@@ -248,5 +337,29 @@ mod tests {
         // A new second: the count is reported and reset, the budget refilled.
         assert_eq!(burst(&mut l, start + Duration::from_secs(1)), 10);
         assert_eq!(l.suppressed, 15);
+    }
+
+    /// The same line, from one call site, however often it runs.
+    fn one_site() -> bool {
+        guest_log!(log::Level::Error, "logger test: one site")
+    }
+
+    #[test]
+    fn guest_log_limits_each_call_site() {
+        log::set_max_level(log::LevelFilter::Error);
+        let per_second = LogLimiter::PER_SECOND as usize;
+        // Well under a second: one window, whatever the machine's speed.
+        let logged = (0..100).filter(|_| one_site()).count();
+        assert_eq!(logged, per_second);
+        // Another site has a budget of its own.
+        let other = (0..100)
+            .filter(|_| guest_log!(log::Level::Error, "logger test: other site"))
+            .count();
+        assert_eq!(other, per_second);
+        // A level that is off costs no budget and logs nothing.
+        let off = (0..100)
+            .filter(|_| guest_log!(log::Level::Trace, "logger test: off"))
+            .count();
+        assert_eq!(off, 0);
     }
 }

@@ -1,5 +1,10 @@
 //! `hull-vmm`: run one microVM. A thin front end over the `hull_vmm` library.
 
+#![allow(
+    clippy::disallowed_macros,
+    reason = "the front end logs configuration errors and its test trigger, not guest-driven events"
+)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::IrqTrigger;
 use crate::devices::bus::BusDevice;
 use crate::devices::EventFdIrq;
+use crate::logger::guest_error;
 
 /// Signals `reset_evt` when the guest asks for a CPU reset.
 pub struct I8042 {
@@ -35,7 +36,7 @@ impl BusDevice for I8042 {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(&b) = data.first() {
             if let Err(e) = self.inner.write(offset as u8, b) {
-                log::error!("i8042: signalling the reset event failed: {e}");
+                guest_error!("i8042: signalling the reset event failed: {e}");
             }
         }
     }

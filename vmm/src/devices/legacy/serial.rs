@@ -12,6 +12,7 @@ use vm_superio::Serial;
 
 use super::IrqTrigger;
 use crate::devices::bus::BusDevice;
+use crate::logger::guest_debug;
 
 /// How many console lines are kept for error reports.
 const TAIL_LINES: usize = 20;
@@ -127,7 +128,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(&b) = data.first() {
             if let Err(e) = self.inner.write(offset as u8, b) {
-                log::debug!("serial: {e:?}");
+                guest_debug!("serial: {e:?}");
             }
         }
     }

@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{VirtioDevice, VirtioError, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
-use crate::logger::LogLimiter;
+use crate::logger::{guest_debug, guest_error, guest_warn};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// "virt" in little endian, at offset 0 of every virtio-mmio device.
@@ -57,7 +57,6 @@ pub struct MmioTransport {
     device_features_sel: u32,
     driver_features_sel: u32,
     queue_sel: u32,
-    warnings: LogLimiter,
 }
 
 impl MmioTransport {
@@ -83,7 +82,6 @@ impl MmioTransport {
             device_features_sel: 0,
             driver_features_sel: 0,
             queue_sel: 0,
-            warnings: LogLimiter::new(format!("virtio-mmio (type {device_type})")),
         }
     }
 
@@ -123,10 +121,10 @@ impl MmioTransport {
             // hull devices never change their configuration under the driver.
             VIRTIO_MMIO_CONFIG_GENERATION => 0,
             _ => {
-                self.warnings.warn(format_args!(
+                guest_warn!(
                     "virtio-mmio (type {}): read of unknown or write-only register {offset:#x}",
                     self.device_type
-                ));
+                );
                 0
             }
         }
@@ -168,18 +166,18 @@ impl MmioTransport {
                 self.update_queue(|q| q.set_used_ring_address(None, Some(value)))
             }
             VIRTIO_MMIO_SHM_SEL => {}
-            _ => self.warnings.warn(format_args!(
+            _ => guest_warn!(
                 "virtio-mmio (type {}): write of unknown or read-only register {offset:#x}",
                 self.device_type
-            )),
+            ),
         }
     }
 
-    fn warn_value(&mut self, register: &str, value: u32) {
-        self.warnings.warn(format_args!(
+    fn warn_value(&self, register: &str, value: u32) {
+        guest_warn!(
             "virtio-mmio (type {}): invalid {register} value {value:#x}",
             self.device_type
-        ));
+        );
     }
 
     /// The selected queue's value, or 0 when QueueSel names no queue (which
@@ -196,10 +194,10 @@ impl MmioTransport {
     fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
         if !self.status_is(FEATURES_OK, DRIVER_OK | FAILED | NEEDS_RESET) {
             let status = self.status;
-            self.warnings.warn(format_args!(
+            guest_warn!(
                 "virtio-mmio (type {}): queue configured in status {status:#x}",
                 self.device_type
-            ));
+            );
             return;
         }
         let sel = self.queue_sel;
@@ -220,10 +218,10 @@ impl MmioTransport {
     fn ack_features(&mut self, value: u32) {
         if !self.status_is(DRIVER, FEATURES_OK | FAILED | NEEDS_RESET) {
             let status = self.status;
-            self.warnings.warn(format_args!(
+            guest_warn!(
                 "virtio-mmio (type {}): features written in status {status:#x}",
                 self.device_type
-            ));
+            );
             return;
         }
         let shift = match self.driver_features_sel {
@@ -239,10 +237,10 @@ impl MmioTransport {
         common.acked_features = (common.acked_features & !mask) | (page & common.avail_features);
         drop(dev);
         if unknown != 0 {
-            self.warnings.warn(format_args!(
+            guest_warn!(
                 "virtio-mmio (type {}): driver accepted features {unknown:#x} that were not offered",
                 self.device_type
-            ));
+            );
         }
     }
 
@@ -253,7 +251,7 @@ impl MmioTransport {
         match evt {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::error!(
+                    guest_error!(
                         "virtio-mmio (type {}): signalling queue {index}: {e}",
                         self.device_type
                     );
@@ -276,7 +274,7 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
-        log::debug!(
+        guest_debug!(
             "virtio-mmio (type {}): status {old:#x} -> {value:#x}",
             self.device_type
         );
@@ -292,10 +290,10 @@ impl MmioTransport {
         if !valid {
             // Rewriting the current status is harmless; anything else is not.
             if value != old {
-                self.warnings.warn(format_args!(
+                guest_warn!(
                     "virtio-mmio (type {}): invalid status transition {old:#x} -> {value:#x}",
                     self.device_type
-                ));
+                );
             }
             return;
         }
@@ -303,23 +301,23 @@ impl MmioTransport {
             // A modern-only device refuses drivers that do not accept
             // VERSION_1: FEATURES_OK stays clear and the driver sees that.
             FEATURES_OK if !self.version_1_acked() => {
-                self.warnings.warn(format_args!(
+                guest_warn!(
                     "virtio-mmio (type {}): driver did not accept VIRTIO_F_VERSION_1",
                     self.device_type
-                ));
+                );
             }
             DRIVER_OK => {
                 self.status = value;
                 if let Err(e) = self.activate() {
                     // Usually the guest's fault (rings outside its memory).
-                    self.warnings.warn(format_args!(
+                    guest_warn!(
                         "virtio-mmio (type {}): activation failed: {e}",
                         self.device_type
-                    ));
+                    );
                     self.status |= NEEDS_RESET;
                     // A status change is signalled as a config change (2.1.2).
                     if let Err(e) = self.interrupt.signal_config_change() {
-                        log::error!("virtio-mmio: signalling NEEDS_RESET: {e}");
+                        guest_error!("virtio-mmio: signalling NEEDS_RESET: {e}");
                     }
                 }
             }
@@ -360,14 +358,14 @@ impl MmioTransport {
 
     /// Register accesses must be 32-bit wide and aligned (4.2.2.2); returns
     /// the register offset when this one is.
-    fn register_offset(&mut self, offset: u64, len: usize, what: &str) -> Option<u32> {
+    fn register_offset(&self, offset: u64, len: usize, what: &str) -> Option<u32> {
         match u32::try_from(offset) {
             Ok(off) if len == 4 && off.is_multiple_of(4) => Some(off),
             _ => {
-                self.warnings.warn(format_args!(
+                guest_warn!(
                     "virtio-mmio (type {}): ignored {len}-byte {what} at {offset:#x}",
                     self.device_type
-                ));
+                );
                 None
             }
         }
@@ -404,10 +402,10 @@ impl BusDevice for MmioTransport {
                     .write_config(offset - CONFIG_SPACE_START, data);
             } else {
                 let status = self.status;
-                self.warnings.warn(format_args!(
+                guest_warn!(
                     "virtio-mmio (type {}): config written in status {status:#x}",
                     self.device_type
-                ));
+                );
             }
             return;
         }

@@ -20,7 +20,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::IrqLine;
-use crate::logger::LogLimiter;
+use crate::logger::guest_warn;
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// virtio device IDs (virtio 1.2, section 5).
@@ -110,9 +110,6 @@ pub struct VirtioCommon {
     queues_watched: bool,
     mem: Option<GuestMemoryMmap>,
     interrupt: Option<Arc<VirtioInterrupt>>,
-    /// For what the shared plumbing logs on the guest's behalf (writes to
-    /// read-only config space).
-    guest_log: LogLimiter,
 }
 
 impl VirtioCommon {
@@ -144,7 +141,6 @@ impl VirtioCommon {
             queues_watched: false,
             mem: None,
             interrupt: None,
-            guest_log: LogLimiter::new(format!("virtio device type {device_type}")),
         })
     }
 
@@ -244,12 +240,11 @@ pub trait VirtioDevice: Send {
     /// Write to the device-specific configuration space (ignored by
     /// default, with a rate-limited warning: the guest decides how often).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        let common = self.common_mut();
-        let device_type = common.device_type;
-        common.guest_log.warn(format_args!(
-            "virtio device type {device_type}: guest wrote {} bytes of read-only config at {offset:#x}",
+        guest_warn!(
+            "virtio device type {}: guest wrote {} bytes of read-only config at {offset:#x}",
+            self.common().device_type,
             data.len()
-        ));
+        );
     }
 }
 
@@ -284,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_to_read_only_config_are_ignored_and_rate_limited() {
+    fn writes_to_read_only_config_are_ignored() {
         let mut dev = ReadOnly(VirtioCommon::new(TYPE_NET, 0, &[8]).unwrap());
         for offset in 0..100 {
             dev.write_config(offset % 4, &[0xff]);
@@ -292,7 +287,5 @@ mod tests {
         let mut config = [0; 4];
         dev.read_config(0, &mut config);
         assert_eq!(config, [7; 4]);
-        // The flood used up this second's budget: nothing more is logged.
-        assert!(!dev.common_mut().guest_log.allow());
     }
 }

@@ -16,7 +16,7 @@ use super::BlockConfig;
 use crate::devices::virtio::{
     read_config_bytes, VirtioCommon, VirtioDevice, VirtioError, TAG_ACTIVATE, TYPE_BLOCK,
 };
-use crate::logger::{ErrorChain, LogLimiter};
+use crate::logger::{guest_debug, guest_error, guest_warn, ErrorChain};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Descriptors in the request queue.
@@ -46,7 +46,6 @@ pub struct Block {
     descs: Vec<Descriptor>,
     /// Chains served per event-loop turn ([`CHAINS_PER_TURN`]; tests lower it).
     chains_per_turn: usize,
-    warnings: LogLimiter,
 }
 
 impl Block {
@@ -73,7 +72,6 @@ impl Block {
             config_space,
             descs: Vec::new(),
             chains_per_turn: CHAINS_PER_TURN,
-            warnings: LogLimiter::new("virtio-blk"),
         })
     }
 
@@ -104,12 +102,11 @@ impl Block {
                 let head = chain.head_index();
                 self.descs.clear();
                 self.descs.extend(chain);
-                let len = handle(&mut self.disk, mem, &self.descs, &mut self.warnings);
+                let len = handle(&mut self.disk, mem, &self.descs);
                 // Fails only for a head index beyond the queue, which the
                 // guest put in its own avail ring; nothing to give back then.
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    self.warnings
-                        .warn(format_args!("virtio-blk: returning chain {head}: {e}"));
+                    guest_warn!("virtio-blk: returning chain {head}: {e}");
                 } else {
                     used = true;
                 }
@@ -137,19 +134,11 @@ impl Block {
 }
 
 /// Parse and run one chain, write its status byte; returns the used length.
-fn handle(
-    disk: &mut Disk,
-    mem: &GuestMemoryMmap,
-    descs: &[Descriptor],
-    warnings: &mut LogLimiter,
-) -> u32 {
+fn handle(disk: &mut Disk, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> u32 {
     let request = match Request::parse(mem, descs, disk.sectors()) {
         Ok(request) => request,
         Err(Rejected { error, status }) => {
-            warnings.warn(format_args!(
-                "virtio-blk: malformed request: {}",
-                ErrorChain(&error)
-            ));
+            guest_warn!("virtio-blk: malformed request: {}", ErrorChain(&error));
             return match status {
                 Some(addr) => complete(mem, addr, VIRTIO_BLK_S_IOERR, 0),
                 None => 0,
@@ -162,17 +151,14 @@ fn handle(
         RequestKind::Flush => disk.flush().map(|()| 0),
         RequestKind::GetId { data } => disk.write_id(mem, data),
         RequestKind::Unsupported { request_type } => {
-            log::debug!("virtio-blk: unsupported request type {request_type}");
+            guest_debug!("virtio-blk: unsupported request type {request_type}");
             return complete(mem, request.status, VIRTIO_BLK_S_UNSUPP, 0);
         }
     };
     match result {
         Ok(written) => complete(mem, request.status, VIRTIO_BLK_S_OK, written),
         Err(e) => {
-            warnings.warn(format_args!(
-                "virtio-blk: request failed: {}",
-                ErrorChain(&e)
-            ));
+            guest_warn!("virtio-blk: request failed: {}", ErrorChain(&e));
             complete(mem, request.status, VIRTIO_BLK_S_IOERR, 0)
         }
     }
@@ -184,7 +170,7 @@ fn handle(
 fn complete(mem: &GuestMemoryMmap, status_addr: GuestAddress, status: u32, written: u32) -> u32 {
     // The status address was checked by Request::parse.
     if let Err(e) = mem.write_obj(status as u8, status_addr) {
-        log::error!("virtio-blk: writing the status byte at {status_addr:?}: {e}");
+        guest_error!("virtio-blk: writing the status byte at {status_addr:?}: {e}");
         return 0;
     }
     written.saturating_add(1)
@@ -205,6 +191,10 @@ impl VirtioDevice for Block {
 }
 
 impl MutEventSubscriber for Block {
+    #[allow(
+        clippy::disallowed_macros,
+        reason = "runs once, when the builder adds the device to the event loop"
+    )]
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = self.common.init_events(ops) {
             log::error!("virtio-blk: {}", ErrorChain(&e));
@@ -215,20 +205,20 @@ impl MutEventSubscriber for Block {
         match events.data() {
             TAG_ACTIVATE => {
                 if let Err(e) = self.common.on_activate(ops) {
-                    log::error!("virtio-blk: activating: {}", ErrorChain(&e));
+                    guest_error!("virtio-blk: activating: {}", ErrorChain(&e));
                 }
             }
             tag if tag as usize == REQUEST_QUEUE => {
                 // Nonblocking; an empty counter just means a spurious wakeup.
                 let _ = self.common.queue_evts[REQUEST_QUEUE].read();
                 if let Err(e) = self.process_queue() {
-                    log::error!(
+                    guest_error!(
                         "virtio-blk: processing the request queue: {}",
                         ErrorChain(&e)
                     );
                 }
             }
-            tag => log::warn!("virtio-blk: event with unknown tag {tag:#x}"),
+            tag => guest_warn!("virtio-blk: event with unknown tag {tag:#x}"),
         }
     }
 }

@@ -73,6 +73,7 @@ pub(super) struct Disk {
 
 impl Disk {
     /// Open the image (read-only when configured so) and size it.
+    #[allow(clippy::disallowed_macros, reason = "once, when the VM is built")]
     pub(super) fn open(config: &BlockConfig) -> Result<Self, DiskError> {
         let path = &config.path;
         let mut file = OpenOptions::new()

@@ -25,6 +25,7 @@ use super::packet::{
     PacketHeader, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW,
     OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
+use crate::logger::guest_debug;
 
 /// The receive buffer hull advertises to the guest (`buf_alloc`) per
 /// connection: the most guest bytes it ever holds for a slow host reader.
@@ -296,7 +297,7 @@ impl Connection {
             // The credit came with the header.
             (_, OP_CREDIT_UPDATE) => {}
             (_, OP_CREDIT_REQUEST) => self.pending |= PENDING_CREDIT_UPDATE,
-            (state, op) => log::debug!(
+            (state, op) => guest_debug!(
                 "vsock: ignoring op {op} in state {state:?} (lp={}, pp={})",
                 self.local_port,
                 self.peer_port
@@ -540,7 +541,7 @@ impl Connection {
         {
             self.host_write_shut = true;
             if let Err(e) = self.stream.shutdown(Shutdown::Write) {
-                log::debug!("vsock: half-closing host stream: {e}");
+                guest_debug!("vsock: half-closing host stream: {e}");
             }
         }
     }

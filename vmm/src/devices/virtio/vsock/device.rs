@@ -22,7 +22,7 @@ use crate::devices::virtio::{
     read_config_bytes, VirtioCommon, VirtioDevice, VirtioError, TAG_ACTIVATE, TAG_DEVICE_BASE,
     TYPE_VSOCK,
 };
-use crate::logger::{ErrorChain, LogLimiter};
+use crate::logger::{guest_error, guest_warn, ErrorChain};
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const RXQ: usize = 0;
@@ -51,7 +51,6 @@ pub struct Vsock {
     /// Packet data on its way between guest memory and the muxer.
     rx_data: Vec<u8>,
     tx_data: Vec<u8>,
-    log: LogLimiter,
 }
 
 impl Vsock {
@@ -70,7 +69,6 @@ impl Vsock {
             muxer: Muxer::new(guest_cid, &config.uds_path, opts).map_err(VsockError::Muxer)?,
             rx_data: vec![0; MAX_PKT_DATA],
             tx_data: vec![0; MAX_PKT_DATA],
-            log: LogLimiter::new("vsock"),
         })
     }
 
@@ -100,9 +98,7 @@ impl Vsock {
                         self.muxer.send_pkt(&hdr, &self.tx_data[..len], reg);
                     }
                     Err(e) => {
-                        if self.log.allow() {
-                            log::warn!("vsock: dropping TX chain {head}: {}", ErrorChain(&e));
-                        }
+                        guest_warn!("vsock: dropping TX chain {head}: {}", ErrorChain(&e));
                     }
                 }
                 queue
@@ -149,12 +145,10 @@ impl Vsock {
                             queue.set_next_avail(queue.next_avail().wrapping_sub(1));
                             break 'refill;
                         };
-                        write_rx(buf, &hdr, &self.rx_data, &mut self.log)
+                        write_rx(buf, &hdr, &self.rx_data)
                     }
                     Err(e) => {
-                        if self.log.allow() {
-                            log::warn!("vsock: dropping RX chain {head}: {}", ErrorChain(&e));
-                        }
+                        guest_warn!("vsock: dropping RX chain {head}: {}", ErrorChain(&e));
                         0
                     }
                 };
@@ -206,7 +200,7 @@ impl Vsock {
         }
         if let Some(evt) = self.common.queue_evts.get(tag as usize) {
             if let Err(e) = evt.read() {
-                log::warn!("vsock: reading queue {tag} eventfd: {e}");
+                guest_warn!("vsock: reading queue {tag} eventfd: {e}");
             }
         }
         if !self.common.is_activated() {
@@ -231,12 +225,10 @@ impl Vsock {
     }
 }
 
-fn write_rx(buf: RxBuffer, hdr: &PacketHeader, data: &[u8], log: &mut LogLimiter) -> u32 {
+fn write_rx(buf: RxBuffer, hdr: &PacketHeader, data: &[u8]) -> u32 {
     buf.write(hdr, &data[..hdr.len as usize])
         .unwrap_or_else(|e| {
-            if log.allow() {
-                log::warn!("vsock: writing RX packet {hdr:?}: {}", ErrorChain(&e));
-            }
+            guest_warn!("vsock: writing RX packet {hdr:?}: {}", ErrorChain(&e));
             0
         })
 }
@@ -256,6 +248,10 @@ impl VirtioDevice for Vsock {
 }
 
 impl MutEventSubscriber for Vsock {
+    #[allow(
+        clippy::disallowed_macros,
+        reason = "runs once, when the builder adds the device to the event loop"
+    )]
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = self.common.init_events(ops) {
             log::error!("vsock: {}", ErrorChain(&e));
@@ -264,7 +260,7 @@ impl MutEventSubscriber for Vsock {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if let Err(e) = self.handle(events.data(), events.event_set(), ops) {
-            log::error!("vsock: {}", ErrorChain(&e));
+            guest_error!("vsock: {}", ErrorChain(&e));
         }
     }
 }

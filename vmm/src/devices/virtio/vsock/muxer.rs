@@ -25,7 +25,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::connection::{ConnState, Connection};
 use super::packet::{PacketHeader, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM};
 use crate::devices::virtio::TAG_DEVICE_BASE;
-use crate::logger::{ErrorChain, LogLimiter};
+use crate::logger::{guest_debug, guest_error, guest_info, guest_warn, ErrorChain};
 
 /// Tag of the listening socket.
 pub const TAG_LISTENER: u32 = TAG_DEVICE_BASE;
@@ -155,7 +155,6 @@ pub struct Muxer {
     rx_rsts: VecDeque<ConnKey>,
     local_ports: HashSet<u32>,
     next_local_port: u32,
-    log: LogLimiter,
 }
 
 impl Muxer {
@@ -187,7 +186,6 @@ impl Muxer {
             rx_rsts: VecDeque::new(),
             local_ports: HashSet::new(),
             next_local_port: LOCAL_PORT_MAX,
-            log: LogLimiter::new("vsock"),
         };
         muxer.listener.set_nonblocking(true).map_err(bind_err)?;
         Ok(muxer)
@@ -242,7 +240,7 @@ impl Muxer {
         self.accept_paused_until = None;
         self.timer_deadline = None;
         if let Err(e) = self.timer.clear() {
-            log::warn!("vsock: disarming timer: {e}");
+            guest_warn!("vsock: disarming timer: {e}");
         }
     }
 
@@ -269,7 +267,7 @@ impl Muxer {
                     }
                     self.sync(key, reg);
                 }
-                None => log::debug!("vsock: event {events:?} for unknown tag {tag:#x}"),
+                None => guest_debug!("vsock: event {events:?} for unknown tag {tag:#x}"),
             },
         }
     }
@@ -277,13 +275,11 @@ impl Muxer {
     /// A packet from the guest; `data` is its payload for `OP_RW`.
     pub fn send_pkt(&mut self, hdr: &PacketHeader, data: &[u8], reg: &mut dyn EventRegistry) {
         if hdr.dst_cid != HOST_CID || hdr.src_cid != self.guest_cid {
-            if self.log.allow() {
-                log::warn!(
-                    "vsock: dropping packet from CID {} to CID {}",
-                    hdr.src_cid,
-                    hdr.dst_cid
-                );
-            }
+            guest_warn!(
+                "vsock: dropping packet from CID {} to CID {}",
+                hdr.src_cid,
+                hdr.dst_cid
+            );
             return;
         }
         let key = ConnKey {
@@ -353,9 +349,7 @@ impl Muxer {
 
     fn enqueue_rst(&mut self, key: ConnKey) {
         if self.rx_rsts.len() >= MAX_QUEUED_RST {
-            if self.log.allow() {
-                log::warn!("vsock: RST queue full; dropping RST for {key:?}");
-            }
+            guest_warn!("vsock: RST queue full; dropping RST for {key:?}");
             return;
         }
         self.rx_rsts.push_back(key);
@@ -368,11 +362,8 @@ impl Muxer {
             return;
         };
         if e.conn.state() == ConnState::Killed {
-            // Often the guest's doing: rate-limited.
             if let Some(reason) = e.conn.take_kill_reason() {
-                if self.log.allow() {
-                    log::info!("vsock: resetting {key:?}: {}", ErrorChain(&reason));
-                }
+                guest_info!("vsock: resetting {key:?}: {}", ErrorChain(&reason));
             }
             self.remove_conn(key, reg);
             self.enqueue_rst(key);
@@ -395,7 +386,7 @@ impl Muxer {
         match res {
             Ok(()) => e.registered = want,
             Err(err) => {
-                log::error!("vsock: updating event registration of {key:?}: {err}");
+                guest_error!("vsock: updating event registration of {key:?}: {err}");
                 self.remove_conn(key, reg);
                 self.enqueue_rst(key);
                 return;
@@ -412,7 +403,7 @@ impl Muxer {
         };
         if e.registered.is_some() {
             if let Err(err) = reg.deregister(e.conn.as_raw_fd(), e.tag) {
-                log::warn!("vsock: deregistering {key:?}: {err}");
+                guest_warn!("vsock: deregistering {key:?}: {err}");
             }
         }
         self.tags.remove(&e.tag);
@@ -472,7 +463,7 @@ impl Muxer {
                 Err(e) => {
                     // Out of descriptors or memory: the listener stays ready,
                     // so stop polling it for a while rather than spin.
-                    log::warn!("vsock: accepting a host connection: {e}; pausing");
+                    guest_warn!("vsock: accepting a host connection: {e}; pausing");
                     let until = Instant::now() + ACCEPT_BACKOFF;
                     let _ = reg.deregister(self.listener.as_raw_fd(), TAG_LISTENER);
                     self.accept_paused_until = Some(until);
@@ -481,23 +472,21 @@ impl Muxer {
                 }
             };
             if !self.has_room() {
-                if self.log.allow() {
-                    log::warn!(
-                        "vsock: closing host stream: {}",
-                        MuxerError::TooManyConnections {
-                            max: self.opts.max_connections
-                        }
-                    );
-                }
+                guest_warn!(
+                    "vsock: closing host stream: {}",
+                    MuxerError::TooManyConnections {
+                        max: self.opts.max_connections
+                    }
+                );
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                log::warn!("vsock: setting a host stream non-blocking: {e}");
+                guest_warn!("vsock: setting a host stream non-blocking: {e}");
                 continue;
             }
             let tag = self.alloc_tag();
             if let Err(e) = reg.register(stream.as_raw_fd(), tag, EventSet::IN) {
-                log::error!("vsock: registering a host stream: {e}");
+                guest_error!("vsock: registering a host stream: {e}");
                 continue;
             }
             let deadline = Instant::now() + self.opts.connect_line_timeout;
@@ -516,7 +505,7 @@ impl Muxer {
     fn close_pending(&mut self, tag: u32, reg: &mut dyn EventRegistry) {
         if let Some(p) = self.pending.remove(&tag) {
             if let Err(e) = reg.deregister(p.stream.as_raw_fd(), tag) {
-                log::warn!("vsock: deregistering a host stream: {e}");
+                guest_warn!("vsock: deregistering a host stream: {e}");
             }
         }
     }
@@ -545,7 +534,7 @@ impl Muxer {
             Ok(None) => {}
             Ok(Some(port)) => self.start_host_connection(tag, port, reg),
             Err(e) => {
-                log::info!("vsock: closing host stream: {}", ErrorChain(&e));
+                guest_info!("vsock: closing host stream: {}", ErrorChain(&e));
                 self.close_pending(tag, reg);
             }
         }
@@ -588,14 +577,12 @@ impl Muxer {
             peer_port: hdr.src_port,
         };
         if !self.has_room() {
-            if self.log.allow() {
-                log::warn!(
-                    "vsock: refusing guest connection {key:?}: {}",
-                    MuxerError::TooManyConnections {
-                        max: self.opts.max_connections
-                    }
-                );
-            }
+            guest_warn!(
+                "vsock: refusing guest connection {key:?}: {}",
+                MuxerError::TooManyConnections {
+                    max: self.opts.max_connections
+                }
+            );
             self.enqueue_rst(key);
             return;
         }
@@ -606,7 +593,7 @@ impl Muxer {
             Ok(stream) => stream,
             Err(source) => {
                 let e = MuxerError::Connect { path, source };
-                log::debug!(
+                guest_debug!(
                     "vsock: refusing guest connection {key:?}: {}",
                     ErrorChain(&e)
                 );
@@ -638,7 +625,7 @@ impl Muxer {
             .max(Duration::from_millis(1));
         match self.timer.reset(after, None) {
             Ok(()) => self.timer_deadline = Some(deadline),
-            Err(e) => log::error!("vsock: arming timer: {e}"),
+            Err(e) => guest_error!("vsock: arming timer: {e}"),
         }
     }
 
@@ -651,7 +638,7 @@ impl Muxer {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             if let Err(e) = reg.register(self.listener.as_raw_fd(), TAG_LISTENER, EventSet::IN) {
-                log::error!("vsock: resuming accept: {e}");
+                guest_error!("vsock: resuming accept: {e}");
             }
         }
         let expired: Vec<u32> = self
@@ -661,7 +648,7 @@ impl Muxer {
             .map(|(&tag, _)| tag)
             .collect();
         for tag in expired {
-            log::info!("vsock: host stream sent no CONNECT line in time");
+            guest_info!("vsock: host stream sent no CONNECT line in time");
             self.close_pending(tag, reg);
         }
         let expired: Vec<ConnKey> = self
@@ -687,7 +674,7 @@ impl Muxer {
             Some(deadline) => self.arm_timer(deadline),
             None => {
                 if let Err(e) = self.timer.clear() {
-                    log::error!("vsock: disarming timer: {e}");
+                    guest_error!("vsock: disarming timer: {e}");
                 }
             }
         }
@@ -695,6 +682,7 @@ impl Muxer {
 }
 
 impl Drop for Muxer {
+    #[allow(clippy::disallowed_macros, reason = "once, when the device goes")]
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_file(&self.uds_path) {
             log::warn!("vsock: removing {:?}: {e}", self.uds_path);
