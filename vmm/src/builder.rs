@@ -30,7 +30,9 @@ use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::{HostKvm, Kvm, KvmError};
 use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::pvm::PVM_KERNEL_ARGS;
-use crate::vstate::vcpu::{register_kick_signal, VcpuControl, VcpuError, VcpuRunContext};
+use crate::vstate::vcpu::{
+    register_kick_signal, IoHandler, VcpuControl, VcpuError, VcpuRunContext,
+};
 use crate::vstate::vm::{Vm, VmError};
 
 /// The command line every hull guest gets. `reboot=k`: reboot through the
@@ -238,6 +240,8 @@ pub fn build_and_start(config: &VmConfig, options: RunOptions) -> Result<Running
         signals,
         api,
     );
+    let pio: Arc<dyn IoHandler> = Arc::new(pio);
+    let mmio: Arc<dyn IoHandler> = Arc::new(mmio);
     for vcpu in vcpus {
         let ctx = VcpuRunContext {
             pio: pio.clone(),

@@ -1,7 +1,10 @@
-//! Address-range dispatch for MMIO and port-I/O exits.
+//! Address-range dispatch for MMIO and port-I/O exits: a [`Bus`] is the
+//! [`IoHandler`] a vCPU hands its exits to.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use crate::vstate::vcpu::IoHandler;
 
 /// A device that answers reads and writes in an address range. `offset` is
 /// relative to the start of the range the device was inserted at.
@@ -48,9 +51,11 @@ impl Bus {
         let (&base, (len, dev)) = self.ranges.range(..=addr).next_back()?;
         (addr - base < *len).then_some((addr - base, dev))
     }
+}
 
+impl IoHandler for Bus {
     /// Dispatch a read; returns false when no device covers `addr`.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((offset, dev)) => {
                 dev.lock()
@@ -63,7 +68,7 @@ impl Bus {
     }
 
     /// Dispatch a write; returns false when no device covers `addr`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+    fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((offset, dev)) => {
                 dev.lock()

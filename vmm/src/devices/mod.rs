@@ -1,5 +1,8 @@
 //! Emulated devices. They see guest memory through vm-memory traits and raise
-//! interrupts through [`IrqLine`]; they never touch kvm-ioctls.
+//! interrupts through [`IrqLine`](crate::vstate::interrupt::IrqLine); they
+//! never touch kvm-ioctls. The buses implement the vCPU's
+//! [`IoHandler`](crate::vstate::vcpu::IoHandler): `vstate` defines what it
+//! needs from devices and imports nothing from here.
 //!
 //! A guest decides how often device code runs, so it logs only through the
 //! per-call-site rate-limited `logger::guest_*!` macros; the raw `log`
@@ -11,22 +14,3 @@
 pub mod bus;
 pub mod legacy;
 pub mod virtio;
-
-use std::io;
-use vmm_sys_util::eventfd::EventFd;
-
-/// An interrupt line a device can raise. The builder wires it to the VM
-/// (an irqfd for KVM); tests wire it to a plain eventfd.
-pub trait IrqLine: Send + Sync {
-    fn trigger(&self) -> io::Result<()>;
-}
-
-/// An interrupt line backed by an eventfd (registered as a KVM irqfd by the builder).
-#[derive(Debug)]
-pub struct EventFdIrq(pub EventFd);
-
-impl IrqLine for EventFdIrq {
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}

@@ -1,4 +1,6 @@
-//! vCPUs: boot state, and the run loop that dispatches exits to the buses.
+//! vCPUs: boot state, and the run loop that hands port-I/O and MMIO exits
+//! to an [`IoHandler`] (the device buses implement it; this module does not
+//! know them).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,7 +15,6 @@ use vm_memory::{Bytes, GuestAddress};
 use super::memory::GuestMemoryMmap;
 use super::pvm::{self, Fixup, PvmStats};
 use super::xstate::{self, XstateError};
-use crate::devices::bus::Bus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -126,10 +127,19 @@ pub fn register_kick_signal() -> Result<(), vmm_sys_util::errno::Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
 }
 
+/// What answers the guest's accesses to one address space (port I/O or
+/// MMIO) when they exit to the VMM.
+pub trait IoHandler: Send + Sync {
+    /// Fill `data` from `addr`; false when nothing answers there.
+    fn read(&self, addr: u64, data: &mut [u8]) -> bool;
+    /// Write `data` at `addr`; false when nothing answers there.
+    fn write(&self, addr: u64, data: &[u8]) -> bool;
+}
+
 /// Everything a vCPU thread needs to run.
 pub struct VcpuRunContext {
-    pub pio: Bus,
-    pub mmio: Bus,
+    pub pio: Arc<dyn IoHandler>,
+    pub mmio: Arc<dyn IoHandler>,
     pub mem: GuestMemoryMmap,
     pub control: Arc<VcpuControl>,
     /// Present only on nested-PVM hosts: complete failed emulations.

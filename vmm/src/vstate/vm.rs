@@ -8,11 +8,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use std::sync::Arc;
 
+use super::interrupt::{EventFdIrq, IrqLine};
 use super::kvm::{HostKvm, Kvm};
 use super::memory::GuestMemoryMmap;
 use super::vcpu::{Vcpu, VcpuError};
 use crate::arch::layout::KVM_TSS_ADDRESS;
-use crate::devices::{EventFdIrq, IrqLine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {

@@ -7,8 +7,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::IrqTrigger;
 use crate::devices::bus::BusDevice;
-use crate::devices::EventFdIrq;
 use crate::logger::guest_error;
+use crate::vstate::interrupt::EventFdIrq;
 
 /// Signals `reset_evt` when the guest asks for a CPU reset.
 pub struct I8042 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vm_superio::Trigger;
 
-use super::IrqLine;
+use crate::vstate::interrupt::IrqLine;
 
 /// Lets vm-superio devices raise an [`IrqLine`].
 #[derive(Clone)]

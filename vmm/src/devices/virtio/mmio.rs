@@ -422,7 +422,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::{read_config_bytes, VirtioCommon, INT_CONFIG, INT_USED_RING};
-    use crate::devices::{EventFdIrq, IrqLine};
+    use crate::vstate::interrupt::{EventFdIrq, IrqLine};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;

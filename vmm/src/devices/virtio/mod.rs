@@ -19,8 +19,8 @@ use event_manager::{EventOps, EventSet, Events};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::devices::IrqLine;
 use crate::logger::guest_warn;
+use crate::vstate::interrupt::IrqLine;
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// virtio device IDs (virtio 1.2, section 5).

@@ -242,7 +242,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::block::request::SECTOR_SIZE;
     use crate::devices::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1};
-    use crate::devices::EventFdIrq;
+    use crate::vstate::interrupt::EventFdIrq;
 
     const MEM_SIZE: u64 = 0x10_0000;
     const QSIZE: u16 = 16;

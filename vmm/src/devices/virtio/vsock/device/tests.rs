@@ -19,7 +19,7 @@ use crate::devices::virtio::vsock::packet::{
     HDR_SIZE, HOST_CID, OP_REQUEST, OP_RESPONSE, TYPE_STREAM,
 };
 use crate::devices::virtio::VirtioInterrupt;
-use crate::devices::EventFdIrq;
+use crate::vstate::interrupt::EventFdIrq;
 
 const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const GUEST_CID: u32 = 3;
