@@ -1,9 +1,12 @@
-//! Assembling a microVM, top to bottom: KVM, memory, VM, kernel, initramfs,
-//! devices, command line, boot structures, vCPUs, start.
+//! Assembling a microVM. [`build_and_start`] is the recipe and reads top to
+//! bottom: the process, KVM, the VM and its memory, kernel and initramfs,
+//! devices, vCPUs, boot structures, start; each step is a function below it.
+//! [`RunningVm::serve`] then runs the VM to its end.
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
+use std::sync::{mpsc, Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use linux_loader::cmdline::Cmdline;
@@ -24,14 +27,13 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
-use crate::logger::ErrorChain;
-use crate::machine::{stop_signals, Machine};
+use crate::machine::{stop_signals, Machine, Outcome, VcpuThread};
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::{HostKvm, Kvm, KvmError};
 use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::pvm::PVM_KERNEL_ARGS;
 use crate::vstate::vcpu::{
-    register_kick_signal, IoHandler, VcpuControl, VcpuError, VcpuRunContext,
+    register_kick_signal, IoHandler, Vcpu, VcpuControl, VcpuError, VcpuRunContext, VcpuStop,
 };
 use crate::vstate::vm::{Vm, VmError};
 
@@ -115,186 +117,263 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
 
 pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// A built and started microVM, and the event loop that serves it.
-pub struct RunningVm {
-    pub machine: Arc<Mutex<Machine>>,
-    pub event_loop: EventLoop,
-    pub host: HostKvm,
-}
-
-/// How the binary runs a VM beyond its config: switches that are not part
-/// of the VM.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
-    /// Test trigger (hidden `--test-forbidden-syscall`): make a forbidden
-    /// syscall once the seccomp filters are in.
-    pub test_forbidden_syscall: bool,
-}
-
 /// Build the VM described by `config` and start its vCPUs. `config` must
-/// have passed [`crate::config::validate`] (the binary does that before calling).
-pub fn build_and_start(config: &VmConfig, options: RunOptions) -> Result<RunningVm, BuildError> {
-    let signals = stop_signals().map_err(io("the signal fd"))?;
-    register_kick_signal().map_err(|e| BuildError::Io {
-        what: "the vCPU kick signal handler",
-        source: e.into(),
-    })?;
-
-    // Compiled before anything else, so a bad list fails before any work.
-    let filters = Filters::compile(config.seccomp)?;
-    let kvm = Kvm::open()?;
-    if kvm.host == HostKvm::NestedPvm {
-        log::info!("nested PVM detected (kvm_pvm): applying the PVM guest workarounds");
-    }
-    let mem_size = u64::from(config.memory_mib) << 20;
-    let regions: Vec<_> = layout::ram_regions(mem_size)
-        .into_iter()
-        .map(|(a, s)| (GuestAddress(a), s as usize))
-        .collect();
-    let mem = memory::create(&regions)?;
-    let vm = Vm::new(&kvm, &mem)?;
-
+/// have passed [`crate::config::validate`] (the binary does that before
+/// calling). On return every thread of the VMM runs under its seccomp
+/// filter, the calling one included.
+pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
+    let process = prepare_process(config)?;
+    let kvm = open_kvm()?;
+    let (mem, vm) = create_vm(&kvm, config)?;
     let kernel = load_kernel(&mem, config)?;
-    let initrd = load_initramfs(&mem, config, mem_size, kernel.end)?;
+    let initrd = load_initramfs(&mem, config, kernel.end)?;
     let mut cmdline = base_cmdline(config, kvm.host)?;
-
-    let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
-    let mut pio = Bus::new();
-    let mut mmio = Bus::new();
-    let console = Arc::new(Mutex::new(ConsoleTail::default()));
-    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("the reset eventfd"))?;
-    attach_legacy_devices(&vm, &mut pio, config, &console, &reset_evt)?;
-    let mut virtio = VirtioSlots {
-        vm: &vm,
-        mem: &mem,
-        mmio: &mut mmio,
-        cmdline: &mut cmdline,
-        event_loop: &mut event_loop,
-        next: 0,
-    };
-    for drive in &config.drives {
-        let block = Block::new(drive).map_err(|source| BuildError::Block {
-            path: drive.path.clone(),
-            source,
-        })?;
-        virtio.attach(Arc::new(Mutex::new(block)))?;
-    }
-    if let Some(vsock) = &config.vsock {
-        virtio.attach(Arc::new(Mutex::new(Vsock::new(vsock)?)))?;
-    }
-
-    linux_loader::loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(BuildError::CmdlineWrite)?;
-    let cmdline_len = cmdline
-        .as_cstring()
-        .map_err(BuildError::Cmdline)?
-        .as_bytes()
-        .len();
-    log::debug!(
-        "kernel command line: {}",
-        cmdline
-            .as_cstring()
-            .map_err(BuildError::Cmdline)?
-            .to_string_lossy()
-    );
-    mptable::setup(&mem, config.vcpus)?;
-
-    let supported_cpuid = kvm.supported_cpuid()?;
-    let mut vcpus = Vec::new();
-    for id in 0..config.vcpus {
-        let vcpu = vm.create_vcpu(id)?;
-        let mut cpuid = supported_cpuid.clone();
-        cpuid::apply_template(&mut cpuid, id, config.vcpus);
-        vcpu.configure(&cpuid)?;
-        vcpus.push(vcpu);
-    }
-    // PVH when the kernel offers it (the ABI shared with QEMU and Cloud
-    // Hypervisor), else the Linux 64-bit boot protocol at the ELF entry.
-    let mut sregs = vcpus[0].sregs()?;
-    let boot_regs = match kernel.pvh_entry {
-        Some(entry) => {
-            regs::setup_pvh_info(&mem, initrd)?;
-            regs::setup_pvh_mode(&mem, &mut sregs)?;
-            regs::pvh_regs(entry)
-        }
-        None => {
-            regs::setup_zero_page(&mem, cmdline_len, initrd)?;
-            regs::setup_long_mode(&mem, &mut sregs)?;
-            regs::boot_regs(kernel.entry)
-        }
-    };
-    vcpus[0].set_boot_state(&boot_regs, &sregs)?;
-
+    let devices = attach_devices(&vm, &mem, config, &mut cmdline)?;
+    let vcpus = create_vcpus(&kvm, &vm, config.vcpus)?;
+    configure_boot(&mem, &vcpus[0], &kernel, initrd, &cmdline, config.vcpus)?;
     let api = config
         .api_socket
         .as_deref()
         .map(ApiServer::bind)
         .transpose()?;
-    let control = Arc::new(VcpuControl::default());
-    let vcpu_exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io("the vCPU exit eventfd"))?;
+    let shared = VcpuShared::new(devices.pio, devices.mmio, mem, kvm.host)?;
     let mut machine = Machine::new(
-        control.clone(),
-        console,
-        reset_evt,
-        vcpu_exit_evt.try_clone().map_err(io("an eventfd clone"))?,
-        signals,
+        shared.control.clone(),
+        devices.console,
+        devices.reset_evt,
+        shared.exit_evt()?,
+        process.signals,
         api,
     );
-    let pio: Arc<dyn IoHandler> = Arc::new(pio);
-    let mmio: Arc<dyn IoHandler> = Arc::new(mmio);
-    for vcpu in vcpus {
-        let ctx = VcpuRunContext {
-            pio: pio.clone(),
-            mmio: mmio.clone(),
-            mem: mem.clone(),
-            control: control.clone(),
-            pvm: kvm.host == HostKvm::NestedPvm,
-        };
-        let exit_evt = vcpu_exit_evt.try_clone().map_err(io("an eventfd clone"))?;
-        let filters = filters.clone();
-        let (installed_tx, installed) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.id()))
-            .spawn(move || {
-                // The filter goes in before the first KVM_RUN.
-                let filter = filters.install(ThreadKind::Vcpu);
-                let ok = filter.is_ok();
-                let _ = installed_tx.send(filter);
-                if !ok {
-                    return Ok(crate::vstate::vcpu::VcpuStop::Requested);
-                }
-                let result = vcpu.run(ctx);
-                let _ = exit_evt.write(1);
-                result
-            })
-            .map_err(io("a vCPU thread"))?;
-        installed.recv().unwrap_or(Err(SeccompError::ThreadGone))?;
-        machine.add_vcpu_thread(thread);
-    }
+    start_vcpus(vcpus, &shared, &process.filters, &mut machine)?;
     // After the vCPU threads exist: they must not inherit this filter.
-    filters.install(ThreadKind::Main)?;
-    if options.test_forbidden_syscall {
-        forbidden_syscall_for_tests();
-    }
-    let machine = Arc::new(Mutex::new(machine));
-    event_loop.add_subscriber(machine.clone());
-    Ok(RunningVm {
-        machine,
-        event_loop,
-        host: kvm.host,
-    })
+    process.filters.install(ThreadKind::Main)?;
+    Ok(RunningVm::new(devices.event_loop, machine))
 }
 
-/// The test trigger `--test-forbidden-syscall`: once the filters are in,
-/// open an Internet socket, which the main thread's list does not allow.
-/// With the filter working the kernel kills the VMM here (SIGSYS); if the
-/// call returns, the filter is missing and the VMM says so and exits.
-fn forbidden_syscall_for_tests() {
-    log::warn!("test trigger: calling socket(AF_INET), which seccomp forbids");
-    // SAFETY: a plain syscall whose result is only inspected.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    log::error!("socket(AF_INET) returned {fd}: the seccomp filter did not stop it");
-    std::process::exit(hull_protocol::vmm_api::exit_code::VMM_ERROR);
+/// What the process needs before any VM work.
+struct Process {
+    /// SIGTERM and SIGINT, for the event loop.
+    signals: OwnedFd,
+    filters: Filters,
+}
+
+/// Route the stop signals to a signalfd, install the vCPU kick handler, and
+/// compile the seccomp filters: before any KVM work, so a bad list fails
+/// before anything was done.
+fn prepare_process(config: &VmConfig) -> Result<Process, BuildError> {
+    let signals = stop_signals().map_err(io("the signal fd"))?;
+    register_kick_signal().map_err(|e| BuildError::Io {
+        what: "the vCPU kick signal handler",
+        source: e.into(),
+    })?;
+    let filters = Filters::compile(config.seccomp)?;
+    Ok(Process { signals, filters })
+}
+
+fn open_kvm() -> Result<Kvm, BuildError> {
+    let kvm = Kvm::open()?;
+    if kvm.host == HostKvm::NestedPvm {
+        log::info!("nested PVM detected (kvm_pvm): applying the PVM guest workarounds");
+    }
+    Ok(kvm)
+}
+
+fn guest_mem_size(config: &VmConfig) -> u64 {
+    u64::from(config.memory_mib) << 20
+}
+
+/// Guest memory, and the VM with that memory registered, its in-kernel
+/// interrupt controllers and timer.
+fn create_vm(kvm: &Kvm, config: &VmConfig) -> Result<(GuestMemoryMmap, Vm), BuildError> {
+    let regions: Vec<_> = layout::ram_regions(guest_mem_size(config))
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    let mem = memory::create(&regions)?;
+    let vm = Vm::new(kvm, &mem)?;
+    Ok((mem, vm))
+}
+
+/// The vCPUs, each with the CPUID template and boot MSRs; none runs yet.
+fn create_vcpus(kvm: &Kvm, vm: &Vm, count: u8) -> Result<Vec<Vcpu>, BuildError> {
+    let supported_cpuid = kvm.supported_cpuid()?;
+    (0..count)
+        .map(|id| {
+            let vcpu = vm.create_vcpu(id)?;
+            let mut cpuid = supported_cpuid.clone();
+            cpuid::apply_template(&mut cpuid, id, count);
+            vcpu.configure(&cpuid)?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+/// Guest memory and the boot vCPU as the kernel expects them at its entry:
+/// the command line and the MP table, then PVH when the kernel offers it
+/// (the ABI shared with QEMU and Cloud Hypervisor), else the Linux 64-bit
+/// boot protocol at the ELF entry, each with its boot structures, segments
+/// and registers.
+fn configure_boot(
+    mem: &GuestMemoryMmap,
+    boot_vcpu: &Vcpu,
+    kernel: &LoadedKernel,
+    initrd: Option<regs::InitrdPlacement>,
+    cmdline: &Cmdline,
+    vcpus: u8,
+) -> Result<(), BuildError> {
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+        .map_err(BuildError::CmdlineWrite)?;
+    let cmdline = cmdline.as_cstring().map_err(BuildError::Cmdline)?;
+    log::debug!("kernel command line: {}", cmdline.to_string_lossy());
+    mptable::setup(mem, vcpus)?;
+    let mut sregs = boot_vcpu.sregs()?;
+    let boot_regs = match kernel.pvh_entry {
+        Some(entry) => {
+            regs::setup_pvh_info(mem, initrd)?;
+            regs::setup_pvh_mode(mem, &mut sregs)?;
+            regs::pvh_regs(entry)
+        }
+        None => {
+            regs::setup_zero_page(mem, cmdline.as_bytes().len(), initrd)?;
+            regs::setup_long_mode(mem, &mut sregs)?;
+            regs::boot_regs(kernel.entry)
+        }
+    };
+    boot_vcpu.set_boot_state(&boot_regs, &sregs)?;
+    Ok(())
+}
+
+/// What every vCPU thread shares: the buses its exits go to, guest memory,
+/// the control the machine steers it with, and the eventfd it writes when
+/// it ends.
+struct VcpuShared {
+    pio: Arc<dyn IoHandler>,
+    mmio: Arc<dyn IoHandler>,
+    mem: GuestMemoryMmap,
+    control: Arc<VcpuControl>,
+    exit_evt: EventFd,
+    pvm: bool,
+}
+
+impl VcpuShared {
+    fn new(pio: Bus, mmio: Bus, mem: GuestMemoryMmap, host: HostKvm) -> Result<Self, BuildError> {
+        Ok(Self {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            mem,
+            control: Arc::new(VcpuControl::default()),
+            exit_evt: EventFd::new(EFD_NONBLOCK).map_err(io("the vCPU exit eventfd"))?,
+            pvm: host == HostKvm::NestedPvm,
+        })
+    }
+
+    fn context(&self) -> VcpuRunContext {
+        VcpuRunContext {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            mem: self.mem.clone(),
+            control: self.control.clone(),
+            pvm: self.pvm,
+        }
+    }
+
+    fn exit_evt(&self) -> Result<EventFd, BuildError> {
+        self.exit_evt.try_clone().map_err(io("an eventfd clone"))
+    }
+}
+
+/// Start each vCPU on a thread of its own and hand the threads to the
+/// machine; returns once every vCPU filter is in.
+fn start_vcpus(
+    vcpus: Vec<Vcpu>,
+    shared: &VcpuShared,
+    filters: &Filters,
+    machine: &mut Machine,
+) -> Result<(), BuildError> {
+    for vcpu in vcpus {
+        machine.add_vcpu_thread(spawn_vcpu(vcpu, shared, filters)?);
+    }
+    Ok(())
+}
+
+/// A vCPU thread that installs the vCPU seccomp filter before its first
+/// KVM_RUN; returns once it reported the filter in.
+fn spawn_vcpu(
+    vcpu: Vcpu,
+    shared: &VcpuShared,
+    filters: &Filters,
+) -> Result<VcpuThread, BuildError> {
+    let ctx = shared.context();
+    let exit_evt = shared.exit_evt()?;
+    let filters = filters.clone();
+    let (installed_tx, installed) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{}", vcpu.id()))
+        .spawn(move || {
+            let filter = filters.install(ThreadKind::Vcpu);
+            let ok = filter.is_ok();
+            let _ = installed_tx.send(filter);
+            if !ok {
+                return Ok(VcpuStop::Requested);
+            }
+            let result = vcpu.run(ctx);
+            let _ = exit_evt.write(1);
+            result
+        })
+        .map_err(io("a vCPU thread"))?;
+    installed.recv().unwrap_or(Err(SeccompError::ThreadGone))?;
+    Ok(thread)
+}
+
+/// A built and started microVM, and the event loop that serves it.
+pub struct RunningVm {
+    machine: Arc<Mutex<Machine>>,
+    event_loop: EventLoop,
+}
+
+impl RunningVm {
+    fn new(mut event_loop: EventLoop, machine: Machine) -> Self {
+        let machine = Arc::new(Mutex::new(machine));
+        event_loop.add_subscriber(machine.clone());
+        Self {
+            machine,
+            event_loop,
+        }
+    }
+
+    /// Serve the VM until it ends (the guest stops, a signal or the control
+    /// socket asks); returns the exit code that says how.
+    pub fn serve(mut self) -> i32 {
+        while self
+            .machine
+            .lock()
+            .expect("machine poisoned")
+            .outcome()
+            .is_none()
+        {
+            if let Err(e) = self.event_loop.run() {
+                log::error!("event loop: {e}");
+                break;
+            }
+        }
+        let mut machine = self.machine.lock().expect("machine poisoned");
+        machine.stop_vcpus();
+        let outcome = machine
+            .outcome()
+            .cloned()
+            .unwrap_or(Outcome::VmmError("event loop failed".into()));
+        match &outcome {
+            Outcome::GuestShutdown | Outcome::Requested => log::info!("VM stopped: {outcome:?}"),
+            other => {
+                log::error!("VM stopped: {other:?}");
+                for line in machine.console_tail() {
+                    log::error!("guest console: {line}");
+                }
+            }
+        }
+        outcome.exit_code()
+    }
 }
 
 struct LoadedKernel {
@@ -305,6 +384,7 @@ struct LoadedKernel {
     end: u64,
 }
 
+/// The kernel's ELF image, at [`HIMEM_START`].
 fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel, BuildError> {
     let path = &config.kernel;
     let mut file = File::open(path).map_err(|source| BuildError::Open {
@@ -312,9 +392,8 @@ fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel,
         path: path.clone(),
         source,
     })?;
-    // The Linux 64-bit boot protocol, at the ELF entry point (startup_64).
-    // We do not take a PVH entry even when the kernel has one: it starts in
-    // 32-bit mode and builds its own page tables, more emulated work here.
+    // The ELF entry point is startup_64 (the Linux 64-bit boot protocol);
+    // the Xen PVH note, when the kernel has one, gives the PVH entry.
     let loaded =
         Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
             BuildError::Kernel {
@@ -333,10 +412,10 @@ fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel,
     })
 }
 
+/// The initramfs, when there is one, above the kernel.
 fn load_initramfs(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
-    mem_size: u64,
     kernel_end: u64,
 ) -> Result<Option<regs::InitrdPlacement>, BuildError> {
     let Some(path) = &config.initramfs else {
@@ -347,12 +426,13 @@ fn load_initramfs(
         path: path.clone(),
         source,
     })?;
-    let placement = regs::place_initrd(mem_size, kernel_end, data.len() as u64)?;
+    let placement = regs::place_initrd(guest_mem_size(config), kernel_end, data.len() as u64)?;
     mem.write_slice(&data, GuestAddress(placement.addr))
         .map_err(BuildError::Initramfs)?;
     Ok(Some(placement))
 }
 
+/// The kernel command line before the virtio devices add themselves.
 fn base_cmdline(config: &VmConfig, host: HostKvm) -> Result<Cmdline, BuildError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     cmdline
@@ -372,13 +452,70 @@ fn base_cmdline(config: &VmConfig, host: HostKvm) -> Result<Cmdline, BuildError>
     Ok(cmdline)
 }
 
-fn attach_legacy_devices(
+/// The devices, attached to the VM and declared on the kernel command line.
+struct Devices {
+    /// Port I/O: the serial console and the i8042.
+    pio: Bus,
+    /// The virtio-mmio windows.
+    mmio: Bus,
+    /// Serves the virtio devices; the machine joins it once the vCPUs run.
+    event_loop: EventLoop,
+    /// The guest's last console lines.
+    console: Arc<Mutex<ConsoleTail>>,
+    /// Written by the i8042 when the guest resets.
+    reset_evt: EventFd,
+}
+
+/// The serial console and the i8042 on port I/O, then the virtio devices
+/// of `config` (drives, then vsock) on MMIO, each subscribed to the event
+/// loop and added to `cmdline`.
+fn attach_devices(
     vm: &Vm,
-    pio: &mut Bus,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    cmdline: &mut Cmdline,
+) -> Result<Devices, BuildError> {
+    let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
+    let console = Arc::new(Mutex::new(ConsoleTail::default()));
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("the reset eventfd"))?;
+    let pio = legacy_devices(vm, config, &console, &reset_evt)?;
+    let mut mmio = Bus::new();
+    let mut virtio = VirtioSlots {
+        vm,
+        mem,
+        mmio: &mut mmio,
+        cmdline,
+        event_loop: &mut event_loop,
+        next: 0,
+    };
+    for drive in &config.drives {
+        let block = Block::new(drive).map_err(|source| BuildError::Block {
+            path: drive.path.clone(),
+            source,
+        })?;
+        virtio.attach(Arc::new(Mutex::new(block)))?;
+    }
+    if let Some(vsock) = &config.vsock {
+        virtio.attach(Arc::new(Mutex::new(Vsock::new(vsock)?)))?;
+    }
+    Ok(Devices {
+        pio,
+        mmio,
+        event_loop,
+        console,
+        reset_evt,
+    })
+}
+
+/// The port-I/O bus: the serial console (its output as `config` says, its
+/// tail kept in `console`) and the i8042, which signals `reset_evt`.
+fn legacy_devices(
+    vm: &Vm,
     config: &VmConfig,
     console: &Arc<Mutex<ConsoleTail>>,
     reset_evt: &EventFd,
-) -> Result<(), BuildError> {
+) -> Result<Bus, BuildError> {
+    let mut pio = Bus::new();
     let out: Option<Box<dyn Write + Send>> = match &config.console {
         Console::Off => None,
         Console::Stdout => Some(Box::new(std::io::stdout())),
@@ -404,7 +541,7 @@ fn attach_legacy_devices(
         u64::from(layout::I8042_DATA_PORT),
         I8042::PORT_LEN,
     )?;
-    Ok(())
+    Ok(pio)
 }
 
 /// Hands out virtio-mmio windows and IRQs, and declares each device on the
@@ -442,49 +579,6 @@ impl VirtioSlots<'_> {
         self.next += 1;
         Ok(())
     }
-}
-
-/// Build, start and serve a VM until it ends; returns the exit code.
-pub fn run(config: &VmConfig, options: RunOptions) -> i32 {
-    let mut vm = match build_and_start(config, options) {
-        Ok(vm) => vm,
-        Err(e) => {
-            log::error!("starting the VM: {}", ErrorChain(&e));
-            return hull_protocol::vmm_api::exit_code::VMM_ERROR;
-        }
-    };
-    while vm
-        .machine
-        .lock()
-        .expect("machine poisoned")
-        .outcome()
-        .is_none()
-    {
-        if let Err(e) = vm.event_loop.run() {
-            log::error!("event loop: {e}");
-            break;
-        }
-    }
-    let mut machine = vm.machine.lock().expect("machine poisoned");
-    machine.stop_vcpus();
-    let outcome = machine
-        .outcome()
-        .cloned()
-        .unwrap_or(crate::machine::Outcome::VmmError(
-            "event loop failed".into(),
-        ));
-    match &outcome {
-        crate::machine::Outcome::GuestShutdown | crate::machine::Outcome::Requested => {
-            log::info!("VM stopped: {outcome:?}")
-        }
-        other => {
-            log::error!("VM stopped: {other:?}");
-            for line in machine.console_tail() {
-                log::error!("guest console: {line}");
-            }
-        }
-    }
-    outcome.exit_code()
 }
 
 /// Creates (or truncates) `path` readable and writable by its owner only.

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_protocol::vmm_api::exit_code;
-use hull_vmm::builder::RunOptions;
 use hull_vmm::config::{self, ConfigError, Console, VmConfig};
 use hull_vmm::devices::virtio::block::BlockConfig;
 use hull_vmm::devices::virtio::vsock::VsockConfig;
@@ -136,17 +135,42 @@ fn parse_drive(text: &str) -> Result<BlockConfig, ConfigError> {
 fn main() -> ExitCode {
     let args = Args::parse();
     hull_vmm::logger::init(args.log_level);
-    let options = RunOptions {
-        test_forbidden_syscall: args.test_forbidden_syscall,
-    };
+    let test_forbidden_syscall = args.test_forbidden_syscall;
     let config = match config_from(args).and_then(|c| config::validate(&c).map(|_| c)) {
         Ok(config) => config,
         Err(e) => {
             log::error!("{}", ErrorChain(&e));
-            return ExitCode::from(exit_code::BAD_CONFIG as u8);
+            return exit(exit_code::BAD_CONFIG);
         }
     };
-    ExitCode::from(hull_vmm::builder::run(&config, options) as u8)
+    let vm = match hull_vmm::builder::build_and_start(&config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            log::error!("starting the VM: {}", ErrorChain(&e));
+            return exit(exit_code::VMM_ERROR);
+        }
+    };
+    if test_forbidden_syscall {
+        forbidden_syscall_for_tests();
+        return exit(exit_code::VMM_ERROR);
+    }
+    exit(vm.serve())
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(code as u8)
+}
+
+/// The test trigger `--test-forbidden-syscall`, run once the VM is built
+/// and every thread's seccomp filter is in: open an Internet socket, which
+/// the main thread's list does not allow. With the filter working the
+/// kernel kills the VMM here (SIGSYS); if the call returns, the filter is
+/// missing, and the VMM says so and exits with an error.
+fn forbidden_syscall_for_tests() {
+    log::warn!("test trigger: calling socket(AF_INET), which seccomp forbids");
+    // SAFETY: a plain syscall whose result is only inspected.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    log::error!("socket(AF_INET) returned {fd}: the seccomp filter did not stop it");
 }
 
 #[cfg(test)]
