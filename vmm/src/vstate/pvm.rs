@@ -2,13 +2,17 @@
 //! [`HostKvm::NestedPvm`](super::kvm::HostKvm) is detected.
 //!
 //! Under PVM the guest's kernel mode runs through KVM's instruction emulator.
-//! Three things follow (verified facts: `shared/kvm-here.md`):
-//! 1. CPUID cannot hide features, so the kernel command line does
+//! Three things follow, each measured on a kvm_pvm host (no VMX or SVM in
+//! its CPU flags) with a Linux 6.1 guest:
+//! 1. CPUID cannot hide features: `KVM_SET_CPUID2` leaves XSAVE, POPCNT,
+//!    RDRAND and leaf 7 (SMAP, FSGSBASE, RTM, ...) as the host has them,
+//!    whatever the VMM sets. So the kernel command line hides them
 //!    (`clearcpuid=`): instructions the emulator lacks are never used.
 //! 2. A few instructions still reach the emulator and fail with
 //!    `KVM_INTERNAL_ERROR_EMULATION`; [`fixup_for`] says how to complete
 //!    them, and XSAVE/XRSTOR are emulated whole ([`super::xstate`]).
-//! 3. A user-mode `syscall` jumps to LSTAR without leaving CPL3 and faults.
+//! 3. A user-mode `syscall` jumps to LSTAR without leaving CPL3, so the
+//!    fetch at `entry_SYSCALL_64` raises a user-mode #PF at RIP == LSTAR.
 //!    hull fixes that in the guest kernel (guest-kernel/patches/0001-*):
 //!    the #PF handler recognises the fault and runs the system call. It is
 //!    enabled by the `hull_pvm_syscall` argument added here. We chose the
