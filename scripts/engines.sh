@@ -1,7 +1,8 @@
 # The container engines hull plugs into, installed without touching the
 # host's libc: containerd 1.6 + runc from bookworm (apt), and containerd 1.7 +
 # Docker 26 extracted (never installed) from trixie's packages into
-# $HULL_ENGINES. See ../shared/containerd-here.md for why each step.
+# $HULL_ENGINES, so bookworm's own packages and libc stay as they are.
+# Each step below says why it is there.
 # shellcheck shell=bash
 
 HULL_ENGINES=${HULL_ENGINES:-/opt/hull/engines}

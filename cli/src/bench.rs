@@ -29,7 +29,7 @@ mod table;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hull_shim::sandbox::vmm_process::{VmmProcess, VmmSpec};
+use hull_sandbox::vmm_process::{VmmProcess, VmmSpec};
 use serde::Serialize;
 
 use crate::boot::{boot_once_with, BootError, BootReport};

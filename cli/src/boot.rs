@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hull_shim::sandbox::agent_client::{Agent, AgentError};
-use hull_shim::sandbox::vmm_process::{describe_exit, VmmProcess, VmmProcessError, VmmSpec};
+use hull_sandbox::agent_client::{Agent, AgentError};
+use hull_sandbox::vmm_process::{describe_exit, VmmProcess, VmmProcessError, VmmSpec};
 use serde::Serialize;
 
 /// How long one agent call may take (the guest kernel is emulated here).

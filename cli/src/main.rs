@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hull_shim::sandbox::vmm_process::VmmSpec;
+use hull_protocol::error_chain;
+use hull_sandbox::vmm_process::VmmSpec;
 
 use clap::{Parser, Subcommand};
 
@@ -219,16 +220,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// "error: cause: root cause" on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use hull_protocol::vmm_config::SeccompMode;
 use serde::Deserialize;
 
-use crate::policy::PolicyConfig;
+use hull_sandbox::policy::PolicyConfig;
+use hull_sandbox::spec::VmDefaults;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
 
@@ -146,6 +147,16 @@ impl ShimConfig {
     pub fn policy(&self) -> PolicyConfig {
         PolicyConfig {
             allowed_host_paths: self.policy.allowed_host_paths.clone(),
+        }
+    }
+
+    /// The VM a container without limits gets, and what a limit adds.
+    pub fn vm_defaults(&self) -> VmDefaults {
+        VmDefaults {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            memory_overhead_mib: self.memory_overhead_mib,
+            host_memory_mib: hull_sandbox::spec::host_memory_mib(),
         }
     }
 

@@ -1,12 +1,12 @@
 //! The shim's errors and their ttrpc codes, mapped in one place.
 
-use std::path::PathBuf;
+use hull_protocol::error_chain;
+use hull_sandbox::policy::PolicyError;
+use hull_sandbox::spec::SpecError;
+use hull_sandbox::SandboxError;
 
 use crate::config::ConfigError;
-use crate::policy::PolicyError;
 use crate::rootfs::RootfsError;
-use crate::sandbox::agent_client::AgentError;
-use crate::sandbox::vmm_process::VmmProcessError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -14,18 +14,8 @@ pub enum ShimError {
     Config(#[from] ConfigError),
     #[error("the container's spec is refused by hull's policy")]
     Policy(#[source] PolicyError),
-    #[error("reading the OCI spec {path}")]
-    Spec {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the OCI spec {path} is not valid JSON")]
-    SpecJson {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("the container's OCI spec")]
+    Spec(#[from] SpecError),
     #[error("{what} is not valid JSON")]
     Json {
         what: &'static str,
@@ -34,10 +24,8 @@ pub enum ShimError {
     },
     #[error("preparing the container's rootfs disk")]
     Rootfs(#[from] RootfsError),
-    #[error("starting the VM")]
-    Vmm(#[from] VmmProcessError),
-    #[error("the guest agent")]
-    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("agent call {call} failed")]
     AgentCall {
         call: &'static str,
@@ -69,15 +57,17 @@ impl ShimError {
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
-            ShimError::Config(_)
-            | ShimError::Spec { .. }
-            | ShimError::SpecJson { .. }
-            | ShimError::Json { .. } => Code::INVALID_ARGUMENT,
+            ShimError::Config(_) | ShimError::Spec(_) | ShimError::Json { .. } => {
+                Code::INVALID_ARGUMENT
+            }
             ShimError::Policy(_) => Code::FAILED_PRECONDITION,
             ShimError::NoContainer(_) | ShimError::NoProcess { .. } => Code::NOT_FOUND,
             ShimError::ProcessExists(_) | ShimError::ContainerExists(_) => Code::ALREADY_EXISTS,
             ShimError::WrongState(_) => Code::FAILED_PRECONDITION,
-            ShimError::VmGone(_) | ShimError::Agent(_) => Code::UNAVAILABLE,
+            ShimError::VmGone(_)
+            | ShimError::Sandbox(SandboxError::VmGone(_) | SandboxError::Agent(_)) => {
+                Code::UNAVAILABLE
+            }
             // The agent's own code says what went wrong (a bad spec is
             // INVALID_ARGUMENT, a missing process NOT_FOUND, ...).
             ShimError::AgentCall {
@@ -85,12 +75,13 @@ impl ShimError {
                 ..
             } => status.code(),
             ShimError::AgentCall { .. } => Code::UNAVAILABLE,
-            ShimError::Rootfs(_) | ShimError::Vmm(_) | ShimError::Io { .. } => Code::INTERNAL,
+            ShimError::Rootfs(_)
+            | ShimError::Sandbox(SandboxError::Vmm(_))
+            | ShimError::Io { .. } => Code::INTERNAL,
         }
     }
 }
 
-/// "error: cause: root cause" on one line.
 /// Text that came from the guest (or a container), made safe for one log
 /// line: control characters (newlines, escape sequences) are escaped, so a
 /// guest cannot forge lines in containerd's log or drive a terminal.
@@ -106,23 +97,9 @@ pub fn untrusted(text: &str) -> String {
     out
 }
 
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
-
 impl From<ShimError> for ttrpc::Error {
     fn from(err: ShimError) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), chain(&err)))
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), error_chain(&err)))
     }
 }
 
@@ -156,7 +133,11 @@ mod tests {
         };
         let err = ShimError::Policy(policy);
         assert_eq!(err.code(), ttrpc::Code::FAILED_PRECONDITION);
-        assert!(chain(&err).contains("host's network"), "{}", chain(&err));
+        assert!(
+            error_chain(&err).contains("host's network"),
+            "{}",
+            error_chain(&err)
+        );
         let agent = ShimError::AgentCall {
             call: "CreateContainer",
             source: ttrpc::Error::RpcStatus(ttrpc::get_status(

@@ -8,9 +8,8 @@
 
 pub mod config;
 pub mod error;
-pub mod policy;
+pub mod guest_spec;
 pub mod rootfs;
-pub mod sandbox;
 pub mod service;
 pub mod stdio;
 pub mod task;

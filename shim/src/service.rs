@@ -15,7 +15,9 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
 
-use crate::task::create::{bundle_files, empty_cgroups, remove_leftovers, state_dir_for};
+use hull_sandbox::state::{remove_leftovers, state_dir_for};
+
+use crate::task::create::bundle_files;
 use crate::task::process::timestamp;
 use crate::task::HullTask;
 
@@ -69,15 +71,14 @@ impl Shim for HullShim {
         // state directory on its command line.
         let state_dir = state_dir_for(&self.namespace, &self.id);
         kill_processes_naming(&state_dir);
-        // SIGKILL only queues their end: the host cgroups cannot be removed
-        // while the VMM is still in them.
-        empty_cgroups(&state_dir, KILLED_EXIT_TIMEOUT).await;
         if let Ok(address) = std::fs::read_to_string(self.bundle.join("address")) {
             let path = address.trim().trim_start_matches("unix://");
             let _ = std::fs::remove_file(path);
         }
         crate::rootfs::unmount(&self.bundle.join("rootfs"));
-        remove_leftovers(&state_dir, &bundle_files(&self.bundle));
+        // SIGKILL only queues their end: the host cgroups cannot be removed
+        // while the VMM is still in them; this waits for them to empty.
+        remove_leftovers(&state_dir, &bundle_files(&self.bundle), KILLED_EXIT_TIMEOUT).await;
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),

@@ -591,7 +591,7 @@ impl Containerd {
         let ids = self.ids.lock().expect("ids lock").clone();
         ids.iter()
             .flat_map(|id| {
-                let state = hull_shim::task::create::state_dir_for(NAMESPACE, id);
+                let state = hull_sandbox::state::state_dir_for(NAMESPACE, id);
                 let name = state.file_name().expect("a sandbox name").to_owned();
                 let cgroups = ["memory", "pids", "cpu", ""]
                     .map(|controller| Path::new("/sys/fs/cgroup").join(controller).join("hull"))

@@ -14,8 +14,8 @@ use hull_protocol::agent_api::agent_ttrpc::AgentClient;
 use hull_protocol::protobuf::MessageField;
 use hull_protocol::ttrpc::{self, context, Code};
 use hull_protocol::AGENT_VSOCK_PORT;
-use hull_shim::sandbox::hybrid_vsock;
-use hull_shim::sandbox::vmm_process::{Drive, VmmProcess, VmmSpec};
+use hull_sandbox::hybrid_vsock;
+use hull_sandbox::vmm_process::{Drive, VmmProcess, VmmSpec};
 use serde_json::{json, Value};
 
 use crate::{sandbox, RPC_TIMEOUT};
@@ -73,7 +73,7 @@ pub fn status(err: &ttrpc::Error) -> (Code, String) {
 /// containerd's default spec for `args`: pid, ipc, uts, mount and network
 /// namespaces, its mounts, and the default capabilities.
 pub fn oci_spec(args: &[&str]) -> Value {
-    let caps = json!(hull_shim::policy::DEFAULT_CAPABILITIES);
+    let caps = json!(hull_sandbox::policy::DEFAULT_CAPABILITIES);
     json!({
         "ociVersion": "1.0.2",
         "process": {

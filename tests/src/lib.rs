@@ -66,7 +66,7 @@ pub fn assert_exit_code(status: std::process::ExitStatus, expected: i32, log: &[
         status.code(),
         Some(expected),
         "hull-vmm ended with {} (expected exit code {expected}: {}); VMM log:\n  {}",
-        hull_shim::sandbox::vmm_process::describe_exit(status),
+        hull_sandbox::vmm_process::describe_exit(status),
         hull_protocol::vmm_api::exit_code::describe(expected),
         log.join("\n  ")
     );

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use hull_shim::sandbox::agent_client::Agent;
-use hull_shim::sandbox::vmm_process::{describe_exit, VmmProcess, VmmSpec};
+use hull_sandbox::agent_client::Agent;
+use hull_sandbox::vmm_process::{describe_exit, VmmProcess, VmmSpec};
 
 use crate::{leaks, prereq, BOOT_TIMEOUT, RPC_TIMEOUT};
 

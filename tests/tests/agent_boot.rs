@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hull_protocol::vmm_api::{exit_code, VmState, VmmRequest};
 use hull_protocol::PROTOCOL_VERSION;
-use hull_shim::sandbox::hybrid_vsock::{self, HybridVsockError};
+use hull_sandbox::hybrid_vsock::{self, HybridVsockError};
 use hull_tests::sandbox::{self, diagnostics};
 use hull_tests::{assert_exit_code, control, prereq, test_dir, within, EXIT_TIMEOUT};
 

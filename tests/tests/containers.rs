@@ -398,7 +398,7 @@ async fn container_lifecycle_kvm() {
 
 async fn shutdown(
     agent: AgentClient,
-    mut vmm: hull_shim::sandbox::vmm_process::VmmProcess,
+    mut vmm: hull_sandbox::vmm_process::VmmProcess,
     dir: &std::path::Path,
 ) {
     let _ = agent.shutdown(ctx(), &Default::default()).await;
@@ -416,7 +416,7 @@ async fn shutdown(
 /// longer than a process may.
 async fn stage<T>(
     agent: &AgentClient,
-    vmm: &hull_shim::sandbox::vmm_process::VmmProcess,
+    vmm: &hull_sandbox::vmm_process::VmmProcess,
     what: &str,
     work: impl std::future::Future<Output = T>,
 ) -> T {

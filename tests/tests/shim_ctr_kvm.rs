@@ -163,7 +163,7 @@ fn ctr_task_lifecycle_kvm() {
     // The sandbox's state (sockets, the VMM's log, the guest console) is
     // private to its owner.
     use std::os::unix::fs::PermissionsExt;
-    let state = hull_shim::task::create::state_dir_for(hull_tests::containerd::NAMESPACE, id);
+    let state = hull_sandbox::state::state_dir_for(hull_tests::containerd::NAMESPACE, id);
     let mode = |path: &std::path::Path| {
         std::fs::metadata(path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

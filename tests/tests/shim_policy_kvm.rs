@@ -1,7 +1,8 @@
 //! The spec policy through the real front ends: `ctr run` and `docker run`
 //! with a host namespace, another process's namespace, or a sensitive bind
-//! mount (also through a symlink or the `/var/run` alias) are refused with
-//! an error saying why, before any VM starts, and leave nothing behind. Needs
+//! mount (also through a symlink or the `/var/run` alias), or a limit no VM
+//! can meet, are refused with an error saying why, before any VM starts,
+//! and leave nothing behind. Needs
 //! containerd, Docker and the shim (the refusal itself needs no KVM, but
 //! the suite runs where the shim runs).
 
@@ -76,8 +77,24 @@ fn ctr_refuses_host_namespaces_and_sensitive_mounts() {
         "C1.5",
     );
 
+    // A limit no VM here can meet is refused naming the spec's field,
+    // not cut down to what fits.
+    let mut args = base.to_vec();
+    args.extend([
+        "--memory-limit",
+        "1125899906842624",
+        IMAGE,
+        "hugemem",
+        "true",
+    ]);
+    refused(
+        &containerd.ctr(&args),
+        "ctr run --memory-limit 1 PiB",
+        "linux.resources.memory.limit: 1125899906842624 bytes plus hull's",
+    );
+
     // containerd keeps the container record of a failed `run --rm`.
-    for id in ["hostnet", "hostetc", "shadowlink", "joinpid"] {
+    for id in ["hostnet", "hostetc", "shadowlink", "joinpid", "hugemem"] {
         let _ = containerd.ctr(&["container", "rm", id]);
     }
     containerd.assert_nothing_left();

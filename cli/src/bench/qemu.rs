@@ -3,8 +3,9 @@
 //! marker on its serial console. QEMU has no hybrid vsock, so the agent
 //! cannot be reached; the console marker is what both VMMs are timed to.
 //!
-//! QEMU stops the VM at the first instruction KVM cannot emulate (which
-//! happens on nested PVM, see shared/kvm-here.md) and then waits, paused:
+//! QEMU stops the VM at the first instruction KVM cannot emulate (under
+//! nested PVM, whose emulator gives up on some of the guest kernel's
+//! instructions, and QEMU does not complete them) and then waits, paused:
 //! the run ends as soon as its `KVM internal error` shows on stderr.
 
 use std::ffi::OsString;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use hull_shim::policy::{self, PolicyConfig, Severity};
-use serde_json::Value;
+use hull_sandbox::policy::{self, PolicyConfig, Severity};
+use hull_sandbox::spec::{self, Spec, SpecError};
 
 use super::{CheckResult, Verdict};
 
@@ -25,18 +25,8 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerCheckError {
-    #[error("reading {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a valid OCI spec")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
     #[error("no Docker container {id:?} running under containerd (looked in {dir})")]
     NoDockerContainer { id: String, dir: PathBuf },
     #[error("Docker container id {id:?} is ambiguous: {matches:?}")]
@@ -84,17 +74,14 @@ pub fn bundle_of(source: &Source) -> Result<PathBuf, ContainerCheckError> {
     }
 }
 
-pub fn load_spec(source: &Source) -> Result<Value, ContainerCheckError> {
-    let path = bundle_of(source)?.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| ContainerCheckError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| ContainerCheckError::Parse { path, source })
+/// The spec of a bundle, task or Docker container, parsed as the shim
+/// parses it.
+pub fn load_spec(source: &Source) -> Result<Spec, ContainerCheckError> {
+    Ok(spec::load(&bundle_of(source)?.join("config.json"))?)
 }
 
 /// One result per finding, and a PASS for every rule nothing matched.
-pub fn run(spec: &Value, config: &PolicyConfig) -> Vec<CheckResult> {
+pub fn run(spec: &Spec, config: &PolicyConfig) -> Vec<CheckResult> {
     let findings = policy::review(spec, config);
     let mut results = Vec::new();
     for (id, title) in policy::RULES {
@@ -148,6 +135,7 @@ mod tests {
     #[test]
     fn host_network_fails_and_every_rule_is_listed() {
         let spec = json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}]}});
+        let spec = spec::parse(spec.to_string().as_bytes()).unwrap();
         let results = run(&spec, &PolicyConfig::default());
         let net = results.iter().find(|r| r.id == "C1.3").unwrap();
         assert_eq!(net.verdict, Verdict::Fail);

@@ -2,7 +2,7 @@
 //! with stable ids, a verdict per check (PASS, INFO, WARN, FAIL) and a
 //! one-line remedy; `--json` for machines. Host checks are in [`host`];
 //! container checks apply the shim's own spec policy
-//! (`hull_shim::policy`) to a bundle, a containerd task or a Docker
+//! (`hull_sandbox::policy`) to a bundle, a containerd task or a Docker
 //! container, in [`container`].
 
 pub mod container;

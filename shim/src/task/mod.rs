@@ -8,7 +8,6 @@
 pub mod create;
 mod guest_events;
 pub mod process;
-pub mod sandbox;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,13 +47,19 @@ use hull_protocol::agent_api::agent_ttrpc::AgentClient;
 use tokio::sync::Mutex;
 use ttrpc::context;
 
+use hull_sandbox::state::remove_leftovers;
+use hull_sandbox::vm::RPC_TIMEOUT;
+use hull_sandbox::Sandbox;
+
 use crate::error::ShimError;
 use crate::stdio::{StdioCopies, StdioPaths};
 use process::{from_unix_nanos, timestamp, Process, Status as ProcStatus};
-use sandbox::{Sandbox, RPC_TIMEOUT};
 
 /// The exit status reported when the VM ends under a running process.
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
+/// How long removing a deleted container's leftovers waits for its VMM to
+/// leave its host cgroups.
+const LEFTOVERS_WAIT: Duration = Duration::from_secs(2);
 
 /// One container, in its sandbox.
 pub struct Container {
@@ -475,7 +480,7 @@ impl HullTask {
         }
         let state_dir = container.sandbox.state_dir().await;
         container.sandbox.shutdown().await;
-        create::remove_leftovers(&state_dir, &container.files);
+        remove_leftovers(&state_dir, &container.files, LEFTOVERS_WAIT).await;
     }
 
     /// The task's host process, the one pid hull reports (see
@@ -615,7 +620,7 @@ fn logged<T>(call: &str, id: &str, result: Result<T, ShimError>) -> ttrpc::Resul
         // Agent errors carry the guest's words: escaped, one line.
         log::error!(
             "{call} {id}: {}",
-            crate::error::untrusted(&crate::error::chain(&e))
+            crate::error::untrusted(&hull_protocol::error_chain(&e))
         );
         e.into()
     })

@@ -4,12 +4,13 @@
 //! check` reports every finding. The README's "Spec policy" table is this
 //! file in prose; keep them together.
 //!
-//! The spec is read as JSON (`serde_json::Value`) so the rules see exactly
-//! what containerd or Docker wrote, fields they do not know included.
+//! The rules read the spec as the shim parsed it once
+//! ([`crate::spec::Spec`]), the same types the agent then builds the
+//! container from.
 
 use std::path::{Component, Path, PathBuf};
 
-use serde_json::Value;
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Spec};
 
 /// Host paths a container may not bind-mount (nor a parent or a child of
 /// them) unless the config allows that path explicitly. A source is checked
@@ -117,7 +118,7 @@ pub struct PolicyError {
 }
 
 /// Refuses the spec if any rule says so; the error names the first one.
-pub fn enforce(spec: &Value, config: &PolicyConfig) -> Result<(), PolicyError> {
+pub fn enforce(spec: &Spec, config: &PolicyConfig) -> Result<(), PolicyError> {
     match review(spec, config)
         .into_iter()
         .find(|f| f.severity == Severity::Refuse)
@@ -133,7 +134,7 @@ pub fn enforce(spec: &Value, config: &PolicyConfig) -> Result<(), PolicyError> {
 }
 
 /// Every finding for `spec`, refusals first.
-pub fn review(spec: &Value, config: &PolicyConfig) -> Vec<Finding> {
+pub fn review(spec: &Spec, config: &PolicyConfig) -> Vec<Finding> {
     let mut findings = Vec::new();
     host_namespaces(spec, &mut findings);
     mounts(spec, config, &mut findings);
@@ -161,30 +162,26 @@ fn finding(
     });
 }
 
-fn host_namespaces(spec: &Value, findings: &mut Vec<Finding>) {
-    let namespaces: Vec<&Value> = spec
-        .pointer("/linux/namespaces")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
+fn host_namespaces(spec: &Spec, findings: &mut Vec<Finding>) {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
         .unwrap_or_default();
-    let has = |kind: &str| {
-        namespaces
-            .iter()
-            .any(|ns| ns.get("type").and_then(Value::as_str) == Some(kind))
-    };
-    let rules: [(&str, &'static str, &str); 3] = [
+    let has = |kind: LinuxNamespaceType| namespaces.iter().any(|ns| ns.typ() == kind);
+    let rules: [(LinuxNamespaceType, &'static str, &str); 3] = [
         (
-            "pid",
+            LinuxNamespaceType::Pid,
             "C1.1",
             "shares the host's PID namespace: the container runs under the VM's own kernel, which cannot see or signal host processes",
         ),
         (
-            "ipc",
+            LinuxNamespaceType::Ipc,
             "C1.2",
             "shares the host's IPC namespace: SysV and POSIX IPC objects cannot cross the VM boundary",
         ),
         (
-            "network",
+            LinuxNamespaceType::Network,
             "C1.3",
             "shares the host's network namespace: the guest kernel has its own network stack and cannot join the host's",
         ),
@@ -202,19 +199,21 @@ fn host_namespaces(spec: &Value, findings: &mut Vec<Finding>) {
         }
     }
     let cri_pod_member = spec
-        .pointer("/annotations/io.kubernetes.cri.container-type")
-        .and_then(Value::as_str)
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.kubernetes.cri.container-type"))
+        .map(String::as_str)
         == Some("container");
     for (index, ns) in namespaces.iter().enumerate() {
-        let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
-        let Some(path) = ns.get("path").and_then(Value::as_str) else {
+        let Some(path) = ns.path() else {
             continue;
         };
         // A network namespace made for the container (Docker's
         // /var/run/docker/netns/<id>, CNI's /var/run/netns/cni-...) is its
         // own network; anything named through another process is that
         // process's namespace.
-        let joins_another = kind != "network" || path.starts_with("/proc/");
+        let joins_another = ns.typ() != LinuxNamespaceType::Network || path.starts_with("/proc");
+        let (kind, path) = (namespace_name(ns.typ()), path.display());
         if joins_another && !cri_pod_member {
             finding(
                 findings,
@@ -228,7 +227,7 @@ fn host_namespaces(spec: &Value, findings: &mut Vec<Finding>) {
             );
         }
     }
-    if !has("uts") {
+    if !has(LinuxNamespaceType::Uts) {
         finding(
             findings,
             "C1.4",
@@ -238,6 +237,14 @@ fn host_namespaces(spec: &Value, findings: &mut Vec<Finding>) {
             "nothing to do",
         );
     }
+}
+
+/// A namespace's name as the spec writes it (`network`, `mount`, ...).
+fn namespace_name(kind: LinuxNamespaceType) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| kind.to_string())
 }
 
 /// A normalised absolute path (`.` and `..` resolved lexically).
@@ -301,26 +308,26 @@ pub fn bind_source_paths(source: &Path) -> (PathBuf, Option<PathBuf>) {
 
 /// The host path a spec mount binds from, if it is a bind mount of a host
 /// path (`type: bind`, or a `bind`/`rbind` option, with an absolute source).
-pub fn host_bind_source(mount: &Value) -> Option<&str> {
-    let options = mount.get("options").and_then(Value::as_array);
-    let is_bind = mount.get("type").and_then(Value::as_str) == Some("bind")
-        || options
-            .into_iter()
+pub fn host_bind_source(mount: &Mount) -> Option<&Path> {
+    let is_bind = mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
             .flatten()
-            .any(|o| matches!(o.as_str(), Some("bind" | "rbind")));
-    let source = mount.get("source").and_then(Value::as_str)?;
-    (is_bind && source.starts_with('/')).then_some(source)
+            .any(|o| matches!(o.as_str(), "bind" | "rbind"));
+    let source = mount.source().as_deref()?;
+    (is_bind && source.is_absolute()).then_some(source)
 }
 
-fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
-    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+fn mounts(spec: &Spec, config: &PolicyConfig, findings: &mut Vec<Finding>) {
+    let Some(mounts) = spec.mounts() else {
         return;
     };
     for (index, mount) in mounts.iter().enumerate() {
         let Some(source) = host_bind_source(mount) else {
             continue;
         };
-        let (written, real) = bind_source_paths(Path::new(source));
+        let (written, real) = bind_source_paths(source);
         // What the copy will read is the real path: that is what counts
         // for the exceptions; both count for the sensitive paths.
         let checked = real.clone().unwrap_or_else(|| written.clone());
@@ -372,10 +379,11 @@ fn mounts(spec: &Value, config: &PolicyConfig, findings: &mut Vec<Finding>) {
     }
 }
 
-fn devices(spec: &Value, findings: &mut Vec<Finding>) {
+fn devices(spec: &Spec, findings: &mut Vec<Finding>) {
     let count = spec
-        .pointer("/linux/devices")
-        .and_then(Value::as_array)
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
         .map_or(0, Vec::len);
     if count > 0 {
         finding(
@@ -389,30 +397,41 @@ fn devices(spec: &Value, findings: &mut Vec<Finding>) {
     }
 }
 
-fn capabilities(spec: &Value, set: &str) -> Vec<String> {
-    spec.pointer(&format!("/process/capabilities/{set}"))
-        .and_then(Value::as_array)
-        .map(|caps| {
-            caps.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+/// A capability's name as the spec writes it (`CAP_SYS_ADMIN`).
+fn capability_name(cap: &Capability) -> String {
+    serde_json::to_value(cap)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("CAP_{cap}"))
 }
 
-fn privileges(spec: &Value, findings: &mut Vec<Finding>) {
-    let bounding = capabilities(spec, "bounding");
+/// The bounding set's names, sorted.
+fn bounding_set(spec: &Spec) -> Vec<String> {
+    let mut names: Vec<String> = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+        .into_iter()
+        .flatten()
+        .map(capability_name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn privileges(spec: &Spec, findings: &mut Vec<Finding>) {
+    let bounding = bounding_set(spec);
     let added: Vec<&String> = bounding
         .iter()
         .filter(|c| !DEFAULT_CAPABILITIES.contains(&c.as_str()))
         .collect();
-    let no_seccomp = spec.pointer("/linux/seccomp").is_none();
+    let linux = spec.linux().as_ref();
+    let no_seccomp = linux.and_then(|l| l.seccomp().as_ref()).is_none();
     let privileged = bounding.iter().any(|c| c == "CAP_SYS_ADMIN")
         && no_seccomp
-        && spec
-            .pointer("/linux/maskedPaths")
-            .and_then(Value::as_array)
+        && linux
+            .and_then(|l| l.masked_paths().as_ref())
             .is_none_or(Vec::is_empty);
     if privileged {
         finding(
@@ -444,11 +463,8 @@ fn privileges(spec: &Value, findings: &mut Vec<Finding>) {
             "run with the default seccomp profile (do not pass seccomp=unconfined)",
         );
     }
-    if spec
-        .pointer("/process/noNewPrivileges")
-        .and_then(Value::as_bool)
-        != Some(true)
-    {
+    let process = spec.process().as_ref();
+    if process.and_then(|p| p.no_new_privileges()) != Some(true) {
         finding(
             findings,
             "C4.4",
@@ -458,12 +474,7 @@ fn privileges(spec: &Value, findings: &mut Vec<Finding>) {
             "run with --security-opt no-new-privileges",
         );
     }
-    if spec
-        .pointer("/process/user/uid")
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
-        == 0
-    {
+    if process.map_or(0, |p| p.user().uid()) == 0 {
         finding(
             findings,
             "C4.5",
@@ -473,7 +484,7 @@ fn privileges(spec: &Value, findings: &mut Vec<Finding>) {
             "run as an unprivileged user (--user)",
         );
     }
-    if spec.pointer("/root/readonly").and_then(Value::as_bool) != Some(true) {
+    if spec.root().as_ref().and_then(|r| r.readonly()) != Some(true) {
         finding(
             findings,
             "C4.6",
@@ -485,13 +496,13 @@ fn privileges(spec: &Value, findings: &mut Vec<Finding>) {
     }
 }
 
-fn limits(spec: &Value, findings: &mut Vec<Finding>) {
-    let limit = |pointer: &str| {
-        spec.pointer(pointer)
-            .and_then(Value::as_i64)
-            .filter(|v| *v > 0)
-    };
-    if limit("/linux/resources/memory/limit").is_none() {
+fn limits(spec: &Spec, findings: &mut Vec<Finding>) {
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit());
+    let pids = resources.and_then(|r| r.pids().as_ref()).map(|p| p.limit());
+    if memory.filter(|v| *v > 0).is_none() {
         finding(
             findings,
             "C5.1",
@@ -501,7 +512,7 @@ fn limits(spec: &Value, findings: &mut Vec<Finding>) {
             "set a memory limit (-m / --memory-limit)",
         );
     }
-    if limit("/linux/resources/pids/limit").is_none() {
+    if pids.filter(|v| *v > 0).is_none() {
         finding(
             findings,
             "C5.2",
@@ -516,12 +527,12 @@ fn limits(spec: &Value, findings: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// A spec as `ctr run` writes it, cut to what the rules read.
     fn base() -> Value {
         json!({
-            "process": {"user": {"uid": 1000, "gid": 1000}, "noNewPrivileges": true,
+            "process": {"user": {"uid": 1000, "gid": 1000}, "noNewPrivileges": true, "cwd": "/",
                         "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL"]}},
             "root": {"path": "rootfs", "readonly": true},
             "mounts": [
@@ -537,17 +548,26 @@ mod tests {
         })
     }
 
+    fn typed(spec: &Value) -> Spec {
+        crate::spec::parse(&serde_json::to_vec(spec).unwrap()).unwrap()
+    }
+
     fn ids(spec: &Value, config: &PolicyConfig) -> Vec<&'static str> {
-        review(spec, config).iter().map(|f| f.id).collect()
+        review(&typed(spec), config).iter().map(|f| f.id).collect()
+    }
+
+    fn enforce(spec: &Value, config: &PolicyConfig) -> Result<(), PolicyError> {
+        super::enforce(&typed(spec), config)
     }
 
     #[test]
     fn every_finding_has_a_rule() {
         let mut spec = base();
-        spec["linux"] = json!({"devices": [{"path": "/dev/sda"}]});
-        spec["process"] = json!({"capabilities": {"bounding": ["CAP_SYS_ADMIN"]}});
-        spec["mounts"] = json!([{"type": "bind", "source": "/etc"}]);
-        for f in review(&spec, &PolicyConfig::default()) {
+        spec["linux"] = json!({"devices": [{"path": "/dev/sda", "type": "b"}]});
+        spec["process"] = json!({"cwd": "/", "user": {"uid": 0, "gid": 0},
+                                 "capabilities": {"bounding": ["CAP_SYS_ADMIN"]}});
+        spec["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "/etc"}]);
+        for f in review(&typed(&spec), &PolicyConfig::default()) {
             assert!(
                 RULES.iter().any(|(id, _)| *id == f.id),
                 "{} has no rule",

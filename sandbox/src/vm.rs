@@ -10,14 +10,23 @@ use std::time::{Duration, Instant};
 use hull_protocol::agent_api::agent_ttrpc::AgentClient;
 use tokio::sync::{watch, Mutex};
 
-use crate::error::ShimError;
-use crate::sandbox::agent_client::Agent;
-use crate::sandbox::vmm_process::{describe_exit, VmmProcess, VmmSpec};
+use crate::agent_client::{Agent, AgentError};
+use crate::vmm_process::{describe_exit, VmmProcess, VmmProcessError, VmmSpec};
 
 /// How long one agent call that answers at once may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest gets to power off before the VMM is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("starting the VM")]
+    Vmm(#[from] VmmProcessError),
+    #[error("the guest agent")]
+    Agent(#[from] AgentError),
+    #[error("the VM stopped ({0})")]
+    VmGone(String),
+}
 
 pub struct Sandbox {
     vmm: Arc<Mutex<VmmProcess>>,
@@ -32,7 +41,7 @@ impl Sandbox {
         spec: &VmmSpec,
         state_dir: &Path,
         boot_timeout: Duration,
-    ) -> Result<Self, ShimError> {
+    ) -> Result<Self, SandboxError> {
         let mut vmm = VmmProcess::spawn(spec, state_dir)?;
         let deadline = Instant::now() + boot_timeout;
         let vsock = vmm.vsock_path();
@@ -45,10 +54,10 @@ impl Sandbox {
                 let log = vmm.log_tail(5).join(" | ");
                 let _ = vmm.stop(Duration::from_secs(2)).await;
                 return Err(match how {
-                    Some(how) => ShimError::VmGone(format!(
+                    Some(how) => SandboxError::VmGone(format!(
                         "{how} before the agent answered; VMM log: {log}"
                     )),
-                    None => ShimError::Agent(e),
+                    None => SandboxError::Agent(e),
                 });
             }
         };
