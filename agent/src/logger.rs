@@ -120,16 +120,7 @@ impl Log for AgentLogger {
 }
 
 /// "error: cause: root cause", one line for a log or a status message.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+pub use hull_protocol::error_chain;
 
 #[cfg(test)]
 mod tests {

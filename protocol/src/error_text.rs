@@ -55,7 +55,10 @@ mod tests {
     fn causes_join_on_one_line_without_repeats() {
         let err = Layer(
             "starting the VM",
-            Some(Box::new(Layer("opening disk: ENOENT", Some(Box::new(Layer("ENOENT", None)))))),
+            Some(Box::new(Layer(
+                "opening disk: ENOENT",
+                Some(Box::new(Layer("ENOENT", None))),
+            ))),
         );
         assert_eq!(error_chain(&err), "starting the VM: opening disk: ENOENT");
         assert_eq!(error_chain(&Layer("alone", None)), "alone");
