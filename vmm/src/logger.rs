@@ -95,27 +95,10 @@ pub fn init(level: log::LevelFilter) {
     log::set_max_level(level);
 }
 
-/// `Display` for an error and its `source` chain on one line: "a: b: c".
-///
-/// A cause whose text is already in the line is left out: some errors
-/// (linux-loader's among them) repeat their cause in their own message.
-pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut line = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !line.contains(&text) {
-                line.push_str(": ");
-                line.push_str(&text);
-            }
-            source = cause.source();
-        }
-        f.pad(&line)
-    }
-}
+/// `Display` for an error and its `source` chain on one line: "a: b: c"
+/// (causes already in the line left out), the text every hull process
+/// writes.
+pub use hull_protocol::ErrorChain;
 
 /// Caps how many messages a guest can make the VMM log (bad register
 /// accesses, malformed requests, refused connections): [`Self::PER_SECOND`]
