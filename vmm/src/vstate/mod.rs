@@ -9,6 +9,7 @@ pub mod interrupt;
 pub mod kvm;
 pub mod memory;
 pub mod pvm;
+pub mod state;
 pub mod vcpu;
 pub mod vm;
 pub mod xstate;

@@ -2,6 +2,7 @@
 //! to an [`IoHandler`] (the device buses implement it; this module does not
 //! know them).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -14,6 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::memory::GuestMemoryMmap;
 use super::pvm::{self, Fixup, PvmStats};
+use super::state::VcpuState;
 use super::xstate::{self, XstateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,43 +77,92 @@ pub enum RunState {
     Stop,
 }
 
+/// What the VMM asks of the vCPUs, under one lock.
+struct Wanted {
+    run: RunState,
+    /// vCPUs asked to save their state at their next pause.
+    save: BTreeSet<u8>,
+}
+
+/// A vCPU's saved state, or why it could not be saved.
+pub type SavedVcpu = Result<VcpuState, String>;
+
 /// Shared between the VMM thread and the vCPU threads.
 pub struct VcpuControl {
-    state: Mutex<RunState>,
+    wanted: Mutex<Wanted>,
     changed: Condvar,
     /// vCPUs currently parked by a pause.
     pub parked: AtomicUsize,
+    saved: Mutex<BTreeMap<u8, SavedVcpu>>,
 }
 
 impl Default for VcpuControl {
     fn default() -> Self {
         Self {
-            state: Mutex::new(RunState::Run),
+            wanted: Mutex::new(Wanted {
+                run: RunState::Run,
+                save: BTreeSet::new(),
+            }),
             changed: Condvar::new(),
             parked: AtomicUsize::new(0),
+            saved: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl VcpuControl {
+    fn wanted(&self) -> std::sync::MutexGuard<'_, Wanted> {
+        self.wanted.lock().expect("vcpu control poisoned")
+    }
+
     pub fn set(&self, state: RunState) {
-        *self.state.lock().expect("vcpu control poisoned") = state;
+        self.wanted().run = state;
         self.changed.notify_all();
     }
 
     pub fn get(&self) -> RunState {
-        *self.state.lock().expect("vcpu control poisoned")
+        self.wanted().run
     }
 
-    /// Block while paused; returns the state that ended the wait.
-    fn wait_while_paused(&self) -> RunState {
-        let mut state = self.state.lock().expect("vcpu control poisoned");
+    /// Asks the (paused) vCPUs `ids` to save their state; collect it with
+    /// [`Self::take_saved`].
+    pub fn request_save(&self, ids: impl IntoIterator<Item = u8>) {
+        self.saved.lock().expect("vcpu control poisoned").clear();
+        self.wanted().save.extend(ids);
+        self.changed.notify_all();
+    }
+
+    /// The states saved so far, by vCPU id (taken out).
+    pub fn take_saved(&self) -> BTreeMap<u8, SavedVcpu> {
+        std::mem::take(&mut *self.saved.lock().expect("vcpu control poisoned"))
+    }
+
+    /// How many vCPUs have answered the last [`Self::request_save`].
+    pub fn saved_count(&self) -> usize {
+        self.saved.lock().expect("vcpu control poisoned").len()
+    }
+
+    fn save_requested(&self, id: u8) -> bool {
+        self.wanted().save.remove(&id)
+    }
+
+    fn deliver(&self, id: u8, state: SavedVcpu) {
+        self.saved
+            .lock()
+            .expect("vcpu control poisoned")
+            .insert(id, state);
+    }
+
+    /// Block while paused and vCPU `id` has nothing to save; returns the
+    /// state that ended the wait.
+    fn wait_while_paused(&self, id: u8) -> RunState {
+        let mut wanted = self.wanted();
         self.parked.fetch_add(1, Ordering::SeqCst);
-        while *state == RunState::Pause {
-            state = self.changed.wait(state).expect("vcpu control poisoned");
+        while wanted.run == RunState::Pause && !wanted.save.contains(&id) {
+            wanted = self.changed.wait(wanted).expect("vcpu control poisoned");
         }
         self.parked.fetch_sub(1, Ordering::SeqCst);
-        *state
+        wanted.run
     }
 }
 
@@ -144,11 +195,13 @@ pub struct VcpuRunContext {
     pub control: Arc<VcpuControl>,
     /// Present only on nested-PVM hosts: complete failed emulations.
     pub pvm: bool,
+    /// The MSRs a saved state includes (KVM's list).
+    pub msrs_to_save: Arc<Vec<u32>>,
 }
 
 pub struct Vcpu {
     id: u8,
-    fd: VcpuFd,
+    pub(super) fd: VcpuFd,
     pvm_stats: PvmStats,
     /// The XSAVE layout, read from CPUID at the first XSAVE/XRSTOR.
     xstate_layout: Option<xstate::Layout>,
@@ -187,7 +240,7 @@ impl Vcpu {
         self.id
     }
 
-    fn ioctl<T>(
+    pub(super) fn ioctl<T>(
         &self,
         what: &'static str,
         r: Result<T, kvm_ioctls::Error>,
@@ -276,9 +329,17 @@ impl Vcpu {
                 RunState::Run => {}
                 RunState::Stop => return Ok(VcpuStop::Requested),
                 RunState::Pause => {
-                    if ctx.control.wait_while_paused() == RunState::Stop {
+                    if ctx.control.save_requested(id) {
+                        let saved = self
+                            .complete_pending_io()
+                            .and_then(|()| self.save_state(&ctx.msrs_to_save))
+                            .map_err(|e| hull_protocol::error_chain(&e));
+                        ctx.control.deliver(id, saved);
+                    }
+                    if ctx.control.wait_while_paused(id) == RunState::Stop {
                         return Ok(VcpuStop::Requested);
                     }
+                    continue;
                 }
             }
             match self.fd.run() {

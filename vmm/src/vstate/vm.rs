@@ -39,7 +39,7 @@ pub enum VmError {
 }
 
 pub struct Vm {
-    fd: Arc<VmFd>,
+    pub(super) fd: Arc<VmFd>,
     host: HostKvm,
 }
 
@@ -48,7 +48,7 @@ pub struct Vm {
 /// (verified here: /proc/interrupts in the guest stays at 0 with irqfd and
 /// counts with KVM_IRQ_LINE).
 struct IrqLineIoctl {
-    fd: Arc<VmFd>,
+    pub(super) fd: Arc<VmFd>,
     gsi: u32,
 }
 
