@@ -108,12 +108,79 @@ pub struct SerialConsole {
     inner: Serial<IrqTrigger, NoEvents, ConsoleSink>,
 }
 
+/// The UART's registers and unread input, for a snapshot (vm-superio's
+/// `SerialState`, which has no serde of its own).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialConsole {
     pub const PORT_LEN: u64 = 8;
 
     pub fn new(irq: IrqTrigger, sink: ConsoleSink) -> Self {
         Self {
             inner: Serial::new(irq, sink),
+        }
+    }
+
+    pub fn save_state(&self) -> SerialSnapshot {
+        let s = self.inner.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Takes on the registers of a saved UART; the output stays this one's.
+    pub fn restore_state(&mut self, saved: &SerialSnapshot) -> Result<(), String> {
+        // The only state vm-superio refuses; checked first, so the output
+        // is never lost to a refused state.
+        if saved.in_buffer.len() > self.inner.fifo_capacity() + self.inner.state().in_buffer.len() {
+            return Err(format!(
+                "serial input of {} bytes overflows the FIFO",
+                saved.in_buffer.len()
+            ));
+        }
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: saved.baud_divisor_low,
+            baud_divisor_high: saved.baud_divisor_high,
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let irq = self.inner.interrupt_evt().clone();
+        let detached = ConsoleSink::new(None, Arc::new(Mutex::new(ConsoleTail::default())));
+        let old = std::mem::replace(&mut self.inner, Serial::new(irq.clone(), detached));
+        let sink = old.into_writer();
+        match Serial::from_state(&state, irq.clone(), NoEvents, sink) {
+            Ok(serial) => {
+                self.inner = serial;
+                Ok(())
+            }
+            Err(e) => Err(format!("serial state: {e:?}")),
         }
     }
 }

@@ -22,6 +22,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::state::{QueueSnapshot, TransportState};
 use super::{VirtioDevice, VirtioError, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use crate::logger::{guest_debug, guest_error, guest_warn};
@@ -88,6 +89,58 @@ impl MmioTransport {
     /// The device behind this transport.
     pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
         &self.device
+    }
+
+    /// The transport and its device, for a snapshot (the vCPUs are paused).
+    pub fn save_state(&self) -> TransportState {
+        let dev = self.locked_device();
+        let common = dev.common();
+        TransportState {
+            device_type: self.device_type,
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.interrupt.status(),
+            acked_features: common.acked_features,
+            queues: common.queues.iter().map(QueueSnapshot::of).collect(),
+            device: dev.device_state(),
+        }
+    }
+
+    /// Takes on a saved transport and device, in a VM restored from a
+    /// snapshot: a device the driver had activated is activated again, its
+    /// queues are kicked once (a notification may have been lost at the
+    /// pause), and a changed configuration is signalled.
+    pub fn restore_state(&mut self, saved: &TransportState) -> Result<(), VirtioError> {
+        if saved.device_type != self.device_type {
+            return Err(VirtioError::Snapshot(format!(
+                "a device of type {} was saved in the slot of a type {} device",
+                saved.device_type, self.device_type
+            )));
+        }
+        let config_changed = {
+            let mut dev = self.locked_device();
+            dev.common_mut()
+                .restore(saved.acked_features, &saved.queues)?;
+            dev.restore_device_state(&saved.device)?
+        };
+        self.status = saved.status;
+        self.device_features_sel = saved.device_features_sel;
+        self.driver_features_sel = saved.driver_features_sel;
+        self.queue_sel = saved.queue_sel;
+        self.interrupt.restore_status(saved.interrupt_status);
+        if !self.status_is(DRIVER_OK, FAILED | NEEDS_RESET) {
+            return Ok(());
+        }
+        self.activate()?;
+        for evt in &self.notify_evts {
+            evt.write(1).map_err(VirtioError::EventFd)?;
+        }
+        if config_changed {
+            self.interrupt.signal_config_change()?;
+        }
+        Ok(())
     }
 
     fn locked_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {

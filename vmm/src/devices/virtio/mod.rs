@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod state;
 pub mod vsock;
 
 use std::io;
@@ -52,6 +53,8 @@ pub enum VirtioError {
     NotReady,
     #[error("virtio queue {index} is not valid for the guest memory")]
     InvalidQueue { index: usize },
+    #[error("restoring the device: {0}")]
+    Snapshot(String),
 }
 
 /// The interrupt state a virtio-mmio device exposes, and its line to the guest.
@@ -91,6 +94,11 @@ impl VirtioInterrupt {
     /// The `InterruptACK` register.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The status a snapshot saved.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 }
 
@@ -236,6 +244,18 @@ pub trait VirtioDevice: Send {
 
     /// Read from the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// The device's own state beyond [`VirtioCommon`], for a snapshot.
+    fn device_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Takes on what [`Self::device_state`] saved, before the restored
+    /// device is activated. Returns whether the guest must be told that the
+    /// configuration changed (a disk of another size in the same slot).
+    fn restore_device_state(&mut self, _saved: &serde_json::Value) -> Result<bool, VirtioError> {
+        Ok(false)
+    }
 
     /// Write to the device-specific configuration space (ignored by
     /// default, with a rate-limited warning: the guest decides how often).

@@ -188,6 +188,27 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_space, offset, data);
     }
+
+    fn device_state(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sectors": self.capacity(),
+            "read_only": self.common.avail_features & (1 << VIRTIO_BLK_F_RO) != 0,
+        })
+    }
+
+    /// A restored slot may hold another disk: the same kind (read-only or
+    /// not), any size; the guest is told of a new size.
+    fn restore_device_state(&mut self, saved: &serde_json::Value) -> Result<bool, VirtioError> {
+        let read_only = self.common.avail_features & (1 << VIRTIO_BLK_F_RO) != 0;
+        if saved["read_only"].as_bool() != Some(read_only) {
+            return Err(VirtioError::Snapshot(format!(
+                "the disk in this slot was saved {}, the new one is {}",
+                if read_only { "read-write" } else { "read-only" },
+                if read_only { "read-only" } else { "read-write" },
+            )));
+        }
+        Ok(saved["sectors"].as_u64() != Some(self.capacity()))
+    }
 }
 
 impl MutEventSubscriber for Block {

@@ -14,6 +14,7 @@ use std::os::unix::io::RawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::QueueT;
+use vm_memory::Bytes;
 
 use super::muxer::{EventRegistry, Muxer, MuxerOptions};
 use super::packet::{self, PacketHeader, RxBuffer, MAX_PKT_DATA, OP_RW};
@@ -44,9 +45,16 @@ pub enum DeviceError {
     Muxer(#[source] super::muxer::MuxerError),
 }
 
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (virtio 1.2, 5.10.6.2): the guest
+/// drops every connection and reads its CID again.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
 pub struct Vsock {
     common: VirtioCommon,
     guest_cid: u64,
+    /// Restored from a snapshot: the guest's connections have no host side
+    /// any more, so the next activation sends a transport reset.
+    reset_pending: bool,
     muxer: Muxer,
     /// Packet data on its way between guest memory and the muxer.
     rx_data: Vec<u8>,
@@ -66,6 +74,7 @@ impl Vsock {
         Ok(Self {
             common: VirtioCommon::new(TYPE_VSOCK, 0, &QUEUE_SIZES).map_err(VsockError::Virtio)?,
             guest_cid,
+            reset_pending: false,
             muxer: Muxer::new(guest_cid, &config.uds_path, opts).map_err(VsockError::Muxer)?,
             rx_data: vec![0; MAX_PKT_DATA],
             tx_data: vec![0; MAX_PKT_DATA],
@@ -177,6 +186,35 @@ impl Vsock {
         Ok(())
     }
 
+    /// Puts a transport reset on the event queue, if one is pending and the
+    /// driver has given a buffer for it.
+    fn send_reset_event(&mut self) -> Result<(), DeviceError> {
+        if !self.reset_pending {
+            return Ok(());
+        }
+        let mem: GuestMemoryMmap = self.common.mem().map_err(DeviceError::Virtio)?.clone();
+        let queue = &mut self.common.queues[EVQ];
+        let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            guest_warn!("vsock: no event buffer for the transport reset");
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writable()
+            .next()
+            .filter(|d| d.len() >= 4)
+            .map(|d| {
+                mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        queue
+            .add_used(&mem, head, if written { 4 } else { 0 })
+            .map_err(Self::queue_err(EVQ))?;
+        self.reset_pending = false;
+        self.signal_used()
+    }
+
     fn signal_used(&self) -> Result<(), DeviceError> {
         self.common
             .interrupt()
@@ -196,6 +234,7 @@ impl Vsock {
             // drop what the muxer still holds from before, then serve again.
             self.muxer.deactivate(ops);
             self.muxer.activate(ops).map_err(DeviceError::Muxer)?;
+            self.send_reset_event()?;
             return self.process_rx(ops);
         }
         if let Some(evt) = self.common.queue_evts.get(tag as usize) {
@@ -244,6 +283,23 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn device_state(&self) -> serde_json::Value {
+        serde_json::json!({ "guest_cid": self.guest_cid })
+    }
+
+    /// The host side of every connection is gone: the guest gets a
+    /// transport reset once the device is active again. The CID stays.
+    fn restore_device_state(&mut self, saved: &serde_json::Value) -> Result<bool, VirtioError> {
+        if saved["guest_cid"].as_u64() != Some(self.guest_cid) {
+            return Err(VirtioError::Snapshot(format!(
+                "vsock CID {} was saved, this VM has {}",
+                saved["guest_cid"], self.guest_cid
+            )));
+        }
+        self.reset_pending = true;
+        Ok(false)
     }
 }
 
