@@ -249,6 +249,8 @@ pub fn boot_bench(
         verbose_boot: false,
         jail: None,
         seccomp: None,
+        save_snapshot: false,
+        restore_from: None,
     };
     let timeout = Duration::from_secs(args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -345,6 +347,8 @@ fn compare(
         verbose_boot: true,
         jail: None,
         seccomp: None,
+        save_snapshot: false,
+        restore_from: None,
         ..spec.clone()
     };
     let cmdline = kernel_cmdline::probe(

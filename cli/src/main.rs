@@ -144,6 +144,8 @@ fn boot(args: BootArgs) -> Result<(), String> {
         verbose_boot: args.console,
         jail: None,
         seccomp: None,
+        save_snapshot: false,
+        restore_from: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -15,6 +15,9 @@ pub enum VmmRequest {
     Resume,
     /// Stop the VM and exit the VMM.
     Shutdown,
+    /// Pause the VM and save it into the config's `snapshot_file`; the VM
+    /// stays paused.
+    Snapshot,
 }
 
 /// The state of a VM as the control socket reports it.

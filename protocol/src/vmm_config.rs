@@ -113,6 +113,16 @@ pub struct VmConfig {
     /// the VMM; `log`: the kernel logs it instead, to find a missing entry.
     #[serde(default)]
     pub seccomp: SeccompMode,
+    /// Where the control socket's `snapshot` saves this VM. Opened (made)
+    /// when the VMM starts, so the running VMM needs no file system access.
+    #[serde(default)]
+    pub snapshot_file: Option<PathBuf>,
+    /// Start from this snapshot instead of booting: `kernel`, `initramfs`,
+    /// `vcpus` and `memory_mib` must be what the snapshot was taken with, the
+    /// devices the same kinds in the same order (their backing files and
+    /// sockets may differ).
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
 }
 
 fn default_vcpus() -> u8 {
@@ -138,6 +148,8 @@ impl VmConfig {
             vsock: None,
             api_socket: None,
             seccomp: SeccompMode::Enforce,
+            snapshot_file: None,
+            restore_from: None,
         }
     }
 

@@ -65,6 +65,11 @@ pub struct VmmSpec {
     pub jail: Option<JailSpec>,
     /// The VMM's seccomp mode (`enforce` when `None`).
     pub seccomp: Option<SeccompMode>,
+    /// Let the control socket save this VM into
+    /// [`VmmProcess::snapshot_path`].
+    pub save_snapshot: bool,
+    /// Start from this snapshot instead of booting.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl VmmSpec {
@@ -89,6 +94,10 @@ impl VmmSpec {
             }),
             api_socket: Some(state_dir.join(API_SOCKET)),
             seccomp: self.seccomp.unwrap_or_default(),
+            snapshot_file: self
+                .save_snapshot
+                .then(|| VmmProcess::snapshot_path_in(state_dir)),
+            restore_from: self.restore_from.clone(),
             ..VmConfig::new(self.kernel.clone())
         }
     }
@@ -98,6 +107,7 @@ impl VmmSpec {
 const VM_CONFIG: &str = "vmm.json";
 const CONSOLE_LOG: &str = "console.log";
 const API_SOCKET: &str = "api.sock";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 pub struct VmmProcess {
     child: Child,
@@ -163,6 +173,16 @@ impl VmmProcess {
             started,
             exit: None,
         })
+    }
+
+    /// Where the control socket's `snapshot` saves the VM (when the spec
+    /// asked for [`VmmSpec::save_snapshot`]).
+    pub fn snapshot_path(&self) -> PathBuf {
+        Self::snapshot_path_in(&self.state_dir)
+    }
+
+    fn snapshot_path_in(state_dir: &Path) -> PathBuf {
+        state_dir.join(SNAPSHOT_FILE)
     }
 
     /// The pid of the process started: the VMM, or its jailer's supervisor.
@@ -266,6 +286,9 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
         cmd.arg(if drive.read_only { "--ro" } else { "--rw" })
             .arg(&drive.path);
     }
+    if let Some(snapshot) = &spec.restore_from {
+        cmd.arg("--ro").arg(snapshot);
+    }
     if let Some(bytes) = jail.memory_bytes {
         cmd.arg("--memory-bytes").arg(bytes.to_string());
     }
@@ -353,6 +376,8 @@ mod tests {
             verbose_boot: false,
             jail: None,
             seccomp: Some(SeccompMode::Log),
+            save_snapshot: false,
+            restore_from: None,
         };
         let state = Path::new("/run/hull/sandboxes/x");
         let config = spec.vm_config(state);

@@ -26,6 +26,8 @@ pub fn agent_spec() -> VmmSpec {
         verbose_boot: false,
         jail: None,
         seccomp: None,
+        save_snapshot: false,
+        restore_from: None,
     }
 }
 

@@ -114,6 +114,26 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
     if let Some(api) = &config.api_socket {
         socket_path("api_socket", api, 0)?;
     }
+    if let Some(snapshot) = &config.restore_from {
+        require_file("restore_from", snapshot)?;
+    }
+    if let Some(file) = &config.snapshot_file {
+        if config.restore_from.as_ref() == Some(file) {
+            return Err(invalid(
+                "snapshot_file",
+                "is the snapshot this VM restores from; save into another file",
+            ));
+        }
+        if !file
+            .parent()
+            .is_some_and(|dir| dir.as_os_str().is_empty() || dir.is_dir())
+        {
+            return Err(invalid(
+                "snapshot_file",
+                format!("{}: its directory does not exist", file.display()),
+            ));
+        }
+    }
     if let Console::File(path) = &config.console {
         if path.as_os_str().is_empty() {
             return Err(invalid("console", "file path is empty"));
@@ -217,6 +237,37 @@ mod tests {
         let t: VmConfig =
             toml::from_str("kernel = \"k\"\nconsole = { file = \"/tmp/c\" }\n").unwrap();
         assert_eq!(t.console, Console::File("/tmp/c".into()));
+    }
+
+    #[test]
+    fn snapshot_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        let field = |c: VmConfig| validate(&c).map_err(|e| e.to_string());
+        let restore = VmConfig {
+            restore_from: Some(snap.clone()),
+            ..base(dir.path())
+        };
+        assert!(field(restore.clone())
+            .unwrap_err()
+            .contains("`restore_from`"));
+        std::fs::write(&snap, b"x").unwrap();
+        field(restore.clone()).unwrap();
+        let same = VmConfig {
+            snapshot_file: Some(snap.clone()),
+            ..restore
+        };
+        let err = field(same).unwrap_err();
+        assert!(
+            err.contains("is the snapshot this VM restores from"),
+            "{err}"
+        );
+        let nowhere = VmConfig {
+            snapshot_file: Some(dir.path().join("no/such/dir/snap")),
+            ..base(dir.path())
+        };
+        let err = field(nowhere).unwrap_err();
+        assert!(err.contains("its directory does not exist"), "{err}");
     }
 
     #[test]

@@ -30,4 +30,5 @@ pub mod devices;
 pub mod logger;
 pub mod machine;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vstate;

@@ -16,6 +16,7 @@ use vmm_sys_util::signal::Killable;
 use crate::api::{ApiEvent, ApiServer};
 use crate::devices::legacy::serial::ConsoleTail;
 use crate::logger::ErrorChain;
+use crate::snapshot::Saver;
 use crate::vstate::vcpu::{kick_signal, RunState, VcpuControl, VcpuError, VcpuStop};
 
 const TAG_RESET: u32 = 1;
@@ -61,6 +62,8 @@ pub struct Machine {
     signals: OwnedFd,
     api: Option<ApiServer>,
     outcome: Option<Outcome>,
+    /// Present when the config names a snapshot file.
+    saver: Option<Saver>,
 }
 
 impl Machine {
@@ -81,7 +84,32 @@ impl Machine {
             signals,
             api,
             outcome: None,
+            saver: None,
         }
+    }
+
+    pub fn set_saver(&mut self, saver: Option<Saver>) {
+        self.saver = saver;
+    }
+
+    /// Pauses the VM and saves it; it stays paused.
+    fn snapshot(&mut self) -> Result<VmState, String> {
+        if self.saver.is_none() {
+            return Err("this VM was started without a snapshot_file".into());
+        }
+        self.pause()?;
+        let saver = self.saver.as_ref().expect("checked above");
+        let started = Instant::now();
+        let header = saver
+            .save(&self.control, KICK_TIMEOUT)
+            .map_err(|e| ErrorChain(&e).to_string())?;
+        log::info!(
+            "snapshot saved to {} in {} ms ({} MiB of memory)",
+            saver.path.display(),
+            started.elapsed().as_millis(),
+            header.memory_len >> 20
+        );
+        Ok(VmState::Paused)
     }
 
     pub fn add_vcpu_thread(&mut self, thread: VcpuThread) {
@@ -196,6 +224,7 @@ impl Machine {
                 self.finish(Outcome::Requested);
                 Ok(VmState::Stopping)
             }
+            VmmRequest::Snapshot => self.snapshot(),
         };
         match result {
             Ok(state) => VmmResponse::Ok { state },

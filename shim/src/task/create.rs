@@ -270,6 +270,8 @@ fn vmm_spec(config: &ShimConfig, size: &VmSize, disks: &Disks, state_dir: &Path)
             cpu: size.cpu,
         }),
         seccomp: Some(config.seccomp),
+        save_snapshot: false,
+        restore_from: None,
     }
 }
 

@@ -9,8 +9,9 @@
 //! sockets, KVM fds and guest memory all exist before the filters go in.
 
 use kvm_bindings::{
-    kvm_irq_level, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-    KVMIO,
+    kvm_clock_data, kvm_debugregs, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave, KVMIO,
 };
 
 /// One syscall, allowed always or only with these argument values.
@@ -56,6 +57,15 @@ pub const KVM_SET_VCPU_EVENTS: u64 = iow(0xa0, std::mem::size_of::<kvm_vcpu_even
 pub const KVM_GET_XSAVE: u64 = ior(0xa4, std::mem::size_of::<kvm_xsave>());
 pub const KVM_SET_XSAVE: u64 = iow(0xa5, std::mem::size_of::<kvm_xsave>());
 pub const KVM_GET_XCRS: u64 = ior(0xa6, std::mem::size_of::<kvm_xcrs>());
+// A snapshot: each vCPU reads the rest of its state on its own thread, the
+// event loop thread reads the VM-wide part.
+pub const KVM_GET_MP_STATE: u64 = ior(0x98, std::mem::size_of::<kvm_mp_state>());
+pub const KVM_GET_DEBUGREGS: u64 = ior(0xa1, std::mem::size_of::<kvm_debugregs>());
+pub const KVM_GET_LAPIC: u64 = ior(0x8e, std::mem::size_of::<kvm_lapic_state>());
+pub const KVM_GET_MSRS: u64 = iowr(0x88, std::mem::size_of::<kvm_msrs>());
+pub const KVM_GET_PIT2: u64 = ior(0x9f, std::mem::size_of::<kvm_pit_state2>());
+pub const KVM_GET_CLOCK: u64 = ior(0x7c, std::mem::size_of::<kvm_clock_data>());
+pub const KVM_GET_IRQCHIP: u64 = iowr(0x62, std::mem::size_of::<kvm_irqchip>());
 /// Non-blocking mode on accepted sockets.
 const FIONBIO: u64 = libc::FIONBIO;
 
@@ -126,10 +136,18 @@ pub const MAIN: &[Allow] = &[
     Always(libc::SYS_tgkill),
     // The control socket's file is removed at exit.
     Always(libc::SYS_unlink),
+    // Writing a snapshot into the file opened at start.
+    Always(libc::SYS_ftruncate),
     ArgIn {
         syscall: libc::SYS_ioctl,
         arg: 1,
-        values: &[KVM_IRQ_LINE, FIONBIO],
+        values: &[
+            KVM_IRQ_LINE,
+            FIONBIO,
+            KVM_GET_PIT2,
+            KVM_GET_CLOCK,
+            KVM_GET_IRQCHIP,
+        ],
     },
 ];
 
@@ -152,6 +170,10 @@ pub const VCPU: &[Allow] = &[ArgIn {
         KVM_GET_XSAVE,
         KVM_SET_XSAVE,
         KVM_GET_XCRS,
+        KVM_GET_MP_STATE,
+        KVM_GET_DEBUGREGS,
+        KVM_GET_LAPIC,
+        KVM_GET_MSRS,
     ],
 }];
 
@@ -177,6 +199,13 @@ mod tests {
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
         assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
+        assert_eq!(KVM_GET_MP_STATE, 0x8004_ae98);
+        assert_eq!(KVM_GET_DEBUGREGS, 0x8080_aea1);
+        assert_eq!(KVM_GET_LAPIC, 0x8400_ae8e);
+        assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
+        assert_eq!(KVM_GET_PIT2, 0x8070_ae9f);
+        assert_eq!(KVM_GET_CLOCK, 0x8030_ae7c);
+        assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
         assert_eq!(KVM_SET_XSAVE, 0x5000_aea5);
         assert_eq!(KVM_GET_XCRS, 0x8188_aea6);
     }

@@ -29,6 +29,8 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::machine::{stop_signals, Machine, Outcome, VcpuThread};
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
+use crate::snapshot::saver::Slot;
+use crate::snapshot::Snapshot;
 use crate::vstate::kvm::{HostKvm, Kvm, KvmError};
 use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::pvm::PVM_KERNEL_ARGS;
@@ -36,6 +38,8 @@ use crate::vstate::vcpu::{
     register_kick_signal, IoHandler, Vcpu, VcpuControl, VcpuError, VcpuRunContext, VcpuStop,
 };
 use crate::vstate::vm::{Vm, VmError};
+
+mod restore;
 
 /// The command line every hull guest gets. `reboot=k`: reboot through the
 /// i8042, which the VMM treats as shutdown; `panic=-1`: reboot at once on a
@@ -109,6 +113,8 @@ pub enum BuildError {
     EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -124,19 +130,30 @@ pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
     let process = prepare_process(config)?;
     let kvm = open_kvm()?;
-    let (mem, vm) = create_vm(&kvm, config)?;
-    let kernel = load_kernel(&mem, config)?;
-    let initrd = load_initramfs(&mem, config, kernel.end)?;
+    let snapshot = restore::open_snapshot(config)?;
+    let (mem, vm) = create_vm(&kvm, config, snapshot.as_ref())?;
     let mut cmdline = base_cmdline(config, kvm.host)?;
+    let guest = match snapshot {
+        None => Some(load_guest(&mem, config)?),
+        Some(_) => None,
+    };
     let devices = attach_devices(&vm, &mem, config, &mut cmdline)?;
     let vcpus = create_vcpus(&kvm, &vm, config.vcpus)?;
-    configure_boot(&mem, &vcpus[0], &kernel, initrd, &cmdline, config.vcpus)?;
+    match (&guest, &snapshot) {
+        (Some((kernel, initrd)), _) => {
+            configure_boot(&mem, &vcpus[0], kernel, *initrd, &cmdline, config.vcpus)?
+        }
+        (None, Some(snapshot)) => restore::restore_state(snapshot, &vm, &vcpus, &devices)?,
+        (None, None) => unreachable!("a VM either boots or restores"),
+    }
+    let saver = restore::saver(config, &vm, &mem, &devices)?;
     let api = config
         .api_socket
         .as_deref()
         .map(ApiServer::bind)
         .transpose()?;
-    let shared = VcpuShared::new(devices.pio, devices.mmio, mem, kvm.host)?;
+    let msrs_to_save = kvm.msrs_to_save()?;
+    let shared = VcpuShared::new(devices.pio, devices.mmio, mem, kvm.host, msrs_to_save)?;
     let mut machine = Machine::new(
         shared.control.clone(),
         devices.console,
@@ -145,6 +162,7 @@ pub fn build_and_start(config: &VmConfig) -> Result<RunningVm, BuildError> {
         process.signals,
         api,
     );
+    machine.set_saver(saver);
     start_vcpus(vcpus, &shared, &process.filters, &mut machine)?;
     // After the vCPU threads exist: they must not inherit this filter.
     process.filters.install(ThreadKind::Main)?;
@@ -185,14 +203,32 @@ fn guest_mem_size(config: &VmConfig) -> u64 {
 
 /// Guest memory, and the VM with that memory registered, its in-kernel
 /// interrupt controllers and timer.
-fn create_vm(kvm: &Kvm, config: &VmConfig) -> Result<(GuestMemoryMmap, Vm), BuildError> {
+/// Guest memory comes from the snapshot file when the VM is restored.
+fn create_vm(
+    kvm: &Kvm,
+    config: &VmConfig,
+    snapshot: Option<&Snapshot>,
+) -> Result<(GuestMemoryMmap, Arc<Vm>), BuildError> {
     let regions: Vec<_> = layout::ram_regions(guest_mem_size(config))
         .into_iter()
         .map(|(a, s)| (GuestAddress(a), s as usize))
         .collect();
-    let mem = memory::create(&regions)?;
+    let mem = match snapshot {
+        None => memory::create(&regions)?,
+        Some(s) => memory::from_file(&regions, &s.file, s.header.memory_offset)?,
+    };
     let vm = Vm::new(kvm, &mem)?;
-    Ok((mem, vm))
+    Ok((mem, Arc::new(vm)))
+}
+
+/// The kernel and the initramfs in guest memory, for a VM that boots.
+fn load_guest(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<(LoadedKernel, Option<regs::InitrdPlacement>), BuildError> {
+    let kernel = load_kernel(mem, config)?;
+    let initrd = load_initramfs(mem, config, kernel.end)?;
+    Ok((kernel, initrd))
 }
 
 /// The vCPUs, each with the CPUID template and boot MSRs; none runs yet.
@@ -254,11 +290,19 @@ struct VcpuShared {
     control: Arc<VcpuControl>,
     exit_evt: EventFd,
     pvm: bool,
+    msrs_to_save: Arc<Vec<u32>>,
 }
 
 impl VcpuShared {
-    fn new(pio: Bus, mmio: Bus, mem: GuestMemoryMmap, host: HostKvm) -> Result<Self, BuildError> {
+    fn new(
+        pio: Bus,
+        mmio: Bus,
+        mem: GuestMemoryMmap,
+        host: HostKvm,
+        msrs_to_save: Vec<u32>,
+    ) -> Result<Self, BuildError> {
         Ok(Self {
+            msrs_to_save: Arc::new(msrs_to_save),
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
             mem,
@@ -275,6 +319,7 @@ impl VcpuShared {
             mem: self.mem.clone(),
             control: self.control.clone(),
             pvm: self.pvm,
+            msrs_to_save: self.msrs_to_save.clone(),
         }
     }
 
@@ -464,6 +509,9 @@ struct Devices {
     console: Arc<Mutex<ConsoleTail>>,
     /// Written by the i8042 when the guest resets.
     reset_evt: EventFd,
+    /// For snapshots: the serial console and the virtio slots.
+    serial: Arc<Mutex<SerialConsole>>,
+    slots: Vec<Slot>,
 }
 
 /// The serial console and the i8042 on port I/O, then the virtio devices
@@ -478,7 +526,7 @@ fn attach_devices(
     let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
     let console = Arc::new(Mutex::new(ConsoleTail::default()));
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("the reset eventfd"))?;
-    let pio = legacy_devices(vm, config, &console, &reset_evt)?;
+    let (pio, serial) = legacy_devices(vm, config, &console, &reset_evt)?;
     let mut mmio = Bus::new();
     let mut virtio = VirtioSlots {
         vm,
@@ -487,6 +535,7 @@ fn attach_devices(
         cmdline,
         event_loop: &mut event_loop,
         next: 0,
+        slots: Vec::new(),
     };
     for drive in &config.drives {
         let block = Block::new(drive).map_err(|source| BuildError::Block {
@@ -498,12 +547,15 @@ fn attach_devices(
     if let Some(vsock) = &config.vsock {
         virtio.attach(Arc::new(Mutex::new(Vsock::new(vsock)?)))?;
     }
+    let slots = std::mem::take(&mut virtio.slots);
     Ok(Devices {
         pio,
         mmio,
         event_loop,
         console,
         reset_evt,
+        serial,
+        slots,
     })
 }
 
@@ -514,7 +566,7 @@ fn legacy_devices(
     config: &VmConfig,
     console: &Arc<Mutex<ConsoleTail>>,
     reset_evt: &EventFd,
-) -> Result<Bus, BuildError> {
+) -> Result<(Bus, Arc<Mutex<SerialConsole>>), BuildError> {
     let mut pio = Bus::new();
     let out: Option<Box<dyn Write + Send>> = match &config.console {
         Console::Off => None,
@@ -529,9 +581,12 @@ fn legacy_devices(
         })?)),
     };
     let irq = IrqTrigger(vm.irq_line(layout::SERIAL_IRQ)?);
-    let serial = SerialConsole::new(irq, ConsoleSink::new(out, console.clone()));
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        irq,
+        ConsoleSink::new(out, console.clone()),
+    )));
     pio.insert(
-        Arc::new(Mutex::new(serial)),
+        serial.clone(),
         u64::from(layout::SERIAL_PORT),
         SerialConsole::PORT_LEN,
     )?;
@@ -541,7 +596,7 @@ fn legacy_devices(
         u64::from(layout::I8042_DATA_PORT),
         I8042::PORT_LEN,
     )?;
-    Ok(pio)
+    Ok((pio, serial))
 }
 
 /// Hands out virtio-mmio windows and IRQs, and declares each device on the
@@ -553,6 +608,7 @@ struct VirtioSlots<'a> {
     cmdline: &'a mut Cmdline,
     event_loop: &'a mut EventLoop,
     next: u32,
+    slots: Vec<Slot>,
 }
 
 impl VirtioSlots<'_> {
@@ -566,12 +622,18 @@ impl VirtioSlots<'_> {
         }
         let base = layout::VIRTIO_MMIO_START + u64::from(self.next) * layout::VIRTIO_MMIO_SIZE;
         let interrupt = Arc::new(VirtioInterrupt::new(self.vm.irq_line(irq)?));
-        let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt);
-        self.mmio.insert(
-            Arc::new(Mutex::new(transport)),
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device.clone(),
+            self.mem.clone(),
+            interrupt,
+        )));
+        self.mmio
+            .insert(transport.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
+        self.slots.push(Slot {
             base,
-            layout::VIRTIO_MMIO_SIZE,
-        )?;
+            irq,
+            transport,
+        });
         self.cmdline
             .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
             .map_err(BuildError::Cmdline)?;
