@@ -87,7 +87,7 @@ fn write_bundle(dir: &Path, spec: &Value) -> String {
 fn each_risky_setting_in_a_spec_is_reported() {
     let dir = test_dir();
     let careful = json!({
-        "process": {"user": {"uid": 1000}, "noNewPrivileges": true,
+        "process": {"user": {"uid": 1000, "gid": 1000}, "cwd": "/", "noNewPrivileges": true,
                     "capabilities": {"bounding": ["CAP_CHOWN"]}},
         "root": {"path": "rootfs", "readonly": true},
         "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
@@ -104,7 +104,8 @@ fn each_risky_setting_in_a_spec_is_reported() {
     );
 
     let risky = json!({
-        "process": {"user": {"uid": 0}, "capabilities": {"bounding": ["CAP_CHOWN", "CAP_NET_ADMIN"]}},
+        "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/",
+                    "capabilities": {"bounding": ["CAP_CHOWN", "CAP_NET_ADMIN"]}},
         "root": {"path": "rootfs"},
         "mounts": [{"destination": "/var/run/docker.sock", "type": "bind",
                     "source": "/var/run/docker.sock", "options": ["rbind"]}],
@@ -139,6 +140,17 @@ fn each_risky_setting_in_a_spec_is_reported() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("missing/config.json"), "{stderr}");
+
+    // A spec the shim could not parse either: the field is named.
+    let typo = json!({"process": {"user": {"uid": "root", "gid": 0}, "cwd": "/"}});
+    let bundle = write_bundle(&dir.path().join("typo"), &typo);
+    let out = Command::new(prereq::hull_cli())
+        .args(["check", "--no-host", "--bundle", &bundle])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("process.user.uid: invalid type"), "{stderr}");
 }
 
 /// `containerd-shim-hull-v2 -v` answers without containerd's environment
