@@ -17,6 +17,7 @@
 //! Depends only on `hull-protocol` among hull's crates; never on the VMM or
 //! the shim.
 
+pub mod clone;
 pub mod config;
 pub mod container;
 pub mod guest_log;

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use hull_protocol::agent_api::agent::{
     CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, Empty, ExecProcessRequest,
     ExecProcessResponse, GetOOMEventRequest, ListProcessesRequest, ListProcessesResponse, OOMEvent,
-    PauseContainerRequest, PingRequest, PingResponse, ProcessStateRequest, ProcessStateResponse,
-    ReadGuestLogRequest, ReadGuestLogResponse, ReadStreamRequest, ReadStreamResponse,
-    RemoveContainerRequest, ResizeTtyRequest, ResumeContainerRequest, ShutdownRequest,
-    ShutdownResponse, SignalProcessRequest, StartContainerRequest, StartContainerResponse,
-    StatsContainerRequest, StatsContainerResponse, UpdateContainerRequest, VersionRequest,
-    VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
-    WriteStreamResponse,
+    PauseContainerRequest, PingRequest, PingResponse, PrepareCloneRequest, PrepareCloneResponse,
+    ProcessStateRequest, ProcessStateResponse, ReadGuestLogRequest, ReadGuestLogResponse,
+    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, ResizeTtyRequest,
+    ResumeContainerRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest,
+    StartContainerRequest, StartContainerResponse, StatsContainerRequest, StatsContainerResponse,
+    UpdateContainerRequest, VersionRequest, VersionResponse, WaitProcessRequest,
+    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use hull_protocol::agent_api::agent_ttrpc::Agent;
 use hull_protocol::{check_compatible, ProtocolError, PROTOCOL_VERSION};
@@ -73,6 +73,8 @@ pub enum RpcError {
     Container(#[from] ContainerError),
     #[error("the guest log")]
     GuestLog(#[from] GuestLogError),
+    #[error("preparing a restored clone")]
+    Clone(#[from] crate::clone::CloneError),
 }
 
 impl RpcError {
@@ -85,6 +87,8 @@ impl RpcError {
             RpcError::ShuttingDown => ttrpc::Code::UNAVAILABLE,
             RpcError::Container(err) => container_code(err),
             RpcError::GuestLog(_) => ttrpc::Code::UNAVAILABLE,
+            RpcError::Clone(crate::clone::CloneError::Sys { .. }) => ttrpc::Code::INTERNAL,
+            RpcError::Clone(_) => ttrpc::Code::INVALID_ARGUMENT,
         }
     }
 }
@@ -179,6 +183,16 @@ impl AgentService {
     pub fn do_ping(&self, _req: &PingRequest) -> Result<PingResponse, RpcError> {
         self.check_running()?;
         Ok(PingResponse::new())
+    }
+
+    pub fn do_prepare_clone(
+        &self,
+        req: &PrepareCloneRequest,
+    ) -> Result<PrepareCloneResponse, RpcError> {
+        self.check_running()?;
+        crate::clone::prepare(req)?;
+        log::info!("clone prepared: clock set, CRNG reseeded");
+        Ok(PrepareCloneResponse::new())
     }
 
     /// Answers, then the server stops (see [`crate::server::serve`]):
@@ -417,6 +431,15 @@ impl Agent for AgentService {
 
     async fn ping(&self, _ctx: &TtrpcContext, req: PingRequest) -> ttrpc::Result<PingResponse> {
         self.do_ping(&req).map_err(|err| refused("Ping", err))
+    }
+
+    async fn prepare_clone(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PrepareCloneRequest,
+    ) -> ttrpc::Result<PrepareCloneResponse> {
+        self.do_prepare_clone(&req)
+            .map_err(|err| refused("PrepareClone", err))
     }
 
     async fn shutdown(

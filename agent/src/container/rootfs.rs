@@ -164,6 +164,7 @@ pub fn find_disk(serial: &str) -> Result<PathBuf, RootfsError> {
         };
         let found = found.strip_suffix(b"\n").unwrap_or(&found);
         if found == serial.as_bytes() {
+            wait_for_capacity(&entry.path().join("size"));
             return Ok(Path::new("/dev").join(name));
         }
     }
@@ -171,6 +172,26 @@ pub fn find_disk(serial: &str) -> Result<PathBuf, RootfsError> {
         serial: serial.to_owned(),
     })
 }
+
+/// In a guest restored from a template, the disk in a slot was an empty
+/// placeholder when the template booted: the kernel learns the new disk's
+/// size from a configuration interrupt, handled on a workqueue. Waits (a
+/// bounded time) until the size is there; a cold boot's disks have it.
+fn wait_for_capacity(size: &Path) {
+    let sectors = || {
+        std::fs::read_to_string(size)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + CAPACITY_WAIT;
+    while sectors() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// How long [`wait_for_capacity`] waits.
+const CAPACITY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn mkdir(path: &Path) -> Result<(), RootfsError> {
     match std::fs::create_dir(path) {
