@@ -249,7 +249,7 @@ pub fn boot_bench(
         verbose_boot: false,
         jail: None,
         seccomp: None,
-        save_snapshot: false,
+        snapshot_file: None,
         restore_from: None,
     };
     let timeout = Duration::from_secs(args.timeout);
@@ -347,7 +347,7 @@ fn compare(
         verbose_boot: true,
         jail: None,
         seccomp: None,
-        save_snapshot: false,
+        snapshot_file: None,
         restore_from: None,
         ..spec.clone()
     };

@@ -24,10 +24,13 @@ enum Commands {
     /// Benchmarks, measured on this machine and printed with it and the date.
     #[command(subcommand)]
     Bench(hull::bench::BenchCommand),
-    /// Build the guest initramfs (uncompressed newc cpio) with the agent as /init.
     /// Audit the host (and optionally a container) for what weakens hull's
     /// isolation: PASS, INFO, WARN or FAIL per check, with a remedy.
     Check(CheckArgs),
+    /// The VM templates sandboxes start from: snapshots of a booted VM.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Build the guest initramfs (uncompressed newc cpio) with the agent as /init.
     Initramfs {
         /// The statically linked hull-agent binary (see agent/build.sh).
         #[arg(long)]
@@ -62,6 +65,70 @@ struct BootArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    /// List the templates, and whether the config's inputs still match.
+    List(TemplateArgs),
+    /// Build the template of a sandbox without limits (the first `ctr run`
+    /// or `docker run` would build it otherwise).
+    Build {
+        #[command(flatten)]
+        args: TemplateArgs,
+        /// Guest RAM of the sandboxes it serves (rounded up to its class).
+        #[arg(long)]
+        memory_mib: Option<u32>,
+    },
+    /// Remove every template; the next sandbox of each kind boots and
+    /// builds its template again.
+    Clear(TemplateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TemplateArgs {
+    /// hull's config file (paths, template_dir, sizes).
+    #[arg(long, default_value = "/etc/hull/config.toml")]
+    config: PathBuf,
+}
+
+fn load_config(path: &std::path::Path) -> Result<hull_sandbox::config::ShimConfig, String> {
+    let explicit = path != std::path::Path::new(hull_sandbox::config::DEFAULT_CONFIG_PATH);
+    hull_sandbox::config::ShimConfig::load(explicit.then_some(path)).map_err(|e| error_chain(&e))
+}
+
+fn template(command: TemplateCommand) -> Result<String, String> {
+    match command {
+        TemplateCommand::List(args) => Ok(hull::template::list(&load_config(&args.config)?)),
+        TemplateCommand::Build { args, memory_mib } => {
+            let config = load_config(&args.config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| error_chain(&e))?;
+            let built = runtime
+                .block_on(hull::template::build(&config, memory_mib))
+                .map_err(|e| error_chain(&e))?;
+            Ok(format!(
+                "template {}: {} vCPU(s), {} MiB, agent ready after {:.1} s, saved in {:.2} s\n{}\n",
+                built.id,
+                built.meta.key.vcpus,
+                built.meta.key.memory_mib,
+                built.meta.boot_ms as f64 / 1000.0,
+                built.meta.save_ms as f64 / 1000.0,
+                built.snapshot.display()
+            ))
+        }
+        TemplateCommand::Clear(args) => {
+            let config = load_config(&args.config)?;
+            let removed =
+                hull_sandbox::template::clear(&config.template_dir).map_err(|e| error_chain(&e))?;
+            Ok(format!(
+                "removed {removed} entries from {}\n",
+                config.template_dir.display()
+            ))
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,7 +211,7 @@ fn boot(args: BootArgs) -> Result<(), String> {
         verbose_boot: args.console,
         jail: None,
         seccomp: None,
-        save_snapshot: false,
+        snapshot_file: None,
         restore_from: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -198,6 +265,16 @@ fn main() -> ExitCode {
             }
             Err(err) => {
                 eprintln!("hull bench: {}", error_chain(&err));
+                ExitCode::FAILURE
+            }
+        },
+        Commands::Template(command) => match template(command) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("hull template: {message}");
                 ExitCode::FAILURE
             }
         },

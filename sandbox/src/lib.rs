@@ -6,16 +6,20 @@
 //! - [`vmm_process`]: `hull-vmm` as a (jailed) child process, its typed
 //!   config, sockets, log and exit; [`hybrid_vsock`] and [`agent_client`]:
 //!   the way to the guest agent; [`vm::Sandbox`]: both together, watched;
-//! - [`state`]: state directories and the cleanup after a crash.
+//! - [`state`]: state directories and the cleanup after a crash;
+//! - [`config`]: hull's config file; [`template`]: VM templates, the
+//!   snapshots of a booted VM that sandboxes start from.
 //!
 //! Depends on `hull-protocol` and the jailer's cgroup layout only: never on
 //! the VMM, the agent or containerd's shim crate.
 
 pub mod agent_client;
+pub mod config;
 pub mod hybrid_vsock;
 pub mod policy;
 pub mod spec;
 pub mod state;
+pub mod template;
 pub mod vm;
 pub mod vmm_process;
 

@@ -158,6 +158,25 @@ fn memory_mib(bytes: u64, defaults: &VmDefaults) -> Result<u32, SpecError> {
     })
 }
 
+/// Present when /dev/kvm is nested PVM: the host is itself a VM whose KVM
+/// emulates guest kernel mode.
+const NESTED_PVM_MODULE: &str = "/sys/module/kvm_pvm";
+
+/// The vCPUs a VM gets on this host: what it asked for, except under
+/// nested PVM, where guests with more than one vCPU hang in the second
+/// CPU's start-up (tests/tests/smp_boot.rs), so they get one.
+pub fn vcpus_this_host_runs(wanted: u8) -> u8 {
+    vcpus_under(wanted, Path::new(NESTED_PVM_MODULE).is_dir())
+}
+
+fn vcpus_under(wanted: u8, nested_pvm: bool) -> u8 {
+    if nested_pvm {
+        wanted.min(1)
+    } else {
+        wanted
+    }
+}
+
 /// The host's memory in MiB (`MemTotal`), `u64::MAX` when unreadable.
 pub fn host_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -268,6 +287,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = load(&dir.path().join("config.json")).unwrap_err();
         assert!(err.to_string().contains("reading the OCI spec"), "{err}");
+    }
+
+    #[test]
+    fn nested_pvm_gets_one_vcpu() {
+        assert_eq!(vcpus_under(4, false), 4);
+        assert_eq!(vcpus_under(4, true), 1);
+        assert_eq!(vcpus_under(1, true), 1);
     }
 
     #[test]

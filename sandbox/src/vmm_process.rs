@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_protocol::vmm_api::{VmmRequest, VmmResponse};
 use hull_protocol::vmm_config::{Console, SeccompMode, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
 use tokio::process::{Child, Command};
 
@@ -29,6 +30,11 @@ pub enum VmmProcessError {
     },
     #[error("waiting for the VMM")]
     Wait(#[source] std::io::Error),
+    #[error("the VMM's control socket")]
+    Api {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A raw disk image for the guest (the VMM's own drive config).
@@ -65,9 +71,9 @@ pub struct VmmSpec {
     pub jail: Option<JailSpec>,
     /// The VMM's seccomp mode (`enforce` when `None`).
     pub seccomp: Option<SeccompMode>,
-    /// Let the control socket save this VM into
-    /// [`VmmProcess::snapshot_path`].
-    pub save_snapshot: bool,
+    /// Let the control socket save this VM into this file (made empty,
+    /// mode 0600, when it does not exist; handed to the jail read-write).
+    pub snapshot_file: Option<PathBuf>,
     /// Start from this snapshot instead of booting.
     pub restore_from: Option<PathBuf>,
 }
@@ -94,9 +100,7 @@ impl VmmSpec {
             }),
             api_socket: Some(state_dir.join(API_SOCKET)),
             seccomp: self.seccomp.unwrap_or_default(),
-            snapshot_file: self
-                .save_snapshot
-                .then(|| VmmProcess::snapshot_path_in(state_dir)),
+            snapshot_file: self.snapshot_file.clone(),
             restore_from: self.restore_from.clone(),
             ..VmConfig::new(self.kernel.clone())
         }
@@ -107,7 +111,6 @@ impl VmmSpec {
 const VM_CONFIG: &str = "vmm.json";
 const CONSOLE_LOG: &str = "console.log";
 const API_SOCKET: &str = "api.sock";
-const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 pub struct VmmProcess {
     child: Child,
@@ -153,6 +156,16 @@ impl VmmProcess {
             })
             .map_err(dir_err)
             .map_err(cleanup_on_error)?;
+        if let Some(snapshot) = &spec.snapshot_file {
+            File::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(snapshot)
+                .map_err(dir_err)
+                .map_err(cleanup_on_error)?;
+        }
         let mut cmd = match &spec.jail {
             None => Command::new(&spec.vmm_binary),
             Some(jail) => jailer_command(spec, jail, state_dir),
@@ -175,14 +188,22 @@ impl VmmProcess {
         })
     }
 
-    /// Where the control socket's `snapshot` saves the VM (when the spec
-    /// asked for [`VmmSpec::save_snapshot`]).
-    pub fn snapshot_path(&self) -> PathBuf {
-        Self::snapshot_path_in(&self.state_dir)
-    }
-
-    fn snapshot_path_in(state_dir: &Path) -> PathBuf {
-        state_dir.join(SNAPSHOT_FILE)
+    /// One request on the VMM's control socket, and its answer.
+    pub async fn api_request(&self, request: &VmmRequest) -> Result<VmmResponse, VmmProcessError> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let api = |source| VmmProcessError::Api { source };
+        let mut stream = tokio::net::UnixStream::connect(self.api_path())
+            .await
+            .map_err(api)?;
+        let mut line = serde_json::to_string(request).expect("a request always serialises");
+        line.push('\n');
+        stream.write_all(line.as_bytes()).await.map_err(api)?;
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .await
+            .map_err(api)?;
+        serde_json::from_str(&answer).map_err(|e| api(std::io::Error::other(e)))
     }
 
     /// The pid of the process started: the VMM, or its jailer's supervisor.
@@ -289,6 +310,9 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
     if let Some(snapshot) = &spec.restore_from {
         cmd.arg("--ro").arg(snapshot);
     }
+    if let Some(snapshot) = &spec.snapshot_file {
+        cmd.arg("--rw").arg(snapshot);
+    }
     if let Some(bytes) = jail.memory_bytes {
         cmd.arg("--memory-bytes").arg(bytes.to_string());
     }
@@ -376,7 +400,7 @@ mod tests {
             verbose_boot: false,
             jail: None,
             seccomp: Some(SeccompMode::Log),
-            save_snapshot: false,
+            snapshot_file: None,
             restore_from: None,
         };
         let state = Path::new("/run/hull/sandboxes/x");

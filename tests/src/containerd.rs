@@ -266,6 +266,12 @@ impl Containerd {
         std::fs::write(&self.config, config).expect("rewrite the hull config");
     }
 
+    /// Replaces the hull config the containers created from now on get
+    /// (start from [`hull_config`]).
+    pub fn set_hull_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("rewrite the hull config");
+    }
+
     /// containerd's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()

@@ -26,7 +26,7 @@ pub fn agent_spec() -> VmmSpec {
         verbose_boot: false,
         jail: None,
         seccomp: None,
-        save_snapshot: false,
+        snapshot_file: None,
         restore_from: None,
     }
 }

@@ -150,7 +150,10 @@ fn each_risky_setting_in_a_spec_is_reported() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("process.user.uid: invalid type"), "{stderr}");
+    assert!(
+        stderr.contains("process.user.uid: invalid type"),
+        "{stderr}"
+    );
 }
 
 /// `containerd-shim-hull-v2 -v` answers without containerd's environment

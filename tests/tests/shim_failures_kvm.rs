@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hull_shim::task::VM_GONE_EXIT_STATUS;
-use hull_tests::containerd::{stdout_ok, Containerd, Engine};
+use hull_tests::containerd::{hull_config, stdout_ok, Containerd, Engine};
 use hull_tests::poll::try_poll_until;
 use hull_tests::{leaks, prereq, test_dir};
 
@@ -303,7 +303,11 @@ fn ctr_agent_unreachable_fails_cleanly_kvm() {
     prereq::require_kvm();
     let dir = test_dir();
     let containerd = Containerd::start(Engine::Containerd16, dir.path());
-    containerd.set_boot_timeout(Duration::from_secs(3));
+    // A cold boot's budget: a template would answer well within it.
+    containerd.set_hull_config(&format!(
+        "{}boot_timeout_secs = 3\ntemplates = false\n",
+        hull_config()
+    ));
     let id = "no-agent";
     let out = containerd.run(id, &[], &["true"]);
     assert!(!out.status.success(), "ctr run without an agent: {out:?}");

@@ -56,9 +56,10 @@ async fn snapshot_restores_two_independent_vms_and_refuses_bad_files_kvm() {
     within(TEST_LIMIT, "snapshot_kvm", async {
         // 1. A cold boot, saved once its agent answers (and its connection
         //    is closed again: a snapshot holds no live connection).
+        let snapshot = dir.path().join("agent.snap");
         let mut cold = sandbox::spawn(
             &VmmSpec {
-                save_snapshot: true,
+                snapshot_file: Some(snapshot.clone()),
                 ..spec.clone()
             },
             &dir.path().join("cold"),
@@ -69,8 +70,6 @@ async fn snapshot_restores_two_independent_vms_and_refuses_bad_files_kvm() {
         let saving = Instant::now();
         control::expect_state(&cold.api_path(), VmmRequest::Snapshot, VmState::Paused).await;
         let saved_in = saving.elapsed();
-        let snapshot = dir.path().join("agent.snap");
-        std::fs::rename(cold.snapshot_path(), &snapshot).expect("moving the snapshot out");
         control::expect_state(&cold.api_path(), VmmRequest::Shutdown, VmState::Stopping).await;
         let status = sandbox::wait_exit(&mut cold, EXIT_TIMEOUT).await;
         assert_exit_code(status, exit_code::OK, &cold.log_tail(20));

@@ -1,7 +1,8 @@
 //! Creating a container, as a recipe: load the config and the spec, check
-//! the policy, size the VM, prepare the disks, start the sandbox, create the
-//! container in the guest. One [`CreateUndo`] guard takes back whatever the
-//! steps before a failure made.
+//! the policy, size the VM, prepare the disks, start the sandbox (restored
+//! from a template when there is one, else booted), create the container
+//! in the guest. One [`CreateUndo`] guard takes back whatever the steps
+//! before a failure made.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,12 +13,12 @@ use std::time::Duration;
 use containerd_shim::protos::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::MessageField;
 use hull_jailer::cgroup::{SandboxCgroup, DEFAULT_PARENT};
-use hull_protocol::agent_api::agent::{CreateContainerRequest, Storage};
+use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneRequest, Storage};
 use hull_sandbox::spec::{self, Spec, VmSize};
 use hull_sandbox::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use hull_sandbox::vm::RPC_TIMEOUT;
 use hull_sandbox::vmm_process::{Drive, JailSpec, VmmSpec};
-use hull_sandbox::{policy, Sandbox};
+use hull_sandbox::{policy, template, Sandbox};
 use tokio::sync::Mutex;
 
 use super::process::Process;
@@ -29,14 +30,13 @@ use crate::rootfs::{self, HostBind, RootfsDisk, RootfsMount};
 use crate::stdio::StdioPaths;
 
 /// The serial of the rootfs disk, by which the agent finds it.
-pub const ROOTFS_SERIAL: &str = "rootfs";
+pub const ROOTFS_SERIAL: &str = template::ROOTFS_SERIAL;
 /// The serial of the disk holding the host bind mounts' content.
-pub const BINDS_SERIAL: &str = "binds";
+pub const BINDS_SERIAL: &str = template::BINDS_SERIAL;
+/// Bytes of host entropy a restored clone gets.
+const CLONE_ENTROPY: usize = 64;
 /// The VMM's own memory beside guest RAM, for its host cgroup.
 pub const VMM_OVERHEAD_BYTES: u64 = 64 << 20;
-/// Present when /dev/kvm is nested PVM: the host is itself a VM whose KVM
-/// emulates guest kernel mode.
-const NESTED_PVM_MODULE: &str = "/sys/module/kvm_pvm";
 /// How long the undo of a failed create waits for a killed VMM to leave
 /// its host cgroups.
 const UNDO_CGROUP_WAIT: Duration = Duration::from_secs(2);
@@ -65,10 +65,17 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     let size = size_the_vm(&req.id, &spec, &config)?;
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let mut undo = CreateUndo::new(state_dir.clone());
-    let disks = prepare_disks(req, &bundle, &spec, &host_binds, &mut undo)?;
+    let disks = prepare_disks(
+        req,
+        &bundle,
+        &spec,
+        &host_binds,
+        &mut undo,
+        config.templates,
+    )?;
     let boot = Duration::from_secs(config.boot_timeout_secs);
     let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir);
-    let sandbox = start_sandbox(&vmm_spec, &state_dir, boot).await?;
+    let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot).await?;
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
         stdout: req.stdout.clone(),
@@ -150,7 +157,7 @@ fn load_config(req: &CreateTaskRequest) -> Result<ShimConfig, ShimError> {
 /// The VM's size from the spec's limits, with the vCPUs this host can run.
 fn size_the_vm(id: &str, spec: &Spec, config: &ShimConfig) -> Result<VmSize, ShimError> {
     let mut size = VmSize::of(spec, &config.vm_defaults())?;
-    let vcpus = vcpus_this_host_runs(size.vcpus, Path::new(NESTED_PVM_MODULE).is_dir());
+    let vcpus = spec::vcpus_this_host_runs(size.vcpus);
     if vcpus != size.vcpus {
         log::warn!(
             "{id}: nested PVM (kvm_pvm): a guest with {} vCPUs would hang starting its second \
@@ -167,6 +174,9 @@ struct Disks {
     rootfs: RootfsDisk,
     /// The disk holding the host bind mounts' content, if any.
     binds: Option<PathBuf>,
+    /// An empty disk in the binds slot, for a container without binds
+    /// whose VM may be restored from a template.
+    slot_only: Option<PathBuf>,
     /// The files the shim built (removed with the container).
     files: Vec<PathBuf>,
 }
@@ -175,13 +185,16 @@ struct Disks {
 /// and the binds disk. containerd hands over the snapshot as mounts for
 /// `<bundle>/rootfs`; Docker mounts its graph driver's rootfs itself and
 /// names it in root.path. A snapshot that already is a disk goes to the
-/// guest as it is; anything else is copied into a new ext4 image.
+/// guest as it is; anything else is copied into a new ext4 image. With
+/// templates, a container without binds still gets an (empty) binds disk:
+/// the template VM has that slot.
 fn prepare_disks(
     req: &CreateTaskRequest,
     bundle: &Path,
     spec: &Spec,
     host_binds: &[HostBind],
     undo: &mut CreateUndo,
+    templates: bool,
 ) -> Result<Disks, ShimError> {
     let rootfs_dir = if req.rootfs.is_empty() {
         let root = spec.root().as_ref().map(|r| r.path().clone());
@@ -219,6 +232,14 @@ fn prepare_disks(
         }
     };
     let binds = if host_binds.is_empty() {
+        if templates {
+            let empty = binds_image_for(bundle);
+            undo.files.push(empty.clone());
+            std::fs::File::create(&empty).map_err(|source| ShimError::Io {
+                what: format!("creating {}", empty.display()),
+                source,
+            })?;
+        }
         None
     } else {
         let image = binds_image_for(bundle);
@@ -232,9 +253,11 @@ fn prepare_disks(
         );
         Some(image)
     };
+    let slot_only = (templates && binds.is_none()).then(|| binds_image_for(bundle));
     Ok(Disks {
         rootfs,
         binds,
+        slot_only,
         files: undo.files.clone(),
     })
 }
@@ -247,11 +270,15 @@ fn vmm_spec(config: &ShimConfig, size: &VmSize, disks: &Disks, state_dir: &Path)
         read_only: disks.rootfs.read_only,
         id: Some(ROOTFS_SERIAL.into()),
     };
-    let binds = disks.binds.iter().map(|path| Drive {
-        path: path.clone(),
-        read_only: false,
-        id: Some(BINDS_SERIAL.into()),
-    });
+    let binds = disks
+        .binds
+        .iter()
+        .chain(&disks.slot_only)
+        .map(|path| Drive {
+            path: path.clone(),
+            read_only: false,
+            id: Some(BINDS_SERIAL.into()),
+        });
     VmmSpec {
         vmm_binary: config.vmm.clone(),
         kernel: config.kernel_for(size.vcpus).to_path_buf(),
@@ -270,13 +297,17 @@ fn vmm_spec(config: &ShimConfig, size: &VmSize, disks: &Disks, state_dir: &Path)
             cpu: size.cpu,
         }),
         seccomp: Some(config.seccomp),
-        save_snapshot: false,
+        snapshot_file: None,
         restore_from: None,
     }
 }
 
-/// A fresh state directory, then the VMM, until the agent answers.
+/// A fresh state directory, then the VMM, until the agent answers: a VM
+/// restored from the template of its kind (built first when there is
+/// none), made a clone of its own; a cold boot without templates or when
+/// the restore fails.
 async fn start_sandbox(
+    config: &ShimConfig,
     vmm_spec: &VmmSpec,
     state_dir: &Path,
     boot: Duration,
@@ -285,8 +316,98 @@ async fn start_sandbox(
         what: format!("creating {SANDBOX_STATE_BASE}"),
         source,
     })?;
+    if let Some(restoring) = restoring_spec(config, vmm_spec, boot).await {
+        let _ = std::fs::remove_dir_all(state_dir);
+        let started = std::time::Instant::now();
+        match Sandbox::start(&restoring, state_dir, boot).await {
+            Ok(sandbox) => match prepare_clone(&sandbox).await {
+                Ok(()) => {
+                    log::info!(
+                        "sandbox restored from a template, agent ready in {} ms",
+                        started.elapsed().as_millis()
+                    );
+                    return Ok(sandbox);
+                }
+                Err(err) => {
+                    sandbox.shutdown().await;
+                    return Err(err);
+                }
+            },
+            Err(err) => log::warn!(
+                "restoring from the template failed, booting instead: {}",
+                hull_protocol::error_chain(&err)
+            ),
+        }
+    }
     let _ = std::fs::remove_dir_all(state_dir);
     Ok(Sandbox::start(vmm_spec, state_dir, boot).await?)
+}
+
+/// `vmm_spec` restored from its template, when templates are on and the
+/// sandbox fits one: two read-write disks in the rootfs and binds slots.
+async fn restoring_spec(
+    config: &ShimConfig,
+    vmm_spec: &VmmSpec,
+    boot: Duration,
+) -> Option<VmmSpec> {
+    if !config.templates {
+        return None;
+    }
+    let fits = vmm_spec.drives.len() == 2 && vmm_spec.drives.iter().all(|d| !d.read_only);
+    if !fits {
+        log::info!("no template for a read-only rootfs disk: booting");
+        return None;
+    }
+    match template::ensure(&config.template_dir, vmm_spec, boot).await {
+        Ok(found) => {
+            let memory_mib = found.meta.key.memory_mib;
+            let jail = vmm_spec.jail.clone().map(|jail| JailSpec {
+                memory_bytes: Some((u64::from(memory_mib) << 20) + VMM_OVERHEAD_BYTES),
+                ..jail
+            });
+            Some(VmmSpec {
+                restore_from: Some(found.snapshot),
+                memory_mib,
+                jail,
+                ..vmm_spec.clone()
+            })
+        }
+        Err(err) => {
+            log::warn!("no template, booting: {}", hull_protocol::error_chain(&err));
+            None
+        }
+    }
+}
+
+/// A restored VM is one of many identical clones: before anything runs in
+/// it, it gets the host's time and fresh entropy (see the agent's
+/// PrepareClone).
+async fn prepare_clone(sandbox: &Sandbox) -> Result<(), ShimError> {
+    let mut entropy = vec![0u8; CLONE_ENTROPY];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+        .map_err(|source| ShimError::Io {
+            what: "reading host entropy".into(),
+            source,
+        })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let request = PrepareCloneRequest {
+        realtime_ns: now.as_nanos() as i64,
+        entropy,
+        ..Default::default()
+    };
+    let ctx = ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64);
+    sandbox
+        .agent()
+        .prepare_clone(ctx, &request)
+        .await
+        .map_err(|source| ShimError::AgentCall {
+            call: "PrepareClone",
+            source,
+        })?;
+    Ok(())
 }
 
 /// `CreateContainer` in the guest, with the disks by serial.
@@ -384,27 +505,9 @@ fn namespace_of(bundle: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The vCPUs a VM gets: what it asked for, except under nested PVM, where
-/// guests with more than one vCPU hang in the second CPU's start-up
-/// (tests/tests/smp_boot.rs), so they get one.
-fn vcpus_this_host_runs(wanted: u8, nested_pvm: bool) -> u8 {
-    if nested_pvm {
-        wanted.min(1)
-    } else {
-        wanted
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nested_pvm_gets_one_vcpu() {
-        assert_eq!(vcpus_this_host_runs(4, false), 4);
-        assert_eq!(vcpus_this_host_runs(4, true), 1);
-        assert_eq!(vcpus_this_host_runs(1, true), 1);
-    }
 
     #[test]
     fn bundles_name_their_namespace() {
