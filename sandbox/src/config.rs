@@ -79,6 +79,9 @@ pub struct ShimConfig {
     pub templates: bool,
     /// Where templates are kept (root's; they survive restarts).
     pub template_dir: PathBuf,
+    /// Append each container's start phases (wall-clock marks of Create
+    /// and Start) to this file as JSON lines; for `hull bench start`.
+    pub phase_log: Option<PathBuf>,
     pub policy: PolicySection,
 }
 
@@ -108,6 +111,7 @@ impl Default for ShimConfig {
             boot_timeout_secs: 180,
             templates: true,
             template_dir: crate::template::DEFAULT_TEMPLATE_DIR.into(),
+            phase_log: None,
             policy: PolicySection::default(),
         }
     }

@@ -66,6 +66,82 @@ pub struct RuntimeStart {
     pub total_ms: Vec<u64>,
     /// PSS of what one running container costs on the host, by process.
     pub pss_kib: Vec<(String, u64)>,
+    /// Where hull's start goes, from the shim's own marks (see
+    /// [`PHASES`]): per phase, its duration in each run, in milliseconds.
+    pub phases: Vec<(String, Vec<u64>)>,
+}
+
+/// hull's start, phase by phase: (the shim's mark that ends it, what it
+/// is). The first phase starts when `ctr run` is started, the last ends at
+/// the container's first byte of output; a phase whose mark is missing (a
+/// cold boot has no `clone`) counts 0.
+pub const PHASES: &[(&str, &str)] = &[
+    ("create", "ctr, containerd, shim start"),
+    ("spec", "config, spec, policy, VM size"),
+    ("disks", "rootfs and binds disks"),
+    ("template", "template found (or built)"),
+    ("agent", "VM restored or booted, agent answers"),
+    ("clone", "clone prepared (time, entropy)"),
+    ("created", "container created in the guest"),
+    ("started", "container started"),
+    ("", "to the first byte of output"),
+];
+
+/// One timed `ctr run --rm`.
+struct Timed {
+    first_ms: u64,
+    total_ms: u64,
+    /// Wall clock, nanoseconds since the epoch: `ctr run` started, and its
+    /// first byte of output.
+    started_ns: u128,
+    first_ns: u128,
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The durations of [`PHASES`] in one run, from the shim's marks.
+fn phase_durations(marks: &[(String, u128)], timed: &Timed) -> Vec<u64> {
+    let at = |name: &str| marks.iter().find(|(m, _)| m == name).map(|(_, t)| *t);
+    let mut previous = timed.started_ns;
+    PHASES
+        .iter()
+        .map(|(mark, _)| {
+            let end = if mark.is_empty() {
+                Some(timed.first_ns)
+            } else {
+                at(mark)
+            };
+            match end {
+                Some(end) => {
+                    let ms = end.saturating_sub(previous) / 1_000_000;
+                    previous = end;
+                    ms as u64
+                }
+                None => 0,
+            }
+        })
+        .collect()
+}
+
+/// The shim's marks for container `id` in the phase log.
+fn marks_of(log: &std::path::Path, id: &str) -> Vec<(String, u128)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|v| v["id"] == id)
+        .and_then(|v| {
+            v["marks"].as_array().map(|marks| {
+                marks
+                    .iter()
+                    .filter_map(|m| Some((m[0].as_str()?.to_owned(), m[1].as_u64()? as u128)))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +164,9 @@ fn median(values: &[u64]) -> u64 {
 
 struct Ctr<'a> {
     args: &'a StartBenchArgs,
+    /// hull's config for the bench's runs: the given one (or
+    /// /etc/hull/config.toml) plus a `phase_log`.
+    config: Option<PathBuf>,
 }
 
 impl Ctr<'_> {
@@ -121,17 +200,18 @@ impl Ctr<'_> {
 
     fn runtime_args(&self, runtime: &str) -> Vec<String> {
         let mut args = vec!["--runtime".to_owned(), runtime.to_owned()];
-        if let (Some(config), true) = (&self.args.config, runtime.contains("hull")) {
+        if let (Some(config), true) = (&self.config, runtime.contains("hull")) {
             args.push("--runtime-config-path".into());
             args.push(config.display().to_string());
         }
         args
     }
 
-    /// One `ctr run --rm`: (first output, exit), in milliseconds.
-    fn timed_run(&self, runtime: &str, id: &str) -> Result<(u64, u64), StartBenchError> {
+    /// One `ctr run --rm`, timed to its first output and to its exit.
+    fn timed_run(&self, runtime: &str, id: &str) -> Result<Timed, StartBenchError> {
         let what = format!("ctr run --runtime {runtime}");
         let started = Instant::now();
+        let started_ns = unix_ns();
         let mut child = self
             .command()
             .arg("run")
@@ -153,6 +233,7 @@ impl Ctr<'_> {
             Ok(1) => started.elapsed(),
             _ => Duration::ZERO,
         };
+        let first_ns = unix_ns();
         let mut rest = Vec::new();
         let _ = stdout.read_to_end(&mut rest);
         let out = child
@@ -167,10 +248,12 @@ impl Ctr<'_> {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
-        Ok((
-            first.as_millis() as u64,
-            started.elapsed().as_millis() as u64,
-        ))
+        Ok(Timed {
+            first_ms: first.as_millis() as u64,
+            total_ms: started.elapsed().as_millis() as u64,
+            started_ns,
+            first_ns,
+        })
     }
 }
 
@@ -271,7 +354,16 @@ pub fn start_bench(
     args: &StartBenchArgs,
     progress: &mut dyn FnMut(&str),
 ) -> Result<StartBenchReport, StartBenchError> {
-    let ctr = Ctr { args };
+    let scratch = tempfile::tempdir().map_err(|source| StartBenchError::Spawn {
+        what: "a scratch directory".into(),
+        source,
+    })?;
+    let phase_log = scratch.path().join("phases.jsonl");
+    let config = phase_config(args, scratch.path(), &phase_log)?;
+    let ctr = Ctr {
+        args,
+        config: Some(config),
+    };
     if let Some(tar) = &args.image_tar {
         ctr.run(&["image", "import", &tar.display().to_string()])?;
     }
@@ -279,6 +371,7 @@ pub fn start_bench(
     for runtime in ["io.containerd.hull.v2", "io.containerd.runc.v2"] {
         let mut first = Vec::new();
         let mut total = Vec::new();
+        let mut per_run = Vec::new();
         for run in 0..args.runs {
             let id = format!(
                 "bench-{}-{run}",
@@ -288,13 +381,17 @@ pub fn start_bench(
                     "runc"
                 }
             );
-            let (f, t) = ctr.timed_run(runtime, &id)?;
+            let timed = ctr.timed_run(runtime, &id)?;
+            let (f, t) = (timed.first_ms, timed.total_ms);
             progress(&format!(
                 "{runtime} run {}: first output {f} ms, done {t} ms",
                 run + 1
             ));
             first.push(f);
             total.push(t);
+            if runtime.contains("hull") {
+                per_run.push(phase_durations(&marks_of(&phase_log, &id), &timed));
+            }
         }
         let id = format!(
             "bench-{}-mem",
@@ -308,11 +405,21 @@ pub fn start_bench(
         progress(&format!(
             "{runtime}: running container costs {pss:?} KiB PSS"
         ));
+        let phases = if per_run.is_empty() {
+            Vec::new()
+        } else {
+            PHASES
+                .iter()
+                .enumerate()
+                .map(|(i, (_, what))| ((*what).to_owned(), per_run.iter().map(|r| r[i]).collect()))
+                .collect()
+        };
         results.push(RuntimeStart {
             runtime: runtime.into(),
             first_output_ms: first,
             total_ms: total,
             pss_kib: pss,
+            phases,
         });
     }
     let runc = results.pop().expect("two runtimes");
@@ -327,6 +434,36 @@ pub fn start_bench(
         hull,
         runc,
     })
+}
+
+/// The bench's hull config: `--config` (or /etc/hull/config.toml when it
+/// exists, else the defaults) with `phase_log` added.
+fn phase_config(
+    args: &StartBenchArgs,
+    dir: &std::path::Path,
+    log: &std::path::Path,
+) -> Result<PathBuf, StartBenchError> {
+    let base = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/hull/config.toml"));
+    let mut text = match std::fs::read_to_string(&base) {
+        Ok(text) => text,
+        Err(_) if args.config.is_none() => String::new(),
+        Err(source) => {
+            return Err(StartBenchError::Spawn {
+                what: format!("reading {}", base.display()),
+                source,
+            })
+        }
+    };
+    text.push_str(&format!("\nphase_log = {:?}\n", log.display().to_string()));
+    let config = dir.join("hull.toml");
+    std::fs::write(&config, text).map_err(|source| StartBenchError::Spawn {
+        what: format!("writing {}", config.display()),
+        source,
+    })?;
+    Ok(config)
 }
 
 pub fn render(r: &StartBenchReport) -> String {
@@ -354,6 +491,12 @@ pub fn render(r: &StartBenchReport) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        for (what, runs) in &rt.phases {
+            out.push_str(&format!(
+                "    {what:<40} median {:>6} ms {runs:?}\n",
+                median(runs)
+            ));
+        }
     }
     out.push_str(&format!(
         "hull/runc: start latency ×{:.1}, memory per running container ×{:.1}\n",
@@ -365,6 +508,32 @@ pub fn render(r: &StartBenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_account_for_the_whole_start() {
+        let ms = 1_000_000u128;
+        let marks: Vec<(String, u128)> = [
+            ("create", 100),
+            ("spec", 102),
+            ("disks", 150),
+            ("template", 151),
+            ("agent", 800),
+            ("created", 8_000),
+            ("started", 8_100),
+        ]
+        .iter()
+        .map(|(m, t)| (m.to_string(), t * ms))
+        .collect();
+        let timed = Timed {
+            first_ms: 8_200,
+            total_ms: 9_000,
+            started_ns: 0,
+            first_ns: 8_200 * ms,
+        };
+        let phases = phase_durations(&marks, &timed);
+        assert_eq!(phases, [100, 2, 48, 1, 649, 0, 7_200, 100, 100]);
+        assert_eq!(phases.iter().sum::<u64>(), timed.first_ms);
+    }
 
     #[test]
     fn median_and_pss_of_a_real_process() {

@@ -21,6 +21,7 @@ use hull_sandbox::vmm_process::{Drive, JailSpec, VmmSpec};
 use hull_sandbox::{policy, template, Sandbox};
 use tokio::sync::Mutex;
 
+use super::phases::Phases;
 use super::process::Process;
 use super::{stdio_options, Container};
 use crate::config::{config_path_from_options, ShimConfig};
@@ -57,12 +58,15 @@ pub fn bundle_files(bundle: &Path) -> [PathBuf; 2] {
 }
 
 pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
+    let mut phases = Phases::begin(&req.id);
     let config = load_config(req)?;
+    phases.log_to(config.phase_log.clone());
     let bundle = PathBuf::from(&req.bundle);
     let mut spec = spec::load(&bundle.join("config.json"))?;
     policy::enforce(&spec, &config.policy()).map_err(ShimError::Policy)?;
     let host_binds = for_the_guest(&mut spec);
     let size = size_the_vm(&req.id, &spec, &config)?;
+    phases.mark("spec");
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let mut undo = CreateUndo::new(state_dir.clone());
     let disks = prepare_disks(
@@ -73,9 +77,10 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         &mut undo,
         config.templates,
     )?;
+    phases.mark("disks");
     let boot = Duration::from_secs(config.boot_timeout_secs);
     let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir);
-    let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot).await?;
+    let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot, &mut phases).await?;
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
         stdout: req.stdout.clone(),
@@ -86,6 +91,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         sandbox.shutdown().await;
         return Err(err);
     }
+    phases.mark("created");
     undo.disarm();
     let host_pid = sandbox.pid().await;
     let agent = sandbox.agent();
@@ -99,6 +105,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         host_pid,
         processes: Mutex::new(processes),
         paused: AtomicBool::new(false),
+        phases: std::sync::Mutex::new(Some(phases)),
     })
 }
 
@@ -311,28 +318,31 @@ async fn start_sandbox(
     vmm_spec: &VmmSpec,
     state_dir: &Path,
     boot: Duration,
+    phases: &mut Phases,
 ) -> Result<Sandbox, ShimError> {
     std::fs::create_dir_all(SANDBOX_STATE_BASE).map_err(|source| ShimError::Io {
         what: format!("creating {SANDBOX_STATE_BASE}"),
         source,
     })?;
-    if let Some(restoring) = restoring_spec(config, vmm_spec, boot).await {
+    let restoring = restoring_spec(config, vmm_spec, boot).await;
+    phases.mark("template");
+    if let Some(restoring) = restoring {
         let _ = std::fs::remove_dir_all(state_dir);
         let started = std::time::Instant::now();
         match Sandbox::start(&restoring, state_dir, boot).await {
-            Ok(sandbox) => match prepare_clone(&sandbox).await {
-                Ok(()) => {
-                    log::info!(
-                        "sandbox restored from a template, agent ready in {} ms",
-                        started.elapsed().as_millis()
-                    );
-                    return Ok(sandbox);
-                }
-                Err(err) => {
+            Ok(sandbox) => {
+                phases.mark("agent");
+                if let Err(err) = prepare_clone(&sandbox).await {
                     sandbox.shutdown().await;
                     return Err(err);
                 }
-            },
+                phases.mark("clone");
+                log::info!(
+                    "sandbox restored from a template, agent ready in {} ms",
+                    started.elapsed().as_millis()
+                );
+                return Ok(sandbox);
+            }
             Err(err) => log::warn!(
                 "restoring from the template failed, booting instead: {}",
                 hull_protocol::error_chain(&err)
@@ -340,7 +350,9 @@ async fn start_sandbox(
         }
     }
     let _ = std::fs::remove_dir_all(state_dir);
-    Ok(Sandbox::start(vmm_spec, state_dir, boot).await?)
+    let sandbox = Sandbox::start(vmm_spec, state_dir, boot).await?;
+    phases.mark("agent");
+    Ok(sandbox)
 }
 
 /// `vmm_spec` restored from its template, when templates are on and the

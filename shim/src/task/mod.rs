@@ -7,6 +7,7 @@
 
 pub mod create;
 mod guest_events;
+pub mod phases;
 pub mod process;
 
 use std::collections::HashMap;
@@ -77,6 +78,8 @@ pub struct Container {
     pub host_pid: u32,
     pub processes: Mutex<HashMap<String, Arc<Process>>>,
     pub paused: AtomicBool,
+    /// The start's phases, written once its init runs.
+    pub phases: std::sync::Mutex<Option<phases::Phases>>,
 }
 
 impl Container {
@@ -236,6 +239,13 @@ impl HullTask {
             pid
         };
         log::debug!("{}/{:?}: guest pid {guest_pid}", req.id, req.exec_id);
+        if req.exec_id.is_empty() {
+            let phases = container.phases.lock().expect("phases poisoned").take();
+            if let Some(mut phases) = phases {
+                phases.mark("started");
+                phases.write();
+            }
+        }
         let pid = container.host_pid;
         process.set_running(pid);
         tokio::spawn(self.clone().watch_exit(container.clone(), process.clone()));
