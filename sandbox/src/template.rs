@@ -234,6 +234,21 @@ pub fn list(base: &Path) -> Vec<Template> {
     found
 }
 
+/// Removes a template a restore failed with (a damaged file, or one its
+/// key no longer describes), so that the next sandbox of its kind builds
+/// it again; VMs already restored from it keep their mapping.
+pub fn discard(base: &Path, template: &Template) {
+    let dir = base.join(&template.id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => log::warn!(
+            "template {} discarded: the next sandbox of its kind builds it again",
+            template.id
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("discarding template {}: {e}", dir.display()),
+    }
+}
+
 /// Removes every template (and any half-built one); returns how many
 /// entries went.
 pub fn clear(base: &Path) -> Result<usize, TemplateError> {

@@ -1,8 +1,9 @@
 //! Sandboxes started from a VM template through `ctr run`: the first
 //! container of its kind boots and leaves a template; the next ones are
 //! restored from it, two at the same time, each a clone of its own (its own
-//! boot id and random numbers, the host's time); a changed initramfs makes
-//! a new template instead of using the old one. Needs KVM, containerd 1.6
+//! boot id and random numbers, the host's time); a damaged template is
+//! refused, the sandbox boots instead and the template is built again; a
+//! changed initramfs makes a new template instead of using the old one. Needs KVM, containerd 1.6
 //! and the shim; leaves nothing behind but the templates, which live in
 //! the test's directory.
 
@@ -128,6 +129,33 @@ fn ctr_sandboxes_restore_from_a_template_as_distinct_clones_kvm() {
         );
     }
 
+    // A damaged template: the VMM refuses it, the sandbox boots instead,
+    // and the template goes, to be built again by the next sandbox.
+    let snapshot = template_dir.join(&built[0]).join("snapshot.bin");
+    let mut bytes = std::fs::read(&snapshot).expect("reading the template");
+    let at = bytes.len() - 4096 * 100;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&snapshot, bytes).expect("damaging the template");
+    let (damaged, ..) = report(&containerd, "damaged");
+    assert_ne!(damaged.boot_id, first.boot_id);
+    let log = containerd.log();
+    assert!(
+        log.contains("guest memory does not match its digest")
+            && log.contains("restoring from the template failed, booting instead"),
+        "the damaged template's refusal and the cold boot are not in the log:\n{log}"
+    );
+    assert!(
+        templates(&template_dir).is_empty(),
+        "the damaged template is still there"
+    );
+    let (rebuilt, ..) = report(&containerd, "rebuilt");
+    assert_eq!(
+        templates(&template_dir),
+        built,
+        "the template is built again"
+    );
+    assert_ne!(rebuilt.boot_id, damaged.boot_id);
+
     // Another initramfs: a new template, never the old one.
     let other = dir.path().join("other.cpio");
     let mut cpio = std::fs::read(prereq::agent_initramfs()).expect("the initramfs");
@@ -144,7 +172,9 @@ fn ctr_sandboxes_restore_from_a_template_as_distinct_clones_kvm() {
     );
     assert_ne!(changed.boot_id, first.boot_id);
 
-    for id in ["first", "clone-a", "clone-b", "changed"] {
+    for id in [
+        "first", "clone-a", "clone-b", "damaged", "rebuilt", "changed",
+    ] {
         let _ = containerd.ctr(&["container", "rm", id]);
     }
     containerd.assert_nothing_left();

@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 use super::phases::Phases;
 use super::process::Process;
-use super::{stdio_options, Container};
+use super::{agent_err, stdio_options, Container};
 use crate::config::{config_path_from_options, ShimConfig};
 use crate::error::ShimError;
 use crate::guest_spec::for_the_guest;
@@ -326,7 +326,7 @@ async fn start_sandbox(
     })?;
     let restoring = restoring_spec(config, vmm_spec, boot).await;
     phases.mark("template");
-    if let Some(restoring) = restoring {
+    if let Some((restoring, template)) = restoring {
         let _ = std::fs::remove_dir_all(state_dir);
         let started = std::time::Instant::now();
         match Sandbox::start(&restoring, state_dir, boot).await {
@@ -343,10 +343,13 @@ async fn start_sandbox(
                 );
                 return Ok(sandbox);
             }
-            Err(err) => log::warn!(
-                "restoring from the template failed, booting instead: {}",
-                hull_protocol::error_chain(&err)
-            ),
+            Err(err) => {
+                log::warn!(
+                    "restoring from the template failed, booting instead: {}",
+                    hull_protocol::error_chain(&err)
+                );
+                template::discard(&config.template_dir, &template);
+            }
         }
     }
     let _ = std::fs::remove_dir_all(state_dir);
@@ -355,13 +358,14 @@ async fn start_sandbox(
     Ok(sandbox)
 }
 
-/// `vmm_spec` restored from its template, when templates are on and the
-/// sandbox fits one: two read-write disks in the rootfs and binds slots.
+/// `vmm_spec` restored from its template (and the template), when
+/// templates are on and the sandbox fits one: two read-write disks in the
+/// rootfs and binds slots.
 async fn restoring_spec(
     config: &ShimConfig,
     vmm_spec: &VmmSpec,
     boot: Duration,
-) -> Option<VmmSpec> {
+) -> Option<(VmmSpec, template::Template)> {
     if !config.templates {
         return None;
     }
@@ -377,12 +381,13 @@ async fn restoring_spec(
                 memory_bytes: Some((u64::from(memory_mib) << 20) + VMM_OVERHEAD_BYTES),
                 ..jail
             });
-            Some(VmmSpec {
-                restore_from: Some(found.snapshot),
+            let spec = VmmSpec {
+                restore_from: Some(found.snapshot.clone()),
                 memory_mib,
                 jail,
                 ..vmm_spec.clone()
-            })
+            };
+            Some((spec, found))
         }
         Err(err) => {
             log::warn!("no template, booting: {}", hull_protocol::error_chain(&err));
@@ -415,10 +420,7 @@ async fn prepare_clone(sandbox: &Sandbox) -> Result<(), ShimError> {
         .agent()
         .prepare_clone(ctx, &request)
         .await
-        .map_err(|source| ShimError::AgentCall {
-            call: "PrepareClone",
-            source,
-        })?;
+        .map_err(agent_err("PrepareClone"))?;
     Ok(())
 }
 
@@ -466,10 +468,7 @@ async fn create_in_guest(
         .agent()
         .create_container(ctx, &request)
         .await
-        .map_err(|source| ShimError::AgentCall {
-            call: "CreateContainer",
-            source,
-        })?;
+        .map_err(agent_err("CreateContainer"))?;
     log::debug!("{id}: container init is guest pid {}", response.pid);
     Ok(())
 }
