@@ -4,6 +4,8 @@
 //!   `protos/agent.proto` with the `agent-api` feature, plus its constants;
 //! - [`vmm_api`]: the VMM's JSON control API;
 //! - [`vmm_config`]: the VM configuration the VMM starts from;
+//! - [`digest`]: the SHA-256 content digest inputs are named by (snapshot
+//!   headers, template keys);
 //! - [`error_text`]: the one-line form of an error and its causes, as each
 //!   process writes it into logs, ttrpc statuses and stderr.
 //!
@@ -11,6 +13,7 @@
 //! it must not pull in ttrpc, protobuf or tokio (the VMM uses it that way).
 
 pub mod agent_api;
+pub mod digest;
 pub mod error_text;
 pub mod vmm_api;
 pub mod vmm_config;

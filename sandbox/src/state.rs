@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hull_jailer::cgroup::{SandboxCgroup, DEFAULT_PARENT};
-use sha2::{Digest, Sha256};
 
 /// Where sandboxes keep their sockets: short, for the 107-byte socket path
 /// limit (containerd's bundle paths with 64-character ids are too long).
@@ -13,9 +12,8 @@ pub const SANDBOX_STATE_BASE: &str = "/run/hull/sandboxes";
 
 /// The sandbox state directory of container `id` in `namespace`.
 pub fn state_dir_for(namespace: &str, id: &str) -> PathBuf {
-    let digest = Sha256::digest(format!("{namespace}/{id}").as_bytes());
-    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Path::new(SANDBOX_STATE_BASE).join(name)
+    let digest = hull_protocol::digest::sha256_hex(format!("{namespace}/{id}").as_bytes());
+    Path::new(SANDBOX_STATE_BASE).join(&digest[..16])
 }
 
 /// The jail id of a sandbox (its host cgroup `hull/<id>`, its default

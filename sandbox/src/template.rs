@@ -20,18 +20,16 @@
 //! their sizes from a configuration interrupt.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use hull_protocol::vmm_api::{VmState, VmmRequest, VmmResponse};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::agent_client::{Agent, AgentError};
 use crate::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
-use crate::vmm_process::{describe_exit, Drive, VmmProcess, VmmProcessError, VmmSpec};
+use crate::vm::{wait_for_agent, SandboxError};
+use crate::vmm_process::{host_memory_bytes, Drive, VmmProcess, VmmProcessError, VmmSpec};
 
 /// Where templates are kept unless the config says otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/hull/templates";
@@ -44,8 +42,6 @@ const LAYOUT_VERSION: u32 = 1;
 pub const MIN_MEMORY_CLASS_MIB: u32 = 256;
 const SNAPSHOT: &str = "snapshot.bin";
 const META: &str = "template.json";
-/// How long one agent call may take while a template is built.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the template VM gets to save itself and to stop.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -60,10 +56,8 @@ pub enum TemplateError {
     },
     #[error("starting the template VM")]
     Vmm(#[from] VmmProcessError),
-    #[error("the template VM's agent")]
-    Agent(#[source] AgentError),
-    #[error("the template VM ended ({how}) before it was saved; VMM log: {log}")]
-    VmGone { how: String, log: String },
+    #[error("booting the template VM")]
+    Boot(#[from] SandboxError),
     #[error("the template VM refused to save itself: {0}")]
     Save(String),
     #[error("{path}: {reason}")]
@@ -104,7 +98,7 @@ pub fn sandbox_spec(config: &crate::config::ShimConfig, memory_mib: Option<u32>)
         jail: config.jail.then(|| crate::vmm_process::JailSpec {
             jailer: config.jailer.clone(),
             id: String::new(),
-            memory_bytes: Some((u64::from(memory_mib) << 20) + (64 << 20)),
+            memory_bytes: Some(host_memory_bytes(memory_mib)),
             pids_max: Some(u64::from(vcpus) + 32),
             cpu: None,
         }),
@@ -145,7 +139,7 @@ impl TemplateKey {
     /// input.
     pub fn id(&self) -> String {
         let json = serde_json::to_vec(self).expect("a key always serialises");
-        hex(&Sha256::digest(json))[..16].to_owned()
+        hull_protocol::digest::sha256_hex(&json)[..16].to_owned()
     }
 }
 
@@ -168,21 +162,8 @@ pub struct Template {
     pub meta: TemplateMeta,
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn file_sha256(path: &Path) -> Result<String, TemplateError> {
-    let mut file = File::open(path).map_err(io("reading", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io("reading", path))?;
-        if n == 0 {
-            return Ok(hex(&hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    hull_protocol::digest::file_sha256(path).map_err(io("reading", path))
 }
 
 /// The templates directory, made root's and private when missing.
@@ -309,9 +290,12 @@ pub async fn ensure(
     }
     template_dir(base)?;
     let lock_path = base.join(format!("{}.lock", key.id()));
-    let lock = tokio::task::spawn_blocking(move || BuildLock::take(&lock_path))
-        .await
-        .map_err(|e| TemplateError::Save(e.to_string()))??;
+    let taken = tokio::task::spawn_blocking({
+        let lock_path = lock_path.clone();
+        move || BuildLock::take(&lock_path)
+    })
+    .await;
+    let lock = taken.map_err(|e| io("locking", &lock_path)(std::io::Error::other(e)))??;
     let built = match find(base, &key) {
         Some(template) => Ok(template),
         None => build(base, spec, &key, boot).await,
@@ -378,9 +362,7 @@ async fn boot_and_save(
         restore_from: None,
         jail: spec.jail.clone().map(|mut jail| {
             jail.id = jail_id(&state_dir);
-            jail.memory_bytes = jail
-                .memory_bytes
-                .map(|_| (u64::from(key.memory_mib) << 20) + (64 << 20));
+            jail.memory_bytes = jail.memory_bytes.map(|_| host_memory_bytes(key.memory_mib));
             jail
         }),
         ..spec.clone()
@@ -390,25 +372,7 @@ async fn boot_and_save(
     let _ = std::fs::remove_dir_all(&state_dir);
     let mut vmm = VmmProcess::spawn(&template_spec, &state_dir)?;
     let started = Instant::now();
-    let agent = Agent::wait_ready(&vmm.vsock_path(), started + boot, RPC_TIMEOUT, || {
-        vmm.try_exit().is_some()
-    })
-    .await;
-    let gone = |vmm: &mut VmmProcess| TemplateError::VmGone {
-        how: vmm.try_exit().map_or("still running".into(), describe_exit),
-        log: vmm.log_tail(5).join(" | "),
-    };
-    let agent = match agent {
-        Ok(agent) => agent,
-        Err(e) if vmm.try_exit().is_some() => {
-            log::warn!("template VM: {}", hull_protocol::error_chain(&e));
-            return Err(gone(&mut vmm));
-        }
-        Err(e) => {
-            let _ = vmm.stop(Duration::from_secs(2)).await;
-            return Err(TemplateError::Agent(e));
-        }
-    };
+    let agent = wait_for_agent(&mut vmm, boot).await?;
     let boot_ms = started.elapsed().as_millis() as u64;
     // A template holds no connection: the one that checked the agent is
     // closed before the save.

@@ -43,24 +43,7 @@ impl Sandbox {
         boot_timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let mut vmm = VmmProcess::spawn(spec, state_dir)?;
-        let deadline = Instant::now() + boot_timeout;
-        let vsock = vmm.vsock_path();
-        let agent =
-            Agent::wait_ready(&vsock, deadline, RPC_TIMEOUT, || vmm.try_exit().is_some()).await;
-        let agent = match agent {
-            Ok(agent) => agent,
-            Err(e) => {
-                let how = vmm.try_exit().map(describe_exit);
-                let log = vmm.log_tail(5).join(" | ");
-                let _ = vmm.stop(Duration::from_secs(2)).await;
-                return Err(match how {
-                    Some(how) => SandboxError::VmGone(format!(
-                        "{how} before the agent answered; VMM log: {log}"
-                    )),
-                    None => SandboxError::Agent(e),
-                });
-            }
-        };
+        let agent = wait_for_agent(&mut vmm, boot_timeout).await?;
         let vmm = Arc::new(Mutex::new(vmm));
         let (tx, stopped) = watch::channel(None);
         tokio::spawn(watch_vmm(vmm.clone(), tx));
@@ -111,6 +94,31 @@ impl Sandbox {
 
     pub async fn state_dir(&self) -> PathBuf {
         self.vmm.lock().await.state_dir().to_path_buf()
+    }
+}
+
+/// Waits up to `boot_timeout` for the agent of a just-started VMM; on
+/// failure the VMM is stopped, and the error says whether it had ended.
+pub async fn wait_for_agent(
+    vmm: &mut VmmProcess,
+    boot_timeout: Duration,
+) -> Result<Agent, SandboxError> {
+    let deadline = Instant::now() + boot_timeout;
+    let vsock = vmm.vsock_path();
+    let agent = Agent::wait_ready(&vsock, deadline, RPC_TIMEOUT, || vmm.try_exit().is_some()).await;
+    match agent {
+        Ok(agent) => Ok(agent),
+        Err(e) => {
+            let how = vmm.try_exit().map(describe_exit);
+            let log = vmm.log_tail(5).join(" | ");
+            let _ = vmm.stop(Duration::from_secs(2)).await;
+            Err(match how {
+                Some(how) => {
+                    SandboxError::VmGone(format!("{how} before the agent answered; VMM log: {log}"))
+                }
+                None => SandboxError::Agent(e),
+            })
+        }
     }
 }
 

@@ -54,6 +54,14 @@ pub struct JailSpec {
     pub cpu: Option<(u64, u64)>,
 }
 
+/// The VMM's own memory beside guest RAM, for its host cgroup.
+pub const VMM_OVERHEAD_BYTES: u64 = 64 << 20;
+
+/// The host cgroup memory limit of a VMM whose guest has `memory_mib`.
+pub fn host_memory_bytes(memory_mib: u32) -> u64 {
+    (u64::from(memory_mib) << 20) + VMM_OVERHEAD_BYTES
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct VmmSpec {

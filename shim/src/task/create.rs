@@ -17,7 +17,7 @@ use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneReques
 use hull_sandbox::spec::{self, Spec, VmSize};
 use hull_sandbox::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use hull_sandbox::vm::RPC_TIMEOUT;
-use hull_sandbox::vmm_process::{Drive, JailSpec, VmmSpec};
+use hull_sandbox::vmm_process::{host_memory_bytes, Drive, JailSpec, VmmSpec};
 use hull_sandbox::{policy, template, Sandbox};
 use tokio::sync::Mutex;
 
@@ -36,8 +36,6 @@ pub const ROOTFS_SERIAL: &str = template::ROOTFS_SERIAL;
 pub const BINDS_SERIAL: &str = template::BINDS_SERIAL;
 /// Bytes of host entropy a restored clone gets.
 const CLONE_ENTROPY: usize = 64;
-/// The VMM's own memory beside guest RAM, for its host cgroup.
-pub const VMM_OVERHEAD_BYTES: u64 = 64 << 20;
 /// How long the undo of a failed create waits for a killed VMM to leave
 /// its host cgroups.
 const UNDO_CGROUP_WAIT: Duration = Duration::from_secs(2);
@@ -299,7 +297,7 @@ fn vmm_spec(config: &ShimConfig, size: &VmSize, disks: &Disks, state_dir: &Path)
         jail: config.jail.then(|| JailSpec {
             jailer: config.jailer.clone(),
             id: jail_id(state_dir),
-            memory_bytes: Some((u64::from(size.memory_mib) << 20) + VMM_OVERHEAD_BYTES),
+            memory_bytes: Some(host_memory_bytes(size.memory_mib)),
             pids_max: Some(u64::from(size.vcpus) + 32),
             cpu: size.cpu,
         }),
@@ -378,7 +376,7 @@ async fn restoring_spec(
         Ok(found) => {
             let memory_mib = found.meta.key.memory_mib;
             let jail = vmm_spec.jail.clone().map(|jail| JailSpec {
-                memory_bytes: Some((u64::from(memory_mib) << 20) + VMM_OVERHEAD_BYTES),
+                memory_bytes: Some(host_memory_bytes(memory_mib)),
                 ..jail
             });
             let spec = VmmSpec {

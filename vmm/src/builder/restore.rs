@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{BuildError, Devices};
 use crate::config::VmConfig;
-use crate::snapshot::{saver, Inputs, Saver, Snapshot, SnapshotError};
+use crate::snapshot::{Inputs, Saver, Snapshot, SnapshotError};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
@@ -41,7 +41,7 @@ pub(super) fn restore_state(
 ) -> Result<(), BuildError> {
     let refused = |reason: String| {
         BuildError::Snapshot(SnapshotError::Refused {
-            path: snapshot_path(snapshot),
+            path: snapshot.path.clone(),
             reason,
         })
     };
@@ -79,10 +79,6 @@ pub(super) fn restore_state(
     Ok(())
 }
 
-fn snapshot_path(snapshot: &Snapshot) -> std::path::PathBuf {
-    snapshot.path.clone()
-}
-
 /// The file `snapshot_file` names, made (mode 0600) now: the running VMM,
 /// under seccomp, opens no file.
 pub(super) fn saver(
@@ -115,15 +111,7 @@ pub(super) fn saver(
         vm: vm.clone(),
         mem: mem.clone(),
         serial: devices.serial.clone(),
-        slots: devices
-            .slots
-            .iter()
-            .map(|s| saver::Slot {
-                base: s.base,
-                irq: s.irq,
-                transport: s.transport.clone(),
-            })
-            .collect(),
+        slots: devices.slots.clone(),
         vcpus: config.vcpus,
     }))
 }

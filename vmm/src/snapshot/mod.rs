@@ -15,10 +15,10 @@
 //! and of the memory. Any mismatch refuses the file with what differs.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use hull_protocol::digest;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -119,25 +119,11 @@ pub struct MachineState {
     pub virtio: Vec<SlotState>,
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn file_sha256(path: &Path) -> Result<String, SnapshotError> {
-    let input = |source| SnapshotError::Input {
+    digest::file_sha256(path).map_err(|source| SnapshotError::Input {
         path: path.into(),
         source,
-    };
-    let mut file = File::open(path).map_err(input)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(input)?;
-        if n == 0 {
-            return Ok(hex(&hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    })
 }
 
 /// SHA-256 of `len` bytes of `file` from `offset`.
@@ -151,7 +137,7 @@ fn range_sha256(file: &File, offset: u64, len: u64) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
         done += n as u64;
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(digest::hex(&hasher.finalize()))
 }
 
 fn round_up(n: u64) -> u64 {
@@ -183,7 +169,7 @@ pub fn write(
         inputs: inputs.clone(),
         regions,
         state_len: state.len() as u64,
-        state_sha256: hex(&Sha256::digest(&state)),
+        state_sha256: digest::sha256_hex(&state),
         memory_offset: 0,
         memory_len,
         memory_sha256: String::new(),
@@ -311,7 +297,7 @@ impl Snapshot {
         let mut state = vec![0u8; header.state_len as usize];
         file.read_exact_at(&mut state, state_offset)
             .map_err(io("reading the state"))?;
-        if hex(&Sha256::digest(&state)) != header.state_sha256 {
+        if digest::sha256_hex(&state) != header.state_sha256 {
             return Err(refused(
                 "the state does not match its digest (corrupt)".into(),
             ));

@@ -16,6 +16,7 @@ use crate::vstate::vcpu::VcpuControl;
 use crate::vstate::vm::Vm;
 
 /// A virtio-mmio slot as the builder made it.
+#[derive(Clone)]
 pub struct Slot {
     pub base: u64,
     pub irq: u32,
