@@ -157,10 +157,14 @@ fn damaged_and_foreign_snapshots_are_refused_naming_why() {
     let f = fixture();
     let len = std::fs::metadata(&f.path).unwrap().len() as usize;
     let memory_offset = len - 12 * PAGE as usize;
+    let next_format = format!("snapshot format {}", FORMAT_VERSION + 1);
     let cases: Vec<(PathBuf, &str)> = vec![
         (edited(&f, "empty", |b| b.clear()), "too short"),
         (edited(&f, "magic", |b| b[0] = b'X'), "not a hull snapshot"),
-        (edited(&f, "format", |b| b[8] = 2), "snapshot format 2"),
+        (
+            edited(&f, "format", |b| b[8] = FORMAT_VERSION as u8 + 1),
+            &next_format,
+        ),
         (
             edited(&f, "header-len", |b| {
                 b[16..24].copy_from_slice(&u64::MAX.to_le_bytes())
@@ -214,4 +218,41 @@ fn damaged_and_foreign_snapshots_are_refused_naming_why() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("memory regions"), "{err}");
+}
+
+#[test]
+fn the_memory_digest_is_the_contents_wherever_the_holes_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join(name))
+            .unwrap()
+    };
+    let len = 8 << 20;
+    let sparse = open("sparse");
+    sparse.set_len(len).unwrap();
+    sparse.write_all_at(b"guest", 1 << 20).unwrap();
+    let base = range_sha256(&sparse, 0, len).unwrap();
+    assert_eq!(range_sha256(&sparse, 0, len).unwrap(), base, "repeatable");
+    // The same content written out in full, zeros and all.
+    let dense = open("dense");
+    let mut bytes = vec![0u8; len as usize];
+    bytes[1 << 20..(1 << 20) + 5].copy_from_slice(b"guest");
+    dense.write_all_at(&bytes, 0).unwrap();
+    assert_eq!(range_sha256(&dense, 0, len).unwrap(), base);
+    // A byte in what was a hole, and the same bytes at another place.
+    sparse.write_all_at(b"x", 6 << 20).unwrap();
+    assert_ne!(range_sha256(&sparse, 0, len).unwrap(), base);
+    dense.write_all_at(&[0; 5], 1 << 20).unwrap();
+    dense.write_all_at(b"guest", 2 << 20).unwrap();
+    assert_ne!(range_sha256(&dense, 0, len).unwrap(), base);
+    // Pages count from the range's start.
+    assert_ne!(
+        range_sha256(&dense, PAGE, len - PAGE).unwrap(),
+        range_sha256(&dense, 0, len).unwrap()
+    );
 }
