@@ -53,6 +53,9 @@ pub async fn run(config: &AgentConfig, role: Role) -> Result<(), AgentError> {
     let reaper = reaper::Reaper::new();
     // Subscribes to exits before any container process is forked.
     let containers = container::Containers::new(reaper.clone());
+    if role == Role::Init {
+        containers.prepare_spare_netns();
+    }
     reaper.start()?;
     let shutdown = Arc::new(rpc::ShutdownSignal::default());
     let service = rpc::AgentService::new(Arc::clone(&shutdown), containers);
