@@ -21,6 +21,7 @@
 mod console;
 mod kernel_cmdline;
 mod machine;
+mod plot;
 mod qemu;
 mod smaps;
 pub mod start;

@@ -2,7 +2,8 @@
 //! container of its kind boots and leaves a template; the next ones are
 //! restored from it, two at the same time, each a clone of its own (its own
 //! boot id and random numbers, the host's time); a damaged template is
-//! refused, the sandbox boots instead and the template is built again; a
+//! refused, the sandbox boots instead and the template is built again;
+//! each clone has only its own hostname and rootfs; a
 //! changed initramfs makes a new template instead of using the old one. Needs KVM, containerd 1.6
 //! and the shim; leaves nothing behind but the templates, which live in
 //! the test's directory.
@@ -13,15 +14,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hull_tests::containerd::{hull_config, stdout_ok, Containerd, Engine};
 use hull_tests::{prereq, test_dir};
 
-/// What a clone reports about itself.
+/// What a clone reports about itself: its boot id, random bytes, time,
+/// hostname, and the markers in its rootfs after leaving its own (a clone
+/// that saw another's rootfs would list two).
 const REPORT: &str = "cat /proc/sys/kernel/random/boot_id; \
-    head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s";
+    head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; \
+    hostname; touch /marker-$(hostname); echo /marker-*";
 
 #[derive(Debug)]
 struct Clone {
     boot_id: String,
     random: String,
     time: u64,
+    hostname: String,
+    markers: String,
 }
 
 fn now() -> u64 {
@@ -31,19 +37,22 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// `ctr run` a clone named `id`, its hostname `id` too.
 fn report(containerd: &Containerd, id: &str) -> (Clone, u64, u64) {
     let before = now();
-    let out = containerd.run(id, &[], &["sh", "-c", REPORT]);
+    let out = containerd.run(id, &["--hostname", id], &["sh", "-c", REPORT]);
     let after = now();
     let text = stdout_ok(&out, &format!("ctr run {id}"));
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{id}: {text:?}");
+    assert_eq!(lines.len(), 5, "{id}: {text:?}");
     let clone = Clone {
         boot_id: lines[0].to_owned(),
         random: lines[1].to_owned(),
         time: lines[2]
             .parse()
             .unwrap_or_else(|_| panic!("{id}: date: {text:?}")),
+        hostname: lines[3].to_owned(),
+        markers: lines[4].to_owned(),
     };
     (clone, before, after)
 }
@@ -120,6 +129,14 @@ fn ctr_sandboxes_restore_from_a_template_as_distinct_clones_kvm() {
                 "two clones share random numbers: {all:?}"
             );
         }
+    }
+    for (id, clone) in ["first", "clone-a", "clone-b"].iter().zip(&all) {
+        assert_eq!(&clone.hostname, id, "a clone's hostname: {all:?}");
+        assert_eq!(
+            clone.markers,
+            format!("/marker-{id}"),
+            "a clone sees another's rootfs: {all:?}"
+        );
     }
     for (clone, before, after) in &clones {
         assert!(

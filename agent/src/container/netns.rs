@@ -88,7 +88,6 @@ impl SpareNetns {
             None => false,
         }
     }
-
 }
 
 /// Dropping the spare drops the agent's hold on the namespace.
@@ -110,7 +109,12 @@ mod tests {
 
     fn spec_with(namespaces: Vec<LinuxNamespace>) -> Spec {
         SpecBuilder::default()
-            .linux(LinuxBuilder::default().namespaces(namespaces).build().unwrap())
+            .linux(
+                LinuxBuilder::default()
+                    .namespaces(namespaces)
+                    .build()
+                    .unwrap(),
+            )
             .build()
             .unwrap()
     }
@@ -143,7 +147,12 @@ mod tests {
         let mut spec = spec_with(vec![joined.clone()]);
         assert!(!spare.offer(&mut spec), "a namespace to join stays");
         assert_eq!(
-            spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap()[0],
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .namespaces()
+                .as_ref()
+                .unwrap()[0],
             joined
         );
         let mut spec = spec_with(vec![ns(LinuxNamespaceType::Pid, None)]);

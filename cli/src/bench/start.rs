@@ -38,6 +38,16 @@ pub struct StartBenchArgs {
     /// Runs per runtime.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+    /// Sandboxes started side by side for the memory figure: their PSS is
+    /// summed (pages they share count once) and divided by their number.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub clones: u32,
+    /// Leave out hull's cold boot (templates off), the slowest variant.
+    #[arg(long)]
+    pub no_cold: bool,
+    /// Also draw the phases and the memory as an SVG chart into this file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -55,17 +65,30 @@ pub enum StartBenchError {
     Failed { what: String, stderr: String },
     #[error("{what}: no {process} process found")]
     NoProcess { what: String, process: &'static str },
+    #[error("{path} is not a valid hull config")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeStart {
+    /// What was measured: `hull, template`, `hull, cold boot` or `runc`.
+    pub label: String,
     pub runtime: String,
     /// `ctr run` start to the container's first byte of output, per run.
     pub first_output_ms: Vec<u64>,
     /// `ctr run --rm` start to its exit (the container removed), per run.
     pub total_ms: Vec<u64>,
-    /// PSS of what one running container costs on the host, by process.
+    /// PSS of the host processes of `sandboxes` running containers, by
+    /// process.
     pub pss_kib: Vec<(String, u64)>,
+    /// How many containers ran side by side for `pss_kib`.
+    pub sandboxes: u32,
+    /// Their summed PSS divided by their number.
+    pub pss_per_sandbox_kib: u64,
     /// Where hull's start goes, from the shim's own marks (see
     /// [`PHASES`]): per phase, its duration in each run, in milliseconds.
     pub phases: Vec<(String, Vec<u64>)>,
@@ -148,15 +171,14 @@ fn marks_of(log: &std::path::Path, id: &str) -> Vec<(String, u128)> {
 pub struct StartBenchReport {
     pub machine: Machine,
     pub date: String,
-    pub hull: RuntimeStart,
-    pub runc: RuntimeStart,
-    /// Median first-output latency, hull / runc.
-    pub latency_ratio: f64,
-    /// Total PSS, hull / runc.
-    pub memory_ratio: f64,
+    /// hull from its template, hull booting cold (unless `--no-cold`), runc.
+    pub runs: Vec<RuntimeStart>,
+    /// Median first-output latency and memory per sandbox, each variant
+    /// against runc and cold against template: (what, latency ×, memory ×).
+    pub ratios: Vec<(String, f64, f64)>,
 }
 
-fn median(values: &[u64]) -> u64 {
+pub(super) fn median(values: &[u64]) -> u64 {
     let mut v = values.to_vec();
     v.sort_unstable();
     v[v.len() / 2]
@@ -164,9 +186,6 @@ fn median(values: &[u64]) -> u64 {
 
 struct Ctr<'a> {
     args: &'a StartBenchArgs,
-    /// hull's config for the bench's runs: the given one (or
-    /// /etc/hull/config.toml) plus a `phase_log`.
-    config: Option<PathBuf>,
 }
 
 impl Ctr<'_> {
@@ -198,9 +217,9 @@ impl Ctr<'_> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn runtime_args(&self, runtime: &str) -> Vec<String> {
-        let mut args = vec!["--runtime".to_owned(), runtime.to_owned()];
-        if let (Some(config), true) = (&self.config, runtime.contains("hull")) {
+    fn runtime_args(&self, variant: &Variant) -> Vec<String> {
+        let mut args = vec!["--runtime".to_owned(), variant.runtime.to_owned()];
+        if let Some(config) = &variant.config {
             args.push("--runtime-config-path".into());
             args.push(config.display().to_string());
         }
@@ -208,15 +227,15 @@ impl Ctr<'_> {
     }
 
     /// One `ctr run --rm`, timed to its first output and to its exit.
-    fn timed_run(&self, runtime: &str, id: &str) -> Result<Timed, StartBenchError> {
-        let what = format!("ctr run --runtime {runtime}");
+    fn timed_run(&self, variant: &Variant, id: &str) -> Result<Timed, StartBenchError> {
+        let what = format!("ctr run ({})", variant.label);
         let started = Instant::now();
         let started_ns = unix_ns();
         let mut child = self
             .command()
             .arg("run")
             .arg("--rm")
-            .args(self.runtime_args(runtime))
+            .args(self.runtime_args(variant))
             .arg(&self.args.image)
             .arg(id)
             .args(["echo", "ready"])
@@ -299,55 +318,157 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A detached container that sleeps; the PSS of its host processes once it
-/// runs (after `settle`), then it is removed.
-fn running_cost(ctr: &Ctr, runtime: &str, id: &str) -> Result<Vec<(String, u64)>, StartBenchError> {
-    let mut args = vec!["run".to_owned(), "-d".to_owned()];
-    args.extend(ctr.runtime_args(runtime));
-    args.extend([
-        ctr.args.image.clone(),
-        id.to_owned(),
-        "sleep".into(),
-        "600".into(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ctr.run(&args)?;
-    std::thread::sleep(Duration::from_secs(2));
-    // The shim names the container id; hull's jailer and VMM (in its
-    // config) name its rootfs disk in the bundle, runc's container process is a child of
-    // its shim.
-    let mut cost = Vec::new();
-    for (pid, name) in processes_with(&format!("-id {id}")) {
-        cost.push((format!("{name} ({pid})"), pss_kib(pid)));
-        if runtime.contains("runc") {
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            for child in children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok())
-            {
-                cost.push((format!("container ({child})"), pss_kib(child)));
+/// `count` detached containers that sleep, started one after the other;
+/// the PSS of all their host processes once they run (after a settle), then
+/// they are removed. Pages the sandboxes share (a template's memory) are
+/// divided among them by PSS, so the sum counts them once.
+fn running_cost(
+    ctr: &Ctr,
+    variant: &Variant,
+    tag: &str,
+    count: u32,
+) -> Result<Vec<(String, u64)>, StartBenchError> {
+    let ids: Vec<String> = (0..count)
+        .map(|i| format!("bench-{tag}-mem{i:02}"))
+        .collect();
+    let mut started = Vec::new();
+    let result = (|| {
+        for id in &ids {
+            let mut args = vec!["run".to_owned(), "-d".to_owned()];
+            args.extend(ctr.runtime_args(variant));
+            args.extend([
+                ctr.args.image.clone(),
+                id.clone(),
+                "sleep".into(),
+                "600".into(),
+            ]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            started.push(id.clone());
+            ctr.run(&args)?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cost = Vec::new();
+        let mut add = |pid: u32, name: String, cost: &mut Vec<(String, u64)>| {
+            if seen.insert(pid) {
+                cost.push((format!("{name} ({pid})"), pss_kib(pid)));
+            }
+        };
+        for id in &ids {
+            // The shim names the container id; hull's jailer and VMM (in
+            // its config) name its rootfs disk in the bundle; runc's
+            // container process is a child of its shim.
+            let before = cost.len();
+            for (pid, name) in processes_with(&format!("-id {id}")) {
+                add(pid, name, &mut cost);
+                if variant.runtime.contains("runc") {
+                    let children =
+                        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                            .unwrap_or_default();
+                    for child in children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok())
+                    {
+                        add(child, "container".into(), &mut cost);
+                    }
+                }
+            }
+            for (pid, name) in processes_with(&format!("/{id}/rootfs.img")) {
+                add(pid, name, &mut cost);
+            }
+            if cost.len() == before {
+                return Err(StartBenchError::NoProcess {
+                    what: format!("{} container {id}", variant.label),
+                    process: "shim",
+                });
             }
         }
+        Ok(cost)
+    })();
+    for id in &started {
+        let _ = ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
     }
-    for (pid, name) in processes_with(&format!("/{id}/rootfs.img")) {
-        cost.push((format!("{name} ({pid})"), pss_kib(pid)));
-    }
-    let _ = ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
-    for _ in 0..300 {
-        if ctr.run(&["task", "rm", id]).is_ok() {
-            break;
+    for id in &started {
+        for _ in 0..300 {
+            if ctr.run(&["task", "rm", id]).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        let _ = ctr.run(&["container", "rm", id]);
     }
-    let _ = ctr.run(&["container", "rm", id]);
-    if cost.is_empty() {
-        return Err(StartBenchError::NoProcess {
-            what: format!("{runtime} container {id}"),
-            process: "shim",
-        });
+    result
+}
+
+/// One way of starting a container that the bench measures.
+struct Variant {
+    label: &'static str,
+    /// Short, for container ids.
+    tag: &'static str,
+    runtime: &'static str,
+    /// hull's config (`--runtime-config-path`); none for runc.
+    config: Option<PathBuf>,
+}
+
+/// One variant: a warm-up run (it builds hull's template if there is none
+/// yet), `--runs` timed runs, then the memory of `--clones` running.
+fn measure(
+    ctr: &Ctr,
+    variant: &Variant,
+    phase_log: &std::path::Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RuntimeStart, StartBenchError> {
+    let args = ctr.args;
+    let mut first = Vec::new();
+    let mut total = Vec::new();
+    let mut per_run = Vec::new();
+    if variant.tag != "cold" {
+        let timed = ctr.timed_run(variant, &format!("bench-{}-warm", variant.tag))?;
+        progress(&format!(
+            "{}: warm-up run, first output {} ms",
+            variant.label, timed.first_ms
+        ));
     }
-    Ok(cost)
+    for run in 0..args.runs {
+        let id = format!("bench-{}-{run}", variant.tag);
+        let timed = ctr.timed_run(variant, &id)?;
+        let (f, t) = (timed.first_ms, timed.total_ms);
+        progress(&format!(
+            "{} run {}: first output {f} ms, done {t} ms",
+            variant.label,
+            run + 1
+        ));
+        first.push(f);
+        total.push(t);
+        if variant.config.is_some() {
+            per_run.push(phase_durations(&marks_of(phase_log, &id), &timed));
+        }
+    }
+    let pss = running_cost(ctr, variant, variant.tag, args.clones)?;
+    let sum: u64 = pss.iter().map(|(_, k)| k).sum();
+    progress(&format!(
+        "{}: {} running containers cost {sum} KiB PSS",
+        variant.label, args.clones
+    ));
+    let phases = if per_run.is_empty() {
+        Vec::new()
+    } else {
+        PHASES
+            .iter()
+            .enumerate()
+            .map(|(i, (_, what))| ((*what).to_owned(), per_run.iter().map(|r| r[i]).collect()))
+            .collect()
+    };
+    Ok(RuntimeStart {
+        label: variant.label.into(),
+        runtime: variant.runtime.into(),
+        first_output_ms: first,
+        total_ms: total,
+        pss_kib: pss,
+        sandboxes: args.clones,
+        pss_per_sandbox_kib: sum / u64::from(args.clones),
+        phases,
+    })
 }
 
 pub fn start_bench(
@@ -359,95 +480,81 @@ pub fn start_bench(
         source,
     })?;
     let phase_log = scratch.path().join("phases.jsonl");
-    let config = phase_config(args, scratch.path(), &phase_log)?;
-    let ctr = Ctr {
-        args,
-        config: Some(config),
-    };
+    let ctr = Ctr { args };
     if let Some(tar) = &args.image_tar {
         ctr.run(&["image", "import", &tar.display().to_string()])?;
     }
-    let mut results = Vec::new();
-    for runtime in ["io.containerd.hull.v2", "io.containerd.runc.v2"] {
-        let mut first = Vec::new();
-        let mut total = Vec::new();
-        let mut per_run = Vec::new();
-        for run in 0..args.runs {
-            let id = format!(
-                "bench-{}-{run}",
-                if runtime.contains("hull") {
-                    "hull"
-                } else {
-                    "runc"
-                }
-            );
-            let timed = ctr.timed_run(runtime, &id)?;
-            let (f, t) = (timed.first_ms, timed.total_ms);
-            progress(&format!(
-                "{runtime} run {}: first output {f} ms, done {t} ms",
-                run + 1
-            ));
-            first.push(f);
-            total.push(t);
-            if runtime.contains("hull") {
-                per_run.push(phase_durations(&marks_of(&phase_log, &id), &timed));
-            }
-        }
-        let id = format!(
-            "bench-{}-mem",
-            if runtime.contains("hull") {
-                "hull"
-            } else {
-                "runc"
-            }
-        );
-        let pss = running_cost(&ctr, runtime, &id)?;
-        progress(&format!(
-            "{runtime}: running container costs {pss:?} KiB PSS"
-        ));
-        let phases = if per_run.is_empty() {
-            Vec::new()
-        } else {
-            PHASES
-                .iter()
-                .enumerate()
-                .map(|(i, (_, what))| ((*what).to_owned(), per_run.iter().map(|r| r[i]).collect()))
-                .collect()
-        };
-        results.push(RuntimeStart {
-            runtime: runtime.into(),
-            first_output_ms: first,
-            total_ms: total,
-            pss_kib: pss,
-            phases,
+    let hull = "io.containerd.hull.v2";
+    let mut variants = vec![Variant {
+        label: "hull, template",
+        tag: "tmpl",
+        runtime: hull,
+        config: Some(bench_config(args, scratch.path(), &phase_log, true)?),
+    }];
+    if !args.no_cold {
+        variants.push(Variant {
+            label: "hull, cold boot",
+            tag: "cold",
+            runtime: hull,
+            config: Some(bench_config(args, scratch.path(), &phase_log, false)?),
         });
     }
-    let runc = results.pop().expect("two runtimes");
-    let hull = results.pop().expect("two runtimes");
-    let sum = |r: &RuntimeStart| r.pss_kib.iter().map(|(_, k)| k).sum::<u64>().max(1) as f64;
-    Ok(StartBenchReport {
+    variants.push(Variant {
+        label: "runc",
+        tag: "runc",
+        runtime: "io.containerd.runc.v2",
+        config: None,
+    });
+    let runs = variants
+        .iter()
+        .map(|variant| measure(&ctr, variant, &phase_log, progress))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ratio = |a: &RuntimeStart, b: &RuntimeStart| {
+        (
+            format!("{} / {}", a.label, b.label),
+            median(&a.first_output_ms) as f64 / median(&b.first_output_ms).max(1) as f64,
+            a.pss_per_sandbox_kib as f64 / b.pss_per_sandbox_kib.max(1) as f64,
+        )
+    };
+    let runc = runs.last().expect("runc is measured");
+    let mut ratios: Vec<_> = runs[..runs.len() - 1]
+        .iter()
+        .map(|r| ratio(r, runc))
+        .collect();
+    if runs.len() == 3 {
+        ratios.push(ratio(&runs[1], &runs[0]));
+    }
+    let report = StartBenchReport {
         machine: Machine::this(),
         date: utc_now(),
-        latency_ratio: median(&hull.first_output_ms) as f64
-            / median(&runc.first_output_ms).max(1) as f64,
-        memory_ratio: sum(&hull) / sum(&runc),
-        hull,
-        runc,
-    })
+        runs,
+        ratios,
+    };
+    if let Some(path) = &args.plot {
+        std::fs::write(path, super::plot::start_svg(&report)).map_err(|source| {
+            StartBenchError::Spawn {
+                what: format!("writing {}", path.display()),
+                source,
+            }
+        })?;
+        progress(&format!("chart written to {}", path.display()));
+    }
+    Ok(report)
 }
 
-/// The bench's hull config: `--config` (or /etc/hull/config.toml when it
-/// exists, else the defaults) with `phase_log` added.
-fn phase_config(
+/// hull's config for one variant: `--config` (or /etc/hull/config.toml
+/// when it exists, else the defaults) with `phase_log` and `templates` set.
+fn bench_config(
     args: &StartBenchArgs,
     dir: &std::path::Path,
     log: &std::path::Path,
+    templates: bool,
 ) -> Result<PathBuf, StartBenchError> {
     let base = args
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("/etc/hull/config.toml"));
-    let mut text = match std::fs::read_to_string(&base) {
+    let text = match std::fs::read_to_string(&base) {
         Ok(text) => text,
         Err(_) if args.config.is_none() => String::new(),
         Err(source) => {
@@ -457,9 +564,18 @@ fn phase_config(
             })
         }
     };
-    text.push_str(&format!("\nphase_log = {:?}\n", log.display().to_string()));
-    let config = dir.join("hull.toml");
-    std::fs::write(&config, text).map_err(|source| StartBenchError::Spawn {
+    let mut table: toml::Table = text.parse().map_err(|source| StartBenchError::Config {
+        path: base.clone(),
+        source: Box::new(source),
+    })?;
+    table.insert("phase_log".into(), log.display().to_string().into());
+    table.insert("templates".into(), templates.into());
+    let config = dir.join(if templates {
+        "hull-template.toml"
+    } else {
+        "hull-cold.toml"
+    });
+    std::fs::write(&config, table.to_string()).map_err(|source| StartBenchError::Spawn {
         what: format!("writing {}", config.display()),
         source,
     })?;
@@ -476,15 +592,15 @@ pub fn render(r: &StartBenchReport) -> String {
         m.kvm(),
         r.date
     );
-    for rt in [&r.hull, &r.runc] {
-        let pss: u64 = rt.pss_kib.iter().map(|(_, k)| k).sum();
+    for rt in &r.runs {
         out.push_str(&format!(
-            "{:<24} first output median {:>6} ms {:?}   ctr run --rm median {:>6} ms   running: {} KiB PSS ({})\n",
-            rt.runtime,
+            "{:<16} first output median {:>6} ms {:?}   ctr run --rm median {:>6} ms   {} running: {} KiB PSS each ({})\n",
+            rt.label,
             median(&rt.first_output_ms),
             rt.first_output_ms,
             median(&rt.total_ms),
-            pss,
+            rt.sandboxes,
+            rt.pss_per_sandbox_kib,
             rt.pss_kib
                 .iter()
                 .map(|(n, k)| format!("{n} {k}"))
@@ -498,10 +614,11 @@ pub fn render(r: &StartBenchReport) -> String {
             ));
         }
     }
-    out.push_str(&format!(
-        "hull/runc: start latency ×{:.1}, memory per running container ×{:.1}\n",
-        r.latency_ratio, r.memory_ratio
-    ));
+    for (what, latency, memory) in &r.ratios {
+        out.push_str(&format!(
+            "{what}: start latency ×{latency:.2}, memory per running container ×{memory:.2}\n"
+        ));
+    }
     out
 }
 
