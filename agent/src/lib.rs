@@ -54,7 +54,7 @@ pub async fn run(config: &AgentConfig, role: Role) -> Result<(), AgentError> {
     // Subscribes to exits before any container process is forked.
     let containers = container::Containers::new(reaper.clone());
     if role == Role::Init {
-        containers.prepare_spare_netns();
+        containers.prepare_ahead();
     }
     reaper.start()?;
     let shutdown = Arc::new(rpc::ShutdownSignal::default());

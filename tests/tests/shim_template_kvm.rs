@@ -4,7 +4,7 @@
 //! boot id and random numbers, the host's time); a damaged template is
 //! refused, the sandbox boots instead and the template is built again;
 //! each clone has only its own hostname and rootfs; a
-//! changed initramfs makes a new template instead of using the old one. Needs KVM, containerd 1.6
+//! changed initramfs makes a new template instead of using the old one. Needs KVM, containerd 1.7 (its `ctr run --hostname`)
 //! and the shim; leaves nothing behind but the templates, which live in
 //! the test's directory.
 
@@ -75,7 +75,7 @@ fn templates(dir: &Path) -> Vec<String> {
 fn ctr_sandboxes_restore_from_a_template_as_distinct_clones_kvm() {
     prereq::require_kvm();
     let dir = test_dir();
-    let containerd = Containerd::start(Engine::Containerd16, dir.path());
+    let containerd = Containerd::start(Engine::Containerd17, dir.path());
     let template_dir = dir.path().join("templates");
     let config = format!(
         "{}template_dir = \"{}\"\n",

@@ -124,6 +124,10 @@ struct Entry {
     lc: libcontainer::container::Container,
     /// Unmounted when dropped.
     rootfs: Option<Rootfs>,
+    /// The network namespace made ahead, if this container got it: its
+    /// path is in the container's saved spec (libcontainer checks it again
+    /// on every exec), so it stays mounted until the container goes.
+    netns: Option<netns::SpareNetns>,
     dir: PathBuf,
     own_pid_namespace: bool,
     /// By exec id; "" is the init process.
@@ -259,9 +263,24 @@ impl Containers {
         containers
     }
 
+    /// What PID 1 does for the next container before it serves, so that a
+    /// VM template holds it: the parent cgroup with its controllers, and a
+    /// network namespace.
+    pub fn prepare_ahead(&self) {
+        let started = std::time::Instant::now();
+        match cgroups::prepare_parent() {
+            Ok(n) => log::info!(
+                "{n} cgroup controllers enabled for containers, in {} ms",
+                started.elapsed().as_millis()
+            ),
+            Err(err) => log::warn!("the containers' parent cgroup is made per container: {err}"),
+        }
+        self.prepare_spare_netns();
+    }
+
     /// Makes the network namespace the next container will get (PID 1
     /// only: it needs the guest's `/run` and all privileges).
-    pub fn prepare_spare_netns(&self) {
+    fn prepare_spare_netns(&self) {
         let started = std::time::Instant::now();
         let path = self.root.join("netns-spare");
         let made = std::fs::create_dir_all(&self.root).and_then(|()| netns::make(&path));
@@ -432,8 +451,9 @@ impl Containers {
         cleanup.rootfs = Some(rootfs);
         let binds_dir = binds_dir.map_err(rootfs_error)?;
         spec::adapt_for_guest(&mut checked, id, &root, binds_dir.as_deref())?;
-        // Held until the container's processes have joined it.
-        let _spare_netns = self.take_spare_netns(&mut checked.spec);
+        // Kept by the container (its path is in the spec libcontainer
+        // saves); dropped (unmounted) if the creation fails.
+        let spare_netns = self.take_spare_netns(&mut checked.spec);
         let config = dir.join("config.json");
         let json = serde_json::to_vec(&checked.spec)
             .map_err(|err| io_error("write", &config)(err.into()))?;
@@ -465,6 +485,7 @@ impl Containers {
             Entry {
                 lc: built.made,
                 rootfs,
+                netns: spare_netns,
                 dir,
                 own_pid_namespace: checked.own_pid_namespace,
                 processes: HashMap::from([(String::new(), init)]),

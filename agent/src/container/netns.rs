@@ -8,9 +8,11 @@
 //! for every clone) and gives it to the next container that asks for a new
 //! network namespace: libcontainer then joins it (`setns`) instead of
 //! creating it. The namespace is new and empty (loopback down, as a fresh
-//! one is); nothing else ever joined it. Once given away, the agent keeps
-//! no reference to it: the container's processes hold it, and it goes with
-//! them. A second container in the same guest creates its own as before.
+//! one is); nothing else ever joined it. Its bind mount stays until the
+//! container is removed (libcontainer validates the spec's namespace path
+//! again on every exec), then the namespace goes with the container's
+//! processes. A second container in the same guest creates its own as
+//! before.
 
 use std::fs::File;
 use std::io;
@@ -65,8 +67,7 @@ pub fn make(path: &Path) -> io::Result<SpareNetns> {
 impl SpareNetns {
     /// Gives the namespace to `spec` if it asks for a new network
     /// namespace (one without a path); returns whether it did. The spare
-    /// must then be dropped once the container's
-    /// processes exist (they hold it from then on): dropping it does that.
+    /// must then live as long as the container: dropping it unmounts it.
     pub fn offer(&self, spec: &mut Spec) -> bool {
         let Some(linux) = spec.linux_mut().as_mut() else {
             return false;
