@@ -127,7 +127,7 @@ struct Entry {
     /// The network namespace made ahead, if this container got it: its
     /// path is in the container's saved spec (libcontainer checks it again
     /// on every exec), so it stays mounted until the container goes.
-    netns: Option<netns::SpareNetns>,
+    _netns: Option<netns::SpareNetns>,
     dir: PathBuf,
     own_pid_namespace: bool,
     /// By exec id; "" is the init process.
@@ -485,7 +485,7 @@ impl Containers {
             Entry {
                 lc: built.made,
                 rootfs,
-                netns: spare_netns,
+                _netns: spare_netns,
                 dir,
                 own_pid_namespace: checked.own_pid_namespace,
                 processes: HashMap::from([(String::new(), init)]),
