@@ -54,7 +54,7 @@ pub async fn run(config: &AgentConfig, role: Role) -> Result<(), AgentError> {
     // Subscribes to exits before any container process is forked.
     let containers = container::Containers::new(reaper.clone());
     if role == Role::Init {
-        containers.prepare_ahead();
+        containers.prepare_spare_netns();
     }
     reaper.start()?;
     let shutdown = Arc::new(rpc::ShutdownSignal::default());

@@ -35,7 +35,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
 
-use super::spec::{cgroup_path, CGROUP_PARENT};
+use super::spec::cgroup_path;
 
 /// Where init mounts cgroup2.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -73,34 +73,6 @@ pub enum CgroupError {
 /// The cgroup directory of container `id`.
 pub fn dir(id: &str) -> PathBuf {
     Path::new(CGROUP_ROOT).join(cgroup_path(id).strip_prefix("/").unwrap_or(Path::new(id)))
-}
-
-/// Makes the parent of every container's cgroup (`/hull`) and enables every
-/// controller the kernel has on the root and on it, as libcgroups would
-/// on each container's creation. Done by PID 1 before it serves, the work
-/// (emulated kernel work here: a first enabling sets up each controller's
-/// state) lies in a VM template once instead of in each clone's first
-/// container; libcgroups' own writes then change nothing. Returns how many
-/// controllers are enabled.
-pub fn prepare_parent() -> io::Result<usize> {
-    let root = Path::new(CGROUP_ROOT);
-    let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
-    let parent = root.join(CGROUP_PARENT.trim_start_matches('/'));
-    match std::fs::create_dir(&parent) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(err),
-    }
-    let mut enabled = 0;
-    for controller in available.split_whitespace() {
-        let on = [root, parent.as_path()].iter().all(|at| {
-            std::fs::write(at.join("cgroup.subtree_control"), format!("+{controller}"))
-                .map_err(|err| log::warn!("cannot enable {controller} in {}: {err}", at.display()))
-                .is_ok()
-        });
-        enabled += usize::from(on);
-    }
-    Ok(enabled)
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {

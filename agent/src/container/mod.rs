@@ -263,24 +263,10 @@ impl Containers {
         containers
     }
 
-    /// What PID 1 does for the next container before it serves, so that a
-    /// VM template holds it: the parent cgroup with its controllers, and a
-    /// network namespace.
-    pub fn prepare_ahead(&self) {
-        let started = std::time::Instant::now();
-        match cgroups::prepare_parent() {
-            Ok(n) => log::info!(
-                "{n} cgroup controllers enabled for containers, in {} ms",
-                started.elapsed().as_millis()
-            ),
-            Err(err) => log::warn!("the containers' parent cgroup is made per container: {err}"),
-        }
-        self.prepare_spare_netns();
-    }
-
     /// Makes the network namespace the next container will get (PID 1
-    /// only: it needs the guest's `/run` and all privileges).
-    fn prepare_spare_netns(&self) {
+    /// only: it needs the guest's `/run` and all privileges), before it
+    /// serves, so that a VM template holds it.
+    pub fn prepare_spare_netns(&self) {
         let started = std::time::Instant::now();
         let path = self.root.join("netns-spare");
         let made = std::fs::create_dir_all(&self.root).and_then(|()| netns::make(&path));

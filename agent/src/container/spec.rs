@@ -214,11 +214,8 @@ fn guest_hooks(hooks: Option<&Hooks>) -> Option<Hooks> {
 
 /// The cgroup of container `id` in the guest's cgroup2 tree.
 pub fn cgroup_path(id: &str) -> PathBuf {
-    Path::new(CGROUP_PARENT).join(id)
+    Path::new("/hull").join(id)
 }
-
-/// The cgroup every container's own is made in.
-pub const CGROUP_PARENT: &str = "/hull";
 
 /// Where a container sees its cgroup.
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
