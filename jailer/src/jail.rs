@@ -67,10 +67,7 @@ impl Plan {
     /// directory and writable files to the jail's uid.
     pub fn from_args(args: &Args, uid: u32, gid: u32) -> Result<Self, JailError> {
         let mut entries = Vec::new();
-        for (path, required) in [("/dev/kvm", true), ("/dev/net/tun", args.dev_tun)] {
-            if !required {
-                continue;
-            }
+        for path in ["/dev/kvm"] {
             let meta = std::fs::metadata(path).map_err(io_err("stat", Path::new(path)))?;
             if !meta.file_type().is_char_device() {
                 return Err(JailError::Io {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! hull-jailer --id ID --exec-file /usr/local/bin/hull-vmm --run-dir DIR
-//!     [--uid U --gid G] [--ro PATH]... [--rw PATH]... [--dev-tun]
+//!     [--uid U --gid G] [--ro PATH]... [--rw PATH]... [--netns PATH] [--tap NAME]
 //!     [--memory-bytes N] [--pids-max N] [--cpu-quota-us Q --cpu-period-us P]
 //!     -- VMM ARGS...
 //! ```
@@ -15,8 +15,12 @@
 //! paths, the run directory (sockets, logs) and, for a dynamically linked
 //! binary, the system library directories, read-only.
 //!
-//! Order of events: the host cgroup is made and sized; the process moves
-//! into new mount, PID, IPC, UTS and network namespaces and forks. The child
+//! Order of events: the host cgroup is made and sized; the process enters
+//! the sandbox's network namespace (`--netns`, else a new one), makes the
+//! tap there (`--tap`), moves into new mount, PID, IPC and UTS namespaces
+//! and forks. The supervisor stays in the sandbox's network namespace, so
+//! its pid names that namespace to whoever plugs a network into it (CNI,
+//! Docker's libnetwork). The child
 //! (PID 1 of the new namespace) joins the cgroup, builds the jail,
 //! `pivot_root`s into it, sets rlimits, drops to the unprivileged uid/gid
 //! with every capability and the bounding set cleared and `no_new_privs`
@@ -27,6 +31,7 @@
 //! Must not depend on the VMM, the shim or the agent.
 
 mod jail;
+mod network;
 mod privileges;
 mod supervisor;
 mod uid_pool;
@@ -69,10 +74,16 @@ pub struct Args {
     /// the jail's uid (the host's node is left as it is). Repeatable.
     #[arg(long = "rw")]
     pub read_write: Vec<PathBuf>,
-    /// Create /dev/net/tun in the jail and keep the host network namespace
-    /// (for a tap device); otherwise the VMM gets an empty network namespace.
+    /// The network namespace the sandbox lives in (a bind-mounted
+    /// namespace file, e.g. a CNI or CRI netns); by default a new, empty
+    /// one.
     #[arg(long)]
-    pub dev_tun: bool,
+    pub netns: Option<PathBuf>,
+    /// Make a tap device of this name in the sandbox's network namespace
+    /// and give the VMM its open file as `--tap-fd N` (the VMM needs no
+    /// /dev/net/tun, and the tap goes when the VMM's file closes).
+    #[arg(long, value_parser = tap_name)]
+    pub tap: Option<String>,
     /// memory limit of the host cgroup (guest RAM plus VMM overhead).
     #[arg(long)]
     pub memory_bytes: Option<u64>,
@@ -116,6 +127,25 @@ impl Args {
                 DEFAULT_UID_RANGE,
             ),
         }
+    }
+}
+
+/// A network interface name the kernel takes (1-15 bytes, no `/`, `:`,
+/// whitespace or `%`: the jailer names one tap, never a pattern).
+fn tap_name(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"/:%".contains(&b));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not an interface name (1-15 printable characters, no '/', ':' or '%')"
+        ))
     }
 }
 
@@ -197,6 +227,10 @@ fn validate(args: &Args) -> Result<(), JailerError> {
     }
     for path in &args.read_write {
         check("rw", path, Kind::Disk)?;
+    }
+    if let Some(netns) = &args.netns {
+        // A namespace file is a regular file to stat; setns tells it apart.
+        check("netns", netns, Kind::File)?;
     }
     Ok(())
 }

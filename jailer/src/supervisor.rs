@@ -1,17 +1,19 @@
 //! The jailer's two processes. The parent forks the child into a new PID
 //! namespace and stays outside as a supervisor: it forwards SIGTERM, SIGINT
 //! and SIGHUP to the VMM, waits for it, and reports how it ended. The child
-//! joins the cgroup, enters new mount/IPC/UTS/network namespaces, builds the
+//! joins the cgroup, enters new mount/IPC/UTS namespaces (the network
+//! namespace is the supervisor's: see [`crate::network`]), builds the
 //! jail, drops privileges and execs the VMM; a set-up failure travels back
 //! to the parent through a close-on-exec pipe.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 use crate::jail::Plan;
+use crate::network;
 use crate::{privileges, Args};
 use hull_jailer::cgroup::SandboxCgroup;
 use hull_protocol::error_chain;
@@ -26,6 +28,8 @@ pub enum SupervisorError {
     },
     #[error("setting up the jail: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
 }
 
 fn os(what: &'static str) -> SupervisorError {
@@ -99,11 +103,17 @@ pub fn spawn_and_wait(
             SupervisorError::Setup(format!("VMM argument {arg:?} contains a NUL byte"))
         })?);
     }
-    let last_cap = privileges::last_capability();
-    let mut namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if !args.dev_tun {
-        namespaces |= libc::CLONE_NEWNET;
+    // The supervisor itself enters the sandbox's network namespace: its
+    // pid is the one the shim reports, through which network plugins find
+    // the namespace. The tap's file goes to the VMM only.
+    network::enter(args.netns.as_deref())?;
+    let tap = args.tap.as_deref().map(network::make_tap).transpose()?;
+    if let Some(tap) = &tap {
+        argv.push(c"--tap-fd".into());
+        argv.push(CString::new(tap.as_raw_fd().to_string()).expect("digits only"));
     }
+    let last_cap = privileges::last_capability();
+    let namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
 
     let mut all = FORWARDED.to_vec();
     all.push(libc::SIGCHLD);
@@ -146,6 +156,7 @@ pub fn spawn_and_wait(
     }
     drop(report_tx);
     drop(lifeline);
+    drop(tap);
     let mut setup_error = String::new();
     let _ = report_rx.read_to_string(&mut setup_error);
     let ended = wait_forwarding(pid, &blocked)?;
