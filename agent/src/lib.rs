@@ -25,6 +25,7 @@ pub mod guest_log;
 pub mod hostile;
 pub mod init;
 pub mod logger;
+pub mod network;
 pub mod power;
 pub mod reaper;
 pub mod rpc;

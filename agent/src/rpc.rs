@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hull_protocol::agent_api::agent::{
-    CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, Empty, ExecProcessRequest,
-    ExecProcessResponse, GetOOMEventRequest, ListProcessesRequest, ListProcessesResponse, OOMEvent,
-    PauseContainerRequest, PingRequest, PingResponse, PrepareCloneRequest, PrepareCloneResponse,
-    ProcessStateRequest, ProcessStateResponse, ReadGuestLogRequest, ReadGuestLogResponse,
-    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, ResizeTtyRequest,
-    ResumeContainerRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest,
-    StartContainerRequest, StartContainerResponse, StatsContainerRequest, StatsContainerResponse,
-    UpdateContainerRequest, VersionRequest, VersionResponse, WaitProcessRequest,
-    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    CloseStdinRequest, ConfigureNetworkRequest, CreateContainerRequest, CreateContainerResponse,
+    Empty, ExecProcessRequest, ExecProcessResponse, GetOOMEventRequest, ListProcessesRequest,
+    ListProcessesResponse, OOMEvent, PauseContainerRequest, PingRequest, PingResponse,
+    PrepareCloneRequest, PrepareCloneResponse, ProcessStateRequest, ProcessStateResponse,
+    ReadGuestLogRequest, ReadGuestLogResponse, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, ResizeTtyRequest, ResumeContainerRequest, ShutdownRequest,
+    ShutdownResponse, SignalProcessRequest, StartContainerRequest, StartContainerResponse,
+    StatsContainerRequest, StatsContainerResponse, UpdateContainerRequest, VersionRequest,
+    VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStreamRequest,
+    WriteStreamResponse,
 };
 use hull_protocol::agent_api::agent_ttrpc::Agent;
 use hull_protocol::{check_compatible, ProtocolError, PROTOCOL_VERSION};
@@ -75,6 +76,8 @@ pub enum RpcError {
     GuestLog(#[from] GuestLogError),
     #[error("preparing a restored clone")]
     Clone(#[from] crate::clone::CloneError),
+    #[error("the container's network")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl RpcError {
@@ -89,6 +92,13 @@ impl RpcError {
             RpcError::GuestLog(_) => ttrpc::Code::UNAVAILABLE,
             RpcError::Clone(crate::clone::CloneError::Sys { .. }) => ttrpc::Code::INTERNAL,
             RpcError::Clone(_) => ttrpc::Code::INVALID_ARGUMENT,
+            RpcError::Network(crate::network::NetworkError::Invalid { .. }) => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
+            RpcError::Network(crate::network::NetworkError::NoInterface) => {
+                ttrpc::Code::FAILED_PRECONDITION
+            }
+            RpcError::Network(_) => ttrpc::Code::INTERNAL,
         }
     }
 }
@@ -220,6 +230,34 @@ impl AgentService {
             pid: pid_u32(pid),
             ..Default::default()
         })
+    }
+
+    pub fn do_configure_network(&self, req: &ConfigureNetworkRequest) -> Result<Empty, RpcError> {
+        self.check_running()?;
+        let iface = req
+            .interface
+            .as_ref()
+            .map(crate::network::interface_of)
+            .transpose()?;
+        let pid = self.containers.init_pid(&req.container_id)?;
+        let path = format!("/proc/{pid}/ns/net");
+        let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io {
+            action: "open",
+            path: path.into(),
+            source,
+        })?;
+        crate::network::configure(netns, iface)?;
+        log::info!(
+            "container {}: network configured ({})",
+            req.container_id,
+            req.interface
+                .as_ref()
+                .map_or("loopback only".to_owned(), |i| format!(
+                    "{} {}",
+                    i.name, i.mac
+                ))
+        );
+        Ok(Empty::new())
     }
 
     pub fn do_start_container(
@@ -458,6 +496,15 @@ impl Agent for AgentService {
     ) -> ttrpc::Result<CreateContainerResponse> {
         self.do_create_container(&req)
             .map_err(|err| refused("CreateContainer", err))
+    }
+
+    async fn configure_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConfigureNetworkRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.do_configure_network(&req)
+            .map_err(|err| refused("ConfigureNetwork", err))
     }
 
     async fn start_container(

@@ -18,7 +18,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The version of the agent API, reported by `Version` and checked on both
 /// sides. Bump it when a change would be misread by an older peer.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The ttrpc address the agent binds in the guest (`-1` is any CID).
 pub const AGENT_VSOCK_ADDRESS: &str = "vsock://-1:1024";

@@ -490,6 +490,16 @@ impl Containers {
         Ok(built.pid)
     }
 
+    /// The init process's pid (in the guest) of container `id`.
+    pub fn init_pid(&self, id: &str) -> Result<i32, ContainerError> {
+        let registry = self.lock();
+        let entry = registry
+            .containers
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound { id: id.to_owned() })?;
+        Ok(entry.init().pid)
+    }
+
     /// Lets the init process run the user's program.
     pub fn start(&self, id: &str) -> Result<i32, ContainerError> {
         let mut registry = self.lock();
