@@ -13,6 +13,7 @@ source scripts/engines.sh
 install_deps
 install_containerd
 install_trixie_engines
+install_cni
 say "building hull (release; hull-vmm static and size-optimised)"
 cargo build -q --release -p hull -p hull-jailer -p hull-shim
 vmm=$(build_static_bin hull-vmm)

@@ -17,6 +17,7 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 say "container engines: containerd 1.6 + runc (bookworm), containerd 1.7 + Docker 26 (trixie, extracted)"
 install_containerd
 install_trixie_engines
+install_cni
 engines_env
 
 say "build"

@@ -13,6 +13,8 @@ HULL_APT_PACKAGES=(
   build-essential flex bison bc libelf-dev libssl-dev linux-source-6.1 cpio
   e2fsprogs qemu-system-x86 busybox-static pkg-config
   libseccomp-dev
+  # networking: ip/tc in sandbox namespaces, Docker's bridge NAT, CNI
+  iproute2 iptables containernetworking-plugins
 )
 
 install_deps() {

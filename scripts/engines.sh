@@ -63,3 +63,39 @@ engines_env() {
   HULL_CTR=/usr/bin/ctr
   export HULL_CONTAINERD_16 HULL_CONTAINERD_17 HULL_DOCKERD HULL_DOCKER HULL_CTR
 }
+
+# CNI for `ctr run --cni` (and containerd's CRI): Debian's plugins where
+# containerd looks for them (/opt/cni/bin), and a bridge network with
+# host-local addresses and port mapping, unless a CNI config exists already.
+HULL_CNI_CONF=/etc/cni/net.d/10-hull.conflist
+install_cni() {
+  mkdir -p /opt/cni/bin /etc/cni/net.d
+  local plugin
+  for plugin in /usr/lib/cni/*; do
+    [ -e "/opt/cni/bin/$(basename "$plugin")" ] || ln -s "$plugin" /opt/cni/bin/
+  done
+  if [ -z "$(ls -A /etc/cni/net.d)" ]; then
+    say "CNI: a bridge network (hull-cni0, 10.88.0.0/16) in $HULL_CNI_CONF"
+    cat >"$HULL_CNI_CONF" <<'JSON'
+{
+  "cniVersion": "1.0.0",
+  "name": "hull",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "hull-cni0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.88.0.0/16"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+  fi
+}

@@ -35,9 +35,12 @@ pub struct Interface {
     pub mac: [u8; 6],
     pub mtu: u32,
     pub addresses: Vec<(Ipv4Addr, u8)>,
-    /// (destination and prefix length, `None` for the default; gateway).
-    pub routes: Vec<(Option<(Ipv4Addr, u8)>, Option<Ipv4Addr>)>,
+    pub routes: Vec<Route>,
 }
+
+/// An IPv4 route: (destination and prefix length, `None` for the default;
+/// gateway, `None` for a route on the link).
+pub type Route = (Option<(Ipv4Addr, u8)>, Option<Ipv4Addr>);
 
 /// Parses `02:42:ac:11:00:02`.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
@@ -484,7 +487,8 @@ mod tests {
     #[test]
     fn rtnetlink_requests_configure_an_interface() {
         // SAFETY: geteuid has no preconditions.
-        assert!(unsafe { libc::geteuid() } == 0, "this test needs root");
+        let euid = unsafe { libc::geteuid() };
+        assert!(euid == 0, "this test needs root");
         std::thread::spawn(|| {
             // SAFETY: unshare with a namespace flag only, in this thread.
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
@@ -513,11 +517,9 @@ mod tests {
             );
             nl.request(libc::RTM_NEWLINK, 0, &msg).unwrap();
             // The rest as configure_in_thread does it, by name lookup.
-            // SAFETY: as above.
-            assert_eq!(
-                unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            // SAFETY: setns with an open namespace descriptor, this thread only.
+            let entered = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0);
             let mut nl = Netlink::open().unwrap();
             let index = index_of("vguest");
             let iface = eth0();

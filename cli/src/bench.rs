@@ -252,6 +252,7 @@ pub fn boot_bench(
         seccomp: None,
         snapshot_file: None,
         restore_from: None,
+        network: None,
     };
     let timeout = Duration::from_secs(args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -350,6 +351,7 @@ fn compare(
         seccomp: None,
         snapshot_file: None,
         restore_from: None,
+        network: None,
         ..spec.clone()
     };
     let cmdline = kernel_cmdline::probe(

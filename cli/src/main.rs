@@ -168,6 +168,7 @@ fn check(args: CheckArgs) -> Result<u8, String> {
             ..Default::default()
         };
         results.extend(check::host::run(&paths));
+        results.extend(check::network::run());
     }
     let source = match (args.bundle, args.task, args.docker) {
         (Some(dir), _, _) => Some(Source::Bundle(dir)),
@@ -213,6 +214,7 @@ fn boot(args: BootArgs) -> Result<(), String> {
         seccomp: None,
         snapshot_file: None,
         restore_from: None,
+        network: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -67,21 +67,21 @@ impl Plan {
     /// directory and writable files to the jail's uid.
     pub fn from_args(args: &Args, uid: u32, gid: u32) -> Result<Self, JailError> {
         let mut entries = Vec::new();
-        for path in ["/dev/kvm"] {
-            let meta = std::fs::metadata(path).map_err(io_err("stat", Path::new(path)))?;
-            if !meta.file_type().is_char_device() {
-                return Err(JailError::Io {
-                    what: "not a character device:",
-                    path: path.into(),
-                    source: std::io::ErrorKind::InvalidInput.into(),
-                });
-            }
-            entries.push(Entry::Device {
-                path: path.into(),
-                rdev: meta.rdev(),
-                mode: libc::S_IFCHR | 0o600,
+        // The one device node: the VMM's tap comes as an open file.
+        let kvm = "/dev/kvm";
+        let meta = std::fs::metadata(kvm).map_err(io_err("stat", Path::new(kvm)))?;
+        if !meta.file_type().is_char_device() {
+            return Err(JailError::Io {
+                what: "not a character device:",
+                path: kvm.into(),
+                source: std::io::ErrorKind::InvalidInput.into(),
             });
         }
+        entries.push(Entry::Device {
+            path: kvm.into(),
+            rdev: meta.rdev(),
+            mode: libc::S_IFCHR | 0o600,
+        });
         entries.push(Entry::Bind {
             path: args.exec_file.clone(),
             writable: false,

@@ -6,6 +6,7 @@
 //! - [`vmm_process`]: `hull-vmm` as a (jailed) child process, its typed
 //!   config, sockets, log and exit; [`hybrid_vsock`] and [`agent_client`]:
 //!   the way to the guest agent; [`vm::Sandbox`]: both together, watched;
+//!   [`network`]: the sandbox's network namespace wired to the VM's tap;
 //! - [`state`]: state directories and the cleanup after a crash;
 //! - [`config`]: hull's config file; [`template`]: VM templates, the
 //!   snapshots of a booted VM that sandboxes start from.
@@ -16,6 +17,7 @@
 pub mod agent_client;
 pub mod config;
 pub mod hybrid_vsock;
+pub mod network;
 pub mod policy;
 pub mod spec;
 pub mod state;

@@ -15,9 +15,11 @@
 //!
 //! The template VM has the device layout every restored sandbox gets: two
 //! disks (serials `rootfs` and `binds`, both read-write, empty while the
-//! template boots, so its kernel caches nothing of them) and vsock. A
-//! restored sandbox puts its own files in those slots; the guest learns
-//! their sizes from a configuration interrupt.
+//! template boots, so its kernel caches nothing of them), vsock, and a
+//! network device on a tap in a namespace of the template's own. A
+//! restored sandbox puts its own files in the disk slots (the guest learns
+//! their sizes from a configuration interrupt) and its own tap, made by
+//! its jailer in its own namespace, behind the network device.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -29,15 +31,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use crate::vm::{wait_for_agent, SandboxError};
-use crate::vmm_process::{host_memory_bytes, Drive, VmmProcess, VmmProcessError, VmmSpec};
+use crate::vmm_process::{
+    host_memory_bytes, Drive, NetworkSpec, VmmProcess, VmmProcessError, VmmSpec,
+};
 
 /// Where templates are kept unless the config says otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/hull/templates";
 /// The disk serials of a template's (and every restored sandbox's) slots.
 pub const ROOTFS_SERIAL: &str = "rootfs";
 pub const BINDS_SERIAL: &str = "binds";
-/// Bumped when the template VM's devices change.
-const LAYOUT_VERSION: u32 = 1;
+/// Bumped when the template VM's devices change (2: the network device).
+const LAYOUT_VERSION: u32 = 2;
 /// The smallest memory class; classes double from here.
 pub const MIN_MEMORY_CLASS_MIB: u32 = 256;
 const SNAPSHOT: &str = "snapshot.bin";
@@ -105,6 +109,7 @@ pub fn sandbox_spec(config: &crate::config::ShimConfig, memory_mib: Option<u32>)
         seccomp: Some(config.seccomp),
         snapshot_file: None,
         restore_from: None,
+        network: Some(NetworkSpec::default()),
     }
 }
 
@@ -360,6 +365,8 @@ async fn boot_and_save(
         drives,
         snapshot_file: Some(snapshot.clone()),
         restore_from: None,
+        // Never the sandbox's own namespace: the template is everyone's.
+        network: Some(NetworkSpec::default()),
         jail: spec.jail.clone().map(|mut jail| {
             jail.id = jail_id(&state_dir);
             jail.memory_bytes = jail.memory_bytes.map(|_| host_memory_bytes(key.memory_mib));

@@ -11,7 +11,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hull_protocol::vmm_api::{VmmRequest, VmmResponse};
-use hull_protocol::vmm_config::{Console, SeccompMode, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use hull_protocol::vmm_config::{
+    Console, NetConfig, SeccompMode, TapConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+};
 use tokio::process::{Child, Command};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,12 @@ pub enum VmmProcessError {
     },
     #[error("waiting for the VMM")]
     Wait(#[source] std::io::Error),
+    #[error("opening the network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the VMM's control socket")]
     Api {
         #[source]
@@ -53,6 +61,20 @@ pub struct JailSpec {
     /// CPU quota and period, in microseconds.
     pub cpu: Option<(u64, u64)>,
 }
+
+/// A sandbox's network: the VM gets a virtio-net device on the tap
+/// [`TAP_NAME`], made in the sandbox's network namespace. What the
+/// container's network plugin puts in that namespace is wired to the tap
+/// later (see [`crate::network`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// The namespace to live in (the spec's path: CNI, CRI); a new one
+    /// when `None`.
+    pub netns: Option<PathBuf>,
+}
+
+/// The tap of every sandbox, in its own network namespace.
+pub const TAP_NAME: &str = "tap0_hull";
 
 /// The VMM's own memory beside guest RAM, for its host cgroup.
 pub const VMM_OVERHEAD_BYTES: u64 = 64 << 20;
@@ -84,6 +106,9 @@ pub struct VmmSpec {
     pub snapshot_file: Option<PathBuf>,
     /// Start from this snapshot instead of booting.
     pub restore_from: Option<PathBuf>,
+    /// A network device and the namespace the VMM lives in; `None`: no
+    /// device (the VMM still gets an empty namespace when jailed).
+    pub network: Option<NetworkSpec>,
 }
 
 impl VmmSpec {
@@ -110,6 +135,15 @@ impl VmmSpec {
             seccomp: self.seccomp.unwrap_or_default(),
             snapshot_file: self.snapshot_file.clone(),
             restore_from: self.restore_from.clone(),
+            // Jailed, the jailer makes the tap and passes it as `--tap-fd`;
+            // unjailed, the VMM (root) makes it by name in its namespace.
+            net: match (&self.network, &self.jail) {
+                (Some(_), None) => Some(NetConfig {
+                    tap: TapConfig::Name(TAP_NAME.into()),
+                    mac: None,
+                }),
+                _ => None,
+            },
             ..VmConfig::new(self.kernel.clone())
         }
     }
@@ -175,7 +209,13 @@ impl VmmProcess {
                 .map_err(cleanup_on_error)?;
         }
         let mut cmd = match &spec.jail {
-            None => Command::new(&spec.vmm_binary),
+            None => {
+                let mut cmd = Command::new(&spec.vmm_binary);
+                if let Some(network) = &spec.network {
+                    enter_netns_before_exec(&mut cmd, network).map_err(cleanup_on_error)?;
+                }
+                cmd
+            }
             Some(jail) => jailer_command(spec, jail, state_dir),
         };
         cmd.arg("--config").arg(&config_path);
@@ -321,6 +361,12 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
     if let Some(snapshot) = &spec.snapshot_file {
         cmd.arg("--rw").arg(snapshot);
     }
+    if let Some(network) = &spec.network {
+        cmd.arg("--tap").arg(TAP_NAME);
+        if let Some(netns) = &network.netns {
+            cmd.arg("--netns").arg(netns);
+        }
+    }
     if let Some(bytes) = jail.memory_bytes {
         cmd.arg("--memory-bytes").arg(bytes.to_string());
     }
@@ -335,6 +381,43 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
     }
     cmd.arg("--");
     cmd
+}
+
+/// An unjailed VMM enters the sandbox's network namespace (or a new one)
+/// between fork and exec, as the jailer would.
+fn enter_netns_before_exec(
+    cmd: &mut Command,
+    network: &NetworkSpec,
+) -> Result<(), VmmProcessError> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let netns: Option<OwnedFd> = match &network.netns {
+        Some(path) => Some(
+            File::open(path)
+                .map_err(|source| VmmProcessError::Netns {
+                    path: path.clone(),
+                    source,
+                })?
+                .into(),
+        ),
+        None => None,
+    };
+    // SAFETY: the closure runs between fork and exec and calls only
+    // setns/unshare, which are async-signal-safe; the descriptor it reads
+    // is moved into it and outlives the call.
+    unsafe {
+        cmd.pre_exec(move || {
+            let done = match &netns {
+                Some(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET),
+                None => libc::unshare(libc::CLONE_NEWNET),
+            };
+            if done == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
 }
 
 /// The most of a log file [`tail`] reads: the guest decides how much the
@@ -410,6 +493,7 @@ mod tests {
             seccomp: Some(SeccompMode::Log),
             snapshot_file: None,
             restore_from: None,
+            network: None,
         };
         let state = Path::new("/run/hull/sandboxes/x");
         let config = spec.vm_config(state);

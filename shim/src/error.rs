@@ -50,6 +50,10 @@ pub enum ShimError {
     },
     #[error("{0}")]
     WrongState(String),
+    #[error("the container's network")]
+    Network(#[from] hull_sandbox::network::NetworkError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 impl ShimError {
@@ -75,7 +79,10 @@ impl ShimError {
                 ..
             } => status.code(),
             ShimError::AgentCall { .. } => Code::UNAVAILABLE,
+            ShimError::Hook(crate::hooks::HookError::InGuest { .. }) => Code::FAILED_PRECONDITION,
             ShimError::Rootfs(_)
+            | ShimError::Network(_)
+            | ShimError::Hook(_)
             | ShimError::Sandbox(SandboxError::Vmm(_))
             | ShimError::Io { .. } => Code::INTERNAL,
         }

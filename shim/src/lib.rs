@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod guest_spec;
+pub mod hooks;
 pub mod rootfs;
 pub mod service;
 pub mod stdio;

@@ -30,6 +30,19 @@ pub struct Docker {
 impl Docker {
     /// Start containerd 1.7 and dockerd under `dir` and load the busybox image.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, false)
+    }
+
+    /// [`Self::start`] with Docker's networking on: the default bridge,
+    /// iptables (NAT for published ports), no userland proxy. Call it in a
+    /// private network namespace ([`crate::netns::enter_private`]): the
+    /// bridge and the rules go with it.
+    pub fn start_networked(dir: &Path) -> Self {
+        prereq::host_tool("iptables", "iptables");
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, networked: bool) -> Self {
         let dockerd = prereq::file_from_env(
             "HULL_DOCKERD",
             "dockerd 26 (trixie, extracted)",
@@ -37,11 +50,10 @@ impl Docker {
         );
         let containerd = Containerd::start(Engine::Containerd17, dir);
         let socket = dir.join("d.sock");
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "userland-proxy": false,
-            "iptables": false,
+            "iptables": networked,
             "ip6tables": false,
-            "bridge": "none",
             "containerd": containerd.socket(),
             "data-root": dir.join("docker"),
             "exec-root": dir.join("docker-exec"),
@@ -54,6 +66,9 @@ impl Docker {
                 }
             }
         });
+        if !networked {
+            config["bridge"] = "none".into();
+        }
         let config_path = dir.join("daemon.json");
         std::fs::write(&config_path, config.to_string()).expect("write daemon.json");
         let log = std::fs::File::create(dir.join("dockerd.log")).expect("dockerd log");

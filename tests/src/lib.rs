@@ -19,6 +19,7 @@ pub mod control;
 pub mod docker;
 pub mod ext4;
 pub mod leaks;
+pub mod netns;
 pub mod poll;
 pub mod prereq;
 pub mod rootfs;

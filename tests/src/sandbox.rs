@@ -28,6 +28,7 @@ pub fn agent_spec() -> VmmSpec {
         seccomp: None,
         snapshot_file: None,
         restore_from: None,
+        network: None,
     }
 }
 

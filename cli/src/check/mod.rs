@@ -7,6 +7,7 @@
 
 pub mod container;
 pub mod host;
+pub mod network;
 
 use serde::Serialize;
 

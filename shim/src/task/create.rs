@@ -17,16 +17,18 @@ use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneReques
 use hull_sandbox::spec::{self, Spec, VmSize};
 use hull_sandbox::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use hull_sandbox::vm::RPC_TIMEOUT;
-use hull_sandbox::vmm_process::{host_memory_bytes, Drive, JailSpec, VmmSpec};
+use hull_sandbox::vmm_process::{host_memory_bytes, Drive, JailSpec, NetworkSpec, VmmSpec};
 use hull_sandbox::{policy, template, Sandbox};
 use tokio::sync::Mutex;
 
+use super::network::SandboxNetwork;
 use super::phases::Phases;
 use super::process::Process;
 use super::{agent_err, stdio_options, Container};
 use crate::config::{config_path_from_options, ShimConfig};
 use crate::error::ShimError;
 use crate::guest_spec::for_the_guest;
+use crate::hooks::{self, Stage};
 use crate::rootfs::{self, HostBind, RootfsDisk, RootfsMount};
 use crate::stdio::StdioPaths;
 
@@ -62,6 +64,13 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     let bundle = PathBuf::from(&req.bundle);
     let mut spec = spec::load(&bundle.join("config.json"))?;
     policy::enforce(&spec, &config.policy()).map_err(ShimError::Policy)?;
+    hooks::refuse_guest_hooks(&spec)?;
+    let created_hooks = hooks::of_stage(&spec, Stage::Created);
+    let later_hooks: Vec<_> = hooks::of_stage(&spec, Stage::Poststart)
+        .into_iter()
+        .chain(hooks::of_stage(&spec, Stage::Poststop))
+        .collect();
+    let network = network_of(&spec);
     let host_binds = for_the_guest(&mut spec);
     let size = size_the_vm(&req.id, &spec, &config)?;
     phases.mark("spec");
@@ -77,8 +86,18 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     )?;
     phases.mark("disks");
     let boot = Duration::from_secs(config.boot_timeout_secs);
-    let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir);
+    let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir, network);
     let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot, &mut phases).await?;
+    let host_pid = sandbox.pid().await;
+    let plugged = host_side_network(&req.id, &bundle, host_pid, created_hooks).await;
+    let network = match plugged {
+        Ok(network) => network,
+        Err(err) => {
+            sandbox.shutdown().await;
+            return Err(err);
+        }
+    };
+    phases.mark("hooks");
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
         stdout: req.stdout.clone(),
@@ -91,7 +110,6 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     }
     phases.mark("created");
     undo.disarm();
-    let host_pid = sandbox.pid().await;
     let agent = sandbox.agent();
     let processes = HashMap::from([(String::new(), Arc::new(Process::new("", stdio, None)))]);
     Ok(Container {
@@ -104,7 +122,50 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         processes: Mutex::new(processes),
         paused: AtomicBool::new(false),
         phases: std::sync::Mutex::new(Some(phases)),
+        network,
+        hooks: later_hooks,
     })
+}
+
+/// The sandbox's network namespace: the spec's when it names one (a pod's,
+/// CNI's), else a new one the jailer makes. The host network namespace
+/// never gets here: the policy refuses it.
+fn network_of(spec: &Spec) -> NetworkSpec {
+    let netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .and_then(|namespaces| {
+            namespaces
+                .iter()
+                .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
+        .and_then(|ns| ns.path().clone());
+    NetworkSpec { netns }
+}
+
+/// Holds the sandbox's network namespace and runs the host's
+/// createRuntime hooks with the sandbox's pid (Docker plugs its network
+/// into the namespace so).
+async fn host_side_network(
+    id: &str,
+    bundle: &Path,
+    host_pid: u32,
+    created_hooks: Vec<(&'static str, oci_spec::runtime::Hook)>,
+) -> Result<SandboxNetwork, ShimError> {
+    let network = SandboxNetwork::hold(host_pid)?;
+    if !created_hooks.is_empty() {
+        let (id, bundle) = (id.to_owned(), bundle.to_owned());
+        tokio::task::spawn_blocking(move || {
+            hooks::run(&created_hooks, &id, &bundle, host_pid, "created")
+        })
+        .await
+        .map_err(|e| ShimError::Io {
+            what: "running the createRuntime hooks".into(),
+            source: std::io::Error::other(e),
+        })??;
+    }
+    Ok(network)
 }
 
 /// Undoes a create that failed part-way, unless disarmed: the disks the
@@ -269,7 +330,13 @@ fn prepare_disks(
 
 /// What `hull-vmm` (under `hull-jailer`, unless the config turns the jail
 /// off) is started with.
-fn vmm_spec(config: &ShimConfig, size: &VmSize, disks: &Disks, state_dir: &Path) -> VmmSpec {
+fn vmm_spec(
+    config: &ShimConfig,
+    size: &VmSize,
+    disks: &Disks,
+    state_dir: &Path,
+    network: NetworkSpec,
+) -> VmmSpec {
     let rootfs = Drive {
         path: disks.rootfs.path.clone(),
         read_only: disks.rootfs.read_only,
@@ -304,6 +371,7 @@ fn vmm_spec(config: &ShimConfig, size: &VmSize, disks: &Disks, state_dir: &Path)
         seccomp: Some(config.seccomp),
         snapshot_file: None,
         restore_from: None,
+        network: Some(network),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod create;
 mod guest_events;
+pub mod network;
 pub mod phases;
 pub mod process;
 
@@ -80,9 +81,35 @@ pub struct Container {
     pub paused: AtomicBool,
     /// The start's phases, written once its init runs.
     pub phases: std::sync::Mutex<Option<phases::Phases>>,
+    /// The sandbox's network namespace and what is wired in it.
+    pub network: network::SandboxNetwork,
+    /// The host's poststart and poststop hooks.
+    pub hooks: Vec<(&'static str, oci_spec::runtime::Hook)>,
 }
 
 impl Container {
+    /// Runs the host hooks of `stage` (poststart, poststop); as the runtime
+    /// spec says, their failures are logged, not returned.
+    async fn run_hooks(&self, stage: &str, status: &'static str) {
+        let hooks: Vec<_> = self
+            .hooks
+            .iter()
+            .filter(|(s, _)| *s == stage)
+            .cloned()
+            .collect();
+        if hooks.is_empty() {
+            return;
+        }
+        let (id, bundle, pid) = (self.id.clone(), self.bundle.clone(), self.host_pid);
+        let ran = tokio::task::spawn_blocking(move || {
+            crate::hooks::run(&hooks, &id, &bundle, pid, status)
+        })
+        .await;
+        if let Ok(Err(err)) = ran {
+            log::warn!("{}: {}", self.id, hull_protocol::error_chain(&err));
+        }
+    }
+
     async fn process(&self, exec_id: &str) -> Result<Arc<Process>, ShimError> {
         self.processes
             .lock()
@@ -209,6 +236,7 @@ impl HullTask {
             )));
         }
         let guest_pid = if req.exec_id.is_empty() {
+            container.network.plug(&req.id, &container.agent).await?;
             let request = StartContainerRequest {
                 container_id: req.id.clone(),
                 ..Default::default()
@@ -248,6 +276,9 @@ impl HullTask {
         }
         let pid = container.host_pid;
         process.set_running(pid);
+        if req.exec_id.is_empty() {
+            container.run_hooks("poststart", "running").await;
+        }
         tokio::spawn(self.clone().watch_exit(container.clone(), process.clone()));
         if req.exec_id.is_empty() {
             self.publish(
@@ -488,9 +519,11 @@ impl HullTask {
                 log::warn!("{}: RemoveContainer: {e}", container.id);
             }
         }
+        container.network.unplug(&container.id);
         let state_dir = container.sandbox.state_dir().await;
         container.sandbox.shutdown().await;
         remove_leftovers(&state_dir, &container.files, LEFTOVERS_WAIT).await;
+        container.run_hooks("poststop", "stopped").await;
     }
 
     /// The task's host process, the one pid hull reports (see

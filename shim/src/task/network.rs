@@ -1,0 +1,144 @@
+//! A container's network, from the shim's side: the sandbox's network
+//! namespace, held open from Create to Delete, and what is wired in it.
+//!
+//! Network plugins fill the namespace between Create and Start: Docker's
+//! libnetwork through its createRuntime hook, `ctr run --cni` after Create
+//! returns (through `/proc/<task pid>/ns/net`), the CRI before either (the
+//! pod's namespace, joined by path). So the wiring happens at Start: the
+//! interface found there is wired to the VM's tap (see
+//! [`hull_sandbox::network`]) and the guest agent gives its settings to
+//! the container's interface. Without one the container has loopback only.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use hull_protocol::agent_api::agent::{
+    ConfigureNetworkRequest, IpAddress, IpRoute, NetworkInterface,
+};
+use hull_sandbox::network::{self, Plugged};
+use hull_sandbox::vm::RPC_TIMEOUT;
+
+use hull_protocol::agent_api::agent_ttrpc::AgentClient;
+
+use super::agent_err;
+use crate::error::ShimError;
+
+pub struct SandboxNetwork {
+    netns: File,
+    /// What Start wired, taken off again at Delete.
+    wired: Mutex<Option<Plugged>>,
+}
+
+impl SandboxNetwork {
+    /// Holds the network namespace of the sandbox process `host_pid` (the
+    /// jailer's supervisor lives in it), so it stays while the container
+    /// does, whoever made it.
+    pub fn hold(host_pid: u32) -> Result<Self, ShimError> {
+        let path = PathBuf::from(format!("/proc/{host_pid}/ns/net"));
+        let netns = File::open(&path).map_err(|source| ShimError::Io {
+            what: format!("opening the sandbox's network namespace {}", path.display()),
+            source,
+        })?;
+        Ok(SandboxNetwork {
+            netns,
+            wired: Mutex::new(None),
+        })
+    }
+
+    /// Wires what a plugin put into the namespace and has the agent set up
+    /// the container's side (loopback only when there is nothing).
+    pub async fn plug(&self, id: &str, agent: &AgentClient) -> Result<(), ShimError> {
+        let netns = self.netns.try_clone().map_err(|source| ShimError::Io {
+            what: "duplicating the network namespace file".into(),
+            source,
+        })?;
+        let found = tokio::task::spawn_blocking(move || {
+            let plugged = network::plugged(&netns)?;
+            if let Some(plugged) = &plugged {
+                network::wire(&netns, plugged)?;
+            }
+            Ok::<_, network::NetworkError>(plugged)
+        })
+        .await
+        .map_err(|e| ShimError::Io {
+            what: "wiring the network".into(),
+            source: std::io::Error::other(e),
+        })??;
+        match &found {
+            Some(plugged) => {
+                if !plugged.ipv6_addresses.is_empty() {
+                    log::warn!(
+                        "{id}: IPv6 addresses {:?} are not given to the guest (its kernel has no \
+                         IPv6)",
+                        plugged.ipv6_addresses
+                    );
+                }
+                log::info!(
+                    "{id}: {} ({}, {:?}) wired to the VM's tap",
+                    plugged.name,
+                    plugged.mac,
+                    plugged.addresses
+                );
+            }
+            None => log::info!("{id}: no network interface in the sandbox: loopback only"),
+        }
+        *self.wired.lock().expect("network poisoned") = found.clone();
+        let request = ConfigureNetworkRequest {
+            container_id: id.to_owned(),
+            interface: found.as_ref().map(wire_interface).into(),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64);
+        agent
+            .configure_network(ctx, &request)
+            .await
+            .map_err(agent_err("ConfigureNetwork"))?;
+        Ok(())
+    }
+
+    /// Takes the redirect off the plugin's interface: the namespace may
+    /// outlive the sandbox (a pod's, Docker's). The tap went with the VMM.
+    pub fn unplug(&self, id: &str) {
+        let Some(plugged) = self.wired.lock().expect("network poisoned").take() else {
+            return;
+        };
+        if let Err(err) = network::unwire(&self.netns, &plugged) {
+            log::warn!(
+                "{id}: taking the redirect off {}: {}",
+                plugged.name,
+                hull_protocol::error_chain(&err)
+            );
+        }
+    }
+}
+
+fn wire_interface(plugged: &Plugged) -> NetworkInterface {
+    NetworkInterface {
+        name: plugged.name.clone(),
+        mac: plugged.mac.clone(),
+        mtu: plugged.mtu,
+        addresses: plugged
+            .addresses
+            .iter()
+            .map(|(addr, len)| IpAddress {
+                address: addr.to_string(),
+                prefix_length: u32::from(*len),
+                ..Default::default()
+            })
+            .collect(),
+        routes: plugged
+            .routes
+            .iter()
+            .map(|route| IpRoute {
+                destination: route
+                    .destination
+                    .map_or(String::new(), |(addr, _)| addr.to_string()),
+                prefix_length: route.destination.map_or(0, |(_, len)| u32::from(len)),
+                gateway: route.gateway.map_or(String::new(), |gw| gw.to_string()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

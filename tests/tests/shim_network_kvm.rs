@@ -1,0 +1,273 @@
+//! Networking end to end: Docker 26's default bridge with a published
+//! port, a hull container and a runc container on one network, and the
+//! namespace left as it was. Everything runs in a private network
+//! namespace (hull_tests::netns): Docker's bridge and iptables rules never
+//! reach the host's. Needs KVM, root, iptables and the extracted Docker.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use hull_tests::containerd::{stdout_ok, Containerd, Engine, IMAGE};
+use hull_tests::docker::{Docker, DOCKER_IMAGE};
+use hull_tests::netns::{enter_private, http_get, ip};
+use hull_tests::{prereq, test_dir};
+
+/// How long a published port may take to answer after `docker run -d`
+/// (the container's start in the guest, then httpd's).
+const SERVE_WITHIN: Duration = Duration::from_secs(90);
+
+/// A busybox httpd serving `text` as `/`.
+fn httpd(text: &str) -> String {
+    format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+fn inspect(docker: &Docker, format: &str, what: &str) -> String {
+    stdout_ok(
+        &docker.docker(&["inspect", "-f", format, what]),
+        "docker inspect",
+    )
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
+    prereq::require_kvm();
+    enter_private();
+    let dir = test_dir();
+    let docker = Docker::start_networked(dir.path());
+
+    // A hull container serving on a published port.
+    let serve = httpd("hello-from-hull");
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--runtime",
+        "hull",
+        "-p",
+        "8080:80",
+        DOCKER_IMAGE,
+        "sh",
+        "-c",
+        &serve,
+    ]);
+    stdout_ok(&out, "docker run -d -p 8080:80 (hull)");
+    let gateway = stdout_ok(
+        &docker.docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            "bridge",
+        ]),
+        "docker network inspect bridge",
+    )
+    .trim()
+    .to_owned();
+    let published: SocketAddr = format!("{gateway}:8080").parse().expect("gateway address");
+    let answer = http_get(published, SERVE_WITHIN).unwrap_or_else(|e| {
+        panic!(
+            "the published port: {e}\ndocker logs: {:?}",
+            docker.docker(&["logs", "web"])
+        )
+    });
+    assert!(answer.contains("hello-from-hull"), "{answer}");
+
+    // Inside: Docker's address, MAC, gateway route and resolv.conf, on the
+    // guest's kernel.
+    let hull_ip = inspect(&docker, "{{.NetworkSettings.IPAddress}}", "web");
+    let mac = inspect(&docker, "{{.NetworkSettings.MacAddress}}", "web");
+    let view = stdout_ok(
+        &docker.docker(&[
+            "exec",
+            "web",
+            "sh",
+            "-c",
+            "uname -r; ip -o -4 addr show eth0; ip -o link show eth0; ip route; ip -o link show lo",
+        ]),
+        "docker exec web (network view)",
+    );
+    assert!(view.starts_with("6.1."), "not the guest's kernel: {view}");
+    assert!(view.contains(&format!("inet {hull_ip}/16")), "{view}");
+    assert!(view.contains(&mac), "MAC {mac} not on eth0: {view}");
+    assert!(
+        view.contains(&format!("default via {gateway} dev eth0")),
+        "{view}"
+    );
+    assert!(view.contains("<LOOPBACK,UP,LOWER_UP>"), "loopback: {view}");
+    let resolv_path = inspect(&docker, "{{.ResolvConfPath}}", "web");
+    let resolv = std::fs::read_to_string(&resolv_path).expect("Docker's resolv.conf");
+    let inside = stdout_ok(
+        &docker.docker(&["exec", "web", "cat", "/etc/resolv.conf"]),
+        "docker exec cat /etc/resolv.conf",
+    );
+    assert_eq!(
+        inside, resolv,
+        "the container's resolv.conf is not Docker's"
+    );
+
+    // A runc container on the same bridge: both ways.
+    let serve = httpd("hello-from-runc");
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "neighbour",
+        "--runtime",
+        "runc",
+        DOCKER_IMAGE,
+        "sh",
+        "-c",
+        &serve,
+    ]);
+    stdout_ok(&out, "docker run -d (runc)");
+    let runc_ip = inspect(&docker, "{{.NetworkSettings.IPAddress}}", "neighbour");
+    let fetch = format!(
+        "for i in $(seq 60); do wget -qO- http://{runc_ip}/ && exit 0; sleep 0.5; done; exit 1"
+    );
+    let got = docker.docker(&["exec", "web", "sh", "-c", &fetch]);
+    assert!(
+        stdout_ok(&got, "hull -> runc").contains("hello-from-runc"),
+        "{got:?}"
+    );
+    let url = format!("http://{hull_ip}/");
+    let got = docker.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        DOCKER_IMAGE,
+        "wget",
+        "-qO-",
+        &url,
+    ]);
+    assert!(
+        stdout_ok(&got, "runc -> hull").contains("hello-from-hull"),
+        "{got:?}"
+    );
+
+    // Gone: the containers, their sandboxes, and everything hull made in
+    // the namespaces (the tap, the redirects).
+    stdout_ok(
+        &docker.docker(&["rm", "-f", "web", "neighbour"]),
+        "docker rm -f",
+    );
+    docker.assert_nothing_left();
+    let links = ip(&["-o", "link"]);
+    assert!(!links.contains("tap0_hull"), "a tap is left: {links}");
+    let out = Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .expect("run tc");
+    let qdiscs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !qdiscs.contains("ingress"),
+        "an ingress qdisc is left: {qdiscs}"
+    );
+    assert!(
+        !links.contains("veth"),
+        "a veth is left in the bridge's namespace: {links}"
+    );
+
+    // A namespace path that does not exist: refused naming it, nothing left.
+    let out = docker.containerd().ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        "network:/var/run/netns/hull-no-such-ns",
+        IMAGE,
+        "nons",
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("/var/run/netns/hull-no-such-ns"),
+        "ctr run with a missing netns: {out:?}"
+    );
+    docker.assert_nothing_left();
+}
+
+/// Where host-local keeps the addresses of the CNI network ./setup.sh
+/// configures (scripts/engines.sh, install_cni).
+const CNI_LEASES: &str = "/var/lib/cni/networks/hull";
+const CNI_CONF: &str = "/etc/cni/net.d/10-hull.conflist";
+
+/// A host server for the container to call: answers `GET /<ip>` with what
+/// the container's own httpd at `<ip>:80` serves, so one request proves
+/// both directions.
+fn echo_back_server() -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("0.0.0.0:8089").expect("bind 8089");
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("the container's call");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("request line");
+        let ip = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+        let back = format!("{ip}:80")
+            .parse()
+            .map_err(|e| format!("{e}"))
+            .and_then(|addr| http_get(addr, Duration::from_secs(30)));
+        let body = match back {
+            Ok(answer) => format!("host-got:{}", answer.lines().last().unwrap_or_default()),
+            Err(e) => format!("host-failed:{e}"),
+        };
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    })
+}
+
+#[test]
+fn ctr_run_cni_kvm() {
+    prereq::require_kvm();
+    assert!(
+        std::path::Path::new(CNI_CONF).is_file(),
+        "{CNI_CONF} is missing: run ./setup.sh (scripts/engines.sh install_cni)"
+    );
+    enter_private();
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd17, dir.path());
+    let server = echo_back_server();
+    // The container serves, learns its address, and calls the host, which
+    // calls it back: host-local's address, reachable both ways.
+    let script = "mkdir -p /www && echo hello-over-cni > /www/index.html && httpd -p 80 -h /www; \
+                  ip=$(ip -o -4 addr show eth0 | sed 's/.* inet \\([0-9.]*\\).*/\\1/'); \
+                  echo ip=$ip; gw=$(ip route | sed -n 's/^default via \\([0-9.]*\\).*/\\1/p'); \
+                  wget -qO- http://$gw:8089/$ip; echo";
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--cni",
+        "--runtime",
+        "io.containerd.hull.v2",
+        IMAGE,
+        "cni1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let text = stdout_ok(&out, "ctr run --cni");
+    server.join().expect("the host server");
+    let address = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ip="))
+        .unwrap_or_else(|| panic!("no address in the container: {text}"))
+        .to_owned();
+    assert!(address.starts_with("10.88."), "not host-local's range: {text}");
+    assert!(text.contains("host-got:hello-over-cni"), "{text}");
+    // ctr run --rm calls CNI DEL: the address is free again.
+    let lease = std::path::Path::new(CNI_LEASES).join(&address);
+    assert!(!lease.exists(), "{} is still leased", lease.display());
+    let links = ip(&["-o", "link"]);
+    assert!(!links.contains("tap0_hull"), "a tap is left: {links}");
+    containerd.assert_no_shim_leftovers_but(&[]);
+}
