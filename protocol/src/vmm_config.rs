@@ -54,6 +54,32 @@ fn default_guest_cid() -> u32 {
     DEFAULT_GUEST_CID
 }
 
+/// The tap device behind the virtio-net device.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TapConfig {
+    /// `{"name": "hulltap0"}`: the VMM opens `/dev/net/tun` and attaches to
+    /// (or, with CAP_NET_ADMIN, creates) the tap of that name. For running
+    /// `hull-vmm` by hand.
+    Name(String),
+    /// `{"fd": 3}`: a tap the VMM inherited open across exec (the jailer
+    /// makes it in the sandbox's network namespace). It must have been
+    /// made with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`.
+    Fd(i32),
+}
+
+/// The network device: virtio-net on a tap.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap: TapConfig,
+    /// The guest's MAC, `02:xx:xx:xx:xx:xx` (a unicast address). When not
+    /// set the VMM makes up a random locally administered one. A restored VM
+    /// keeps the MAC its snapshot was taken with.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
 /// What happens on a syscall outside a VMM thread's seccomp list.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +132,9 @@ pub struct VmConfig {
     pub drives: Vec<BlockConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-net device on a tap, after the drives and vsock.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
     /// The control socket (status, pause, resume, shutdown).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -146,6 +175,7 @@ impl VmConfig {
             verbose_boot: false,
             drives: Vec::new(),
             vsock: None,
+            net: None,
             api_socket: None,
             seccomp: SeccompMode::Enforce,
             snapshot_file: None,
@@ -183,11 +213,40 @@ mod tests {
             guest_cid: 3,
             uds_path: "/run/v.sock".into(),
         });
+        config.net = Some(NetConfig {
+            tap: TapConfig::Fd(3),
+            mac: Some("02:00:00:00:00:01".into()),
+        });
         config.console = Console::File("/run/console.log".into());
         config.seccomp = SeccompMode::Log;
         let back: VmConfig = serde_json::from_str(&config.to_json()).unwrap();
         assert_eq!(back, config);
         assert_eq!("log".parse(), Ok(SeccompMode::Log));
         assert!("loud".parse::<SeccompMode>().is_err());
+    }
+
+    #[test]
+    fn net_configs_have_one_shape_on_the_wire() {
+        let by_name: NetConfig = serde_json::from_str(r#"{"tap": {"name": "hulltap0"}}"#).unwrap();
+        assert_eq!(by_name.tap, TapConfig::Name("hulltap0".into()));
+        assert_eq!(by_name.mac, None);
+        let by_fd: NetConfig =
+            serde_json::from_str(r#"{"tap": {"fd": 3}, "mac": "02:00:00:00:00:01"}"#).unwrap();
+        assert_eq!(by_fd.tap, TapConfig::Fd(3));
+        assert_eq!(
+            serde_json::to_value(&by_fd).unwrap(),
+            serde_json::json!({"tap": {"fd": 3}, "mac": "02:00:00:00:00:01"})
+        );
+        for bad in [
+            r#"{"tap": {"fd": 3}, "mtu": 1500}"#,
+            r#"{"tap": {"fd": 3, "name": "t"}}"#,
+            r#"{"tap": {"path": "/dev/net/tun"}}"#,
+            r#"{"mac": "02:00:00:00:00:01"}"#,
+        ] {
+            assert!(serde_json::from_str::<NetConfig>(bad).is_err(), "{bad}");
+        }
+        let err =
+            serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "network": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("network"), "{err}");
     }
 }

@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-pub use hull_protocol::vmm_config::{Console, VmConfig};
+pub use hull_protocol::vmm_config::{Console, NetConfig, TapConfig, VmConfig};
 
 use crate::arch::mptable;
+use crate::devices::virtio::net::parse_mac;
 
 /// Longest path a Unix socket address can hold (sun_path less the NUL).
 pub const UNIX_PATH_MAX: usize = 107;
@@ -111,6 +112,9 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         }
         socket_path("vsock.uds_path", &vsock.uds_path, VSOCK_PORT_SUFFIX)?;
     }
+    if let Some(net) = &config.net {
+        validate_net(net)?;
+    }
     if let Some(api) = &config.api_socket {
         socket_path("api_socket", api, 0)?;
     }
@@ -146,6 +150,42 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
                 format!("{arg:?} is not a kernel argument"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The tap's name as the kernel takes it (`dev_valid_name`), or an
+/// inherited fd that is not stdin, stdout or stderr; and the MAC's syntax.
+/// Whether the fd is a tap is checked when the device is built.
+fn validate_net(net: &NetConfig) -> Result<(), ConfigError> {
+    match &net.tap {
+        TapConfig::Name(name) => {
+            if name.is_empty()
+                || name.len() >= libc::IFNAMSIZ
+                || name == "."
+                || name == ".."
+                || name.contains(['/', ':', '\0'])
+                || name.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "net.tap.name",
+                    format!(
+                        "{name:?} is not an interface name (1 to {} bytes, no '/', ':' or spaces)",
+                        libc::IFNAMSIZ - 1
+                    ),
+                ));
+            }
+        }
+        TapConfig::Fd(fd) if *fd < 3 => {
+            return Err(invalid(
+                "net.tap.fd",
+                format!("{fd} is not an inherited tap (fds 0-2 are stdio)"),
+            ));
+        }
+        TapConfig::Fd(_) => {}
+    }
+    if let Some(mac) = &net.mac {
+        parse_mac(mac).map_err(|reason| invalid("net.mac", reason))?;
     }
     Ok(())
 }
@@ -320,6 +360,46 @@ mod tests {
             }),
             "kernel_args"
         );
+    }
+
+    #[test]
+    fn net_taps_and_macs_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_net = |tap: TapConfig, mac: Option<&str>| VmConfig {
+            net: Some(NetConfig {
+                tap,
+                mac: mac.map(str::to_owned),
+            }),
+            ..base(dir.path())
+        };
+        let field_of = |c: VmConfig| match validate(&c) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        validate(&with_net(TapConfig::Name("hulltap0".into()), None)).unwrap();
+        validate(&with_net(TapConfig::Fd(3), Some("02:AB:cd:00:00:01"))).unwrap();
+        for name in ["", "a/b", "a b", "sixteen-bytes-xx", ".."] {
+            assert_eq!(
+                field_of(with_net(TapConfig::Name(name.into()), None)),
+                "net.tap.name",
+                "{name:?}"
+            );
+        }
+        assert_eq!(field_of(with_net(TapConfig::Fd(2), None)), "net.tap.fd");
+        for mac in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "02:00:00:00:00:0g",
+            "02-00-00-00-00-01",
+            "2:00:00:00:00:001",
+            "03:00:00:00:00:01",
+        ] {
+            assert_eq!(
+                field_of(with_net(TapConfig::Fd(3), Some(mac))),
+                "net.mac",
+                "{mac}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! hull-vmm: the virtual machine monitor behind every hull sandbox.
 //!
 //! A KVM microVM with a Linux kernel loaded directly (no firmware), a 16550
-//! console, an i8042 reset line and virtio-mmio devices (block, vsock).
+//! console, an i8042 reset line and virtio-mmio devices (block, vsock, net).
 //! Dependencies point one way: `main` -> `builder` (with `config` and
 //! `seccomp`) / `api` / `machine` -> `devices` -> `vstate` / `arch`; every
 //! module may use `logger` (error chains, per-call-site rate limits for

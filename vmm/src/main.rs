@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_protocol::vmm_api::exit_code;
-use hull_vmm::config::{self, ConfigError, Console, VmConfig};
+use hull_vmm::config::{self, ConfigError, Console, NetConfig, TapConfig, VmConfig};
 use hull_vmm::devices::virtio::block::BlockConfig;
 use hull_vmm::devices::virtio::vsock::VsockConfig;
 use hull_vmm::logger::ErrorChain;
@@ -51,6 +51,10 @@ struct Args {
     /// Host Unix socket of the hybrid vsock device.
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
+    /// An inherited, open tap fd for the virtio-net device: adds the device
+    /// (random MAC) or replaces the tap of the one the config file names.
+    #[arg(long)]
+    tap_fd: Option<i32>,
     /// The control socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -99,6 +103,17 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
             guest_cid: args.vsock_cid,
             uds_path,
         });
+    }
+    if let Some(fd) = args.tap_fd {
+        match &mut config.net {
+            Some(net) => net.tap = TapConfig::Fd(fd),
+            None => {
+                config.net = Some(NetConfig {
+                    tap: TapConfig::Fd(fd),
+                    mac: None,
+                })
+            }
+        }
     }
     config.api_socket = args.api_sock.or(config.api_socket);
     config.seccomp = args.seccomp.unwrap_or(config.seccomp);
@@ -176,6 +191,36 @@ fn forbidden_syscall_for_tests() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tap_fd_adds_a_net_device_or_replaces_its_tap() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["hull-vmm", "--kernel", "/k"];
+            argv.extend_from_slice(extra);
+            config_from(Args::parse_from(argv)).unwrap()
+        };
+        assert_eq!(args(&[]).net, None);
+        assert_eq!(
+            args(&["--tap-fd", "5"]).net,
+            Some(NetConfig {
+                tap: TapConfig::Fd(5),
+                mac: None
+            })
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"kernel": "/k", "net": {"tap": {"name": "hulltap0"}, "mac": "02:00:00:00:00:07"}}"#,
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let from_file = args(&["--config", file]).net.unwrap();
+        assert_eq!(from_file.tap, TapConfig::Name("hulltap0".into()));
+        let replaced = args(&["--config", file, "--tap-fd", "4"]).net.unwrap();
+        assert_eq!(replaced.tap, TapConfig::Fd(4));
+        assert_eq!(replaced.mac.as_deref(), Some("02:00:00:00:00:07"));
+    }
 
     #[test]
     fn drives_take_ro_and_an_id_in_any_order() {

@@ -25,6 +25,7 @@ use crate::devices::legacy::serial::{ConsoleSink, ConsoleTail, SerialConsole};
 use crate::devices::legacy::IrqTrigger;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{self, tap, Net, NetConfig, NetError, TapError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::machine::{stop_signals, Machine, Outcome, VcpuThread};
@@ -95,6 +96,10 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error("the network device's tap")]
+    Tap(#[source] TapError),
+    #[error("the network device")]
+    Net(#[source] NetError),
     #[error("virtio device setup")]
     Virtio(#[source] crate::devices::virtio::VirtioError),
     #[error("too many devices: no IRQ left after {0}")]
@@ -515,8 +520,8 @@ struct Devices {
 }
 
 /// The serial console and the i8042 on port I/O, then the virtio devices
-/// of `config` (drives, then vsock) on MMIO, each subscribed to the event
-/// loop and added to `cmdline`.
+/// of `config` (drives, then vsock, then net) on MMIO, each subscribed to
+/// the event loop and added to `cmdline`.
 fn attach_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
@@ -547,6 +552,9 @@ fn attach_devices(
     if let Some(vsock) = &config.vsock {
         virtio.attach(Arc::new(Mutex::new(Vsock::new(vsock)?)))?;
     }
+    if let Some(net) = &config.net {
+        virtio.attach(Arc::new(Mutex::new(net_device(net)?)))?;
+    }
     let slots = std::mem::take(&mut virtio.slots);
     Ok(Devices {
         pio,
@@ -557,6 +565,25 @@ fn attach_devices(
         serial,
         slots,
     })
+}
+
+/// The virtio-net device on the tap `config` names, opened and checked
+/// here: before seccomp, which forbids opening files and the tap ioctls.
+fn net_device(config: &NetConfig) -> Result<Net, BuildError> {
+    let tap = tap::open(&config.tap).map_err(BuildError::Tap)?;
+    let mac = match &config.mac {
+        // Checked by config::validate already.
+        Some(text) => net::parse_mac(text).map_err(|reason| BuildError::Io {
+            what: "the MAC address",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+        })?,
+        None => net::random_mac().map_err(io("a random MAC address"))?,
+    };
+    log::info!(
+        "virtio-net: MAC {} (a restored guest keeps the one it was saved with)",
+        net::format_mac(&mac)
+    );
+    Net::new(tap, mac).map_err(BuildError::Net)
 }
 
 /// The port-I/O bus: the serial console (its output as `config` says, its

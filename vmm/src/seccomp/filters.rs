@@ -7,6 +7,9 @@
 //! reads/writes/flush, vsock both ways, pause/resume, SIGTERM, guest panic)
 //! per thread, then trimmed to what the code needs after set-up: files,
 //! sockets, KVM fds and guest memory all exist before the filters go in.
+//! The tap of virtio-net too: it is opened and set up (TUNSETIFF,
+//! TUNGETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD) by the builder, and the
+//! event loop then only `read`s and `write`s it, one frame per call.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
@@ -100,7 +103,8 @@ const COMMON: &[Allow] = &[
 ];
 
 /// The main thread: the event loop (devices, vsock muxer, control socket,
-/// signals) and the stop sequence.
+/// signals) and the stop sequence. virtio-net needs nothing beyond
+/// [`COMMON`]: `read` and `write` on its tap, `epoll_ctl` to watch it.
 pub const MAIN: &[Allow] = &[
     Always(libc::SYS_epoll_wait),
     Always(libc::SYS_epoll_pwait),
@@ -208,6 +212,41 @@ mod tests {
         assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
         assert_eq!(KVM_SET_XSAVE, 0x5000_aea5);
         assert_eq!(KVM_GET_XCRS, 0x8188_aea6);
+    }
+
+    fn allows(list: &[Allow], nr: i64) -> bool {
+        allowed(list).any(|a| matches!(a, Always(n) if *n == nr))
+    }
+
+    #[test]
+    fn the_net_device_gets_read_and_write_and_no_tap_ioctl() {
+        // What the event loop does with the tap.
+        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_epoll_ctl] {
+            assert!(allows(MAIN, nr), "syscall {nr}");
+        }
+        // Vectored I/O on fds is not needed by any device.
+        assert!(!allows(MAIN, libc::SYS_readv));
+        let tun_ioctls = [
+            libc::TUNSETIFF,
+            libc::TUNGETIFF,
+            libc::TUNSETVNETHDRSZ,
+            libc::TUNSETOFFLOAD,
+        ];
+        for list in [MAIN, VCPU] {
+            for allow in allowed(list) {
+                if let ArgIn {
+                    syscall: libc::SYS_ioctl,
+                    values,
+                    ..
+                } = allow
+                {
+                    for tun in tun_ioctls {
+                        assert!(!values.contains(&{ tun }), "ioctl {tun:#x}");
+                    }
+                }
+                assert!(!matches!(allow, Always(libc::SYS_ioctl)));
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod state;
 pub mod vsock;
 
