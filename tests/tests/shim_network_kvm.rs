@@ -208,7 +208,11 @@ fn echo_back_server() -> std::thread::JoinHandle<()> {
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
         let mut line = String::new();
         reader.read_line(&mut line).expect("request line");
-        let ip = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+        let ip = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .trim_start_matches('/');
         let back = format!("{ip}:80")
             .parse()
             .map_err(|e| format!("{e}"))
@@ -262,7 +266,10 @@ fn ctr_run_cni_kvm() {
         .find_map(|l| l.strip_prefix("ip="))
         .unwrap_or_else(|| panic!("no address in the container: {text}"))
         .to_owned();
-    assert!(address.starts_with("10.88."), "not host-local's range: {text}");
+    assert!(
+        address.starts_with("10.88."),
+        "not host-local's range: {text}"
+    );
     assert!(text.contains("host-got:hello-over-cni"), "{text}");
     // ctr run --rm calls CNI DEL: the address is free again.
     let lease = std::path::Path::new(CNI_LEASES).join(&address);
