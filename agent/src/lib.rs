@@ -20,6 +20,7 @@
 pub mod clone;
 pub mod config;
 pub mod container;
+pub mod dns;
 pub mod guest_log;
 #[cfg(feature = "hostile-test")]
 pub mod hostile;

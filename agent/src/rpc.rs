@@ -156,6 +156,8 @@ pub struct AgentService {
     shutdown: Arc<ShutdownSignal>,
     containers: Containers,
     guest_log: GuestLog,
+    /// Each container's DNS relay (Docker's embedded DNS), if it has one.
+    dns: std::sync::Mutex<std::collections::HashMap<String, crate::dns::DnsForwarder>>,
 }
 
 impl AgentService {
@@ -164,6 +166,7 @@ impl AgentService {
             shutdown,
             containers,
             guest_log: GuestLog::default(),
+            dns: Default::default(),
         }
     }
 
@@ -243,10 +246,30 @@ impl AgentService {
         let path = format!("/proc/{pid}/ns/net");
         let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io {
             action: "open",
-            path: path.into(),
+            path: path.clone().into(),
             source,
         })?;
+        // Loopback first: 127.0.0.11 exists once it is up.
         crate::network::configure(netns, iface)?;
+        if req.forward_dns {
+            let again = std::fs::File::open(&path).map_err(|source| ContainerError::Io {
+                action: "duplicate",
+                path: path.clone().into(),
+                source,
+            })?;
+            let relay =
+                crate::dns::DnsForwarder::start(again, &req.container_id).map_err(|source| {
+                    crate::network::NetworkError::Netlink {
+                        what: "answering 127.0.0.11:53 in the container's namespace".into(),
+                        source,
+                    }
+                })?;
+            self.dns
+                .lock()
+                .expect("dns poisoned")
+                .insert(req.container_id.clone(), relay);
+        }
+
         log::info!(
             "container {}: network configured ({})",
             req.container_id,
@@ -418,6 +441,12 @@ impl AgentService {
     ) -> Result<Empty, RpcError> {
         self.check_running()?;
         self.containers.remove(&req.container_id, req.force).await?;
+        let relay = self
+            .dns
+            .lock()
+            .expect("dns poisoned")
+            .remove(&req.container_id);
+        drop(relay);
         Ok(Empty::new())
     }
 

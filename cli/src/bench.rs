@@ -21,6 +21,7 @@
 mod console;
 mod kernel_cmdline;
 mod machine;
+pub mod net;
 mod plot;
 mod qemu;
 mod smaps;
@@ -61,6 +62,10 @@ pub enum BenchCommand {
     /// `ctr run` latency to first output and memory per running container,
     /// hull against runc on the same containerd.
     Start(start::StartBenchArgs),
+    /// A container's network through `ctr run --cni`: throughput and
+    /// latency from the host, and what the network adds to a start, hull
+    /// against runc.
+    Net(net::NetBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -101,6 +106,8 @@ pub enum BenchError {
     Path(#[from] PathError),
     #[error(transparent)]
     Start(#[from] start::StartBenchError),
+    #[error(transparent)]
+    Net(#[from] net::NetBenchError),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("hull boot {run} of {runs}")]
@@ -228,6 +235,14 @@ pub fn run(command: &BenchCommand, progress: &mut dyn FnMut(&str)) -> Result<Str
                 serde_json::to_string(&report).expect("the report serializes") + "\n"
             } else {
                 start::render(&report)
+            })
+        }
+        BenchCommand::Net(args) => {
+            let report = net::net_bench(args, progress)?;
+            Ok(if args.json {
+                serde_json::to_string(&report).expect("the report serializes") + "\n"
+            } else {
+                net::render(&report)
             })
         }
     }

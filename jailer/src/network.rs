@@ -5,7 +5,8 @@
 //! The tap is made here, as root, in that namespace, and handed to the VMM
 //! as an open file across exec: the unprivileged VMM needs neither
 //! /dev/net/tun nor CAP_NET_ADMIN, and the tap is not persistent, so it
-//! disappears with the last open file, that is with the VMM.
+//! disappears with the last open file, that is with the VMM. It belongs
+//! to the jail's uid, like everything else the VMM may use.
 
 use std::fs::File;
 use std::io;
@@ -39,6 +40,8 @@ pub enum NetworkError {
 
 /// TUNSETIFF = _IOW('T', 202, int).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// TUNSETOWNER = _IOW('T', 204, int).
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 
 /// Moves this (single-threaded) process into `netns`, or into a new
 /// network namespace when there is none.
@@ -90,9 +93,10 @@ impl IfReq {
 }
 
 /// Makes the tap `name` in the current network namespace (with the
-/// virtio-net header, no packet information) and brings it up. The file
-/// is not close-on-exec: the VMM inherits it.
-pub fn make_tap(name: &str) -> Result<OwnedFd, NetworkError> {
+/// virtio-net header, no packet information), owned by `owner` (the jail's
+/// uid), and brings it up. The file is not close-on-exec: the VMM inherits
+/// it.
+pub fn make_tap(name: &str, owner: u32) -> Result<OwnedFd, NetworkError> {
     let err = |what| NetworkError::Tap {
         name: name.to_owned(),
         what,
@@ -112,6 +116,10 @@ pub fn make_tap(name: &str) -> Result<OwnedFd, NetworkError> {
         return Err(err(
             "TUNSETIFF (does an interface of that name exist already?)",
         ));
+    }
+    // SAFETY: TUNSETOWNER takes the uid by value; no pointers.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOWNER, libc::c_ulong::from(owner)) } != 0 {
+        return Err(err("TUNSETOWNER"));
     }
     set_up(name).map_err(|source| NetworkError::Tap {
         name: name.to_owned(),
@@ -157,12 +165,12 @@ mod tests {
         );
         std::thread::spawn(|| {
             enter(None).expect("a new network namespace");
-            let tap = make_tap("tap0_test").expect("the tap");
-            let again = make_tap("tap0_test");
+            let tap = make_tap("tap0_test", 1_000_000_123).expect("the tap");
+            let again = make_tap("tap0_test", 1_000_000_123);
             assert!(again.is_err(), "a second tap of the same name is refused");
             drop(tap);
             // Not persistent: the name is free once the file is closed.
-            make_tap("tap0_test").expect("the name is free again");
+            make_tap("tap0_test", 1_000_000_123).expect("the name is free again");
         })
         .join()
         .unwrap();

@@ -107,7 +107,11 @@ pub fn spawn_and_wait(
     // pid is the one the shim reports, through which network plugins find
     // the namespace. The tap's file goes to the VMM only.
     network::enter(args.netns.as_deref())?;
-    let tap = args.tap.as_deref().map(network::make_tap).transpose()?;
+    let tap = args
+        .tap
+        .as_deref()
+        .map(|name| network::make_tap(name, plan.uid()))
+        .transpose()?;
     if let Some(tap) = &tap {
         argv.push(c"--tap-fd".into());
         argv.push(CString::new(tap.as_raw_fd().to_string()).expect("digits only"));

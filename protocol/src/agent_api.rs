@@ -20,6 +20,10 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// sides. Bump it when a change would be misread by an older peer.
 pub const PROTOCOL_VERSION: u32 = 5;
 
+/// The host's vsock port the agent relays a container's DNS queries to
+/// (Docker's embedded DNS, see `ConfigureNetwork.forward_dns`).
+pub const DNS_VSOCK_PORT: u32 = 1053;
+
 /// The ttrpc address the agent binds in the guest (`-1` is any CID).
 pub const AGENT_VSOCK_ADDRESS: &str = "vsock://-1:1024";
 

@@ -188,6 +188,9 @@ pub fn wire(netns: &File, plugged: &Plugged) -> Result<(), NetworkError> {
     let fd = netns.as_fd();
     let mtu = plugged.mtu.to_string();
     run_in(fd, "ip", &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
+    // The namespace's own loopback: Docker's embedded DNS answers on it
+    // (the guest's queries are relayed there, see the shim's dns.rs).
+    run_in(fd, "ip", &["link", "set", "lo", "up"])?;
     for (from, to) in [(plugged.name.as_str(), TAP_NAME), (TAP_NAME, &plugged.name)] {
         run_in(fd, "tc", &["qdisc", "add", "dev", from, "ingress"])?;
         run_in(

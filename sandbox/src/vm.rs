@@ -95,6 +95,12 @@ impl Sandbox {
     pub async fn state_dir(&self) -> PathBuf {
         self.vmm.lock().await.state_dir().to_path_buf()
     }
+
+    /// The host end of the guest's vsock (guest-initiated connections to
+    /// port P arrive at `<this>_P`).
+    pub async fn vsock_path(&self) -> PathBuf {
+        self.vmm.lock().await.vsock_path()
+    }
 }
 
 /// Waits up to `boot_timeout` for the agent of a just-started VMM; on

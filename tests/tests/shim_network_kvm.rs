@@ -1,6 +1,7 @@
 //! Networking end to end: Docker 26's default bridge with a published
-//! port, a hull container and a runc container on one network, and the
-//! namespace left as it was. Everything runs in a private network
+//! port, a hull container and a runc container on one network, names on a
+//! user-defined network (Docker's embedded DNS), a killed VMM, and the
+//! namespaces left as they were; `ctr run --cni`. Everything runs in a private network
 //! namespace (hull_tests::netns): Docker's bridge and iptables rules never
 //! reach the host's. Needs KVM, root, iptables and the extracted Docker.
 
@@ -149,11 +150,104 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         "{got:?}"
     );
 
+    // A user-defined network: containers find each other by name through
+    // Docker's embedded DNS, which the guest reaches through the agent's
+    // relay; hull to hull, runc to hull, hull to runc.
+    stdout_ok(
+        &docker.docker(&["network", "create", "hullnet"]),
+        "docker network create",
+    );
+    let serve = httpd("hello-by-name");
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "named",
+        "--network",
+        "hullnet",
+        "--runtime",
+        "hull",
+        DOCKER_IMAGE,
+        "sh",
+        "-c",
+        &serve,
+    ]);
+    stdout_ok(&out, "docker run -d --network hullnet (hull)");
+    let serve = httpd("hello-from-runc-by-name");
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "rnamed",
+        "--network",
+        "hullnet",
+        "--runtime",
+        "runc",
+        DOCKER_IMAGE,
+        "sh",
+        "-c",
+        &serve,
+    ]);
+    stdout_ok(&out, "docker run -d --network hullnet (runc)");
+    // The name is resolved by busybox's nslookup through the container's
+    // resolv.conf (Docker's 127.0.0.11), then fetched by address (Debian's
+    // busybox 1.35 wget crashes with -T, so no timeout flag).
+    let fetch = |name: &str| {
+        format!(
+            "for i in $(seq 20); do \
+               a=$(nslookup {name} 2>/dev/null | sed -n 's/^Address: *\\([0-9.]*\\)$/\\1/p' | tail -1); \
+               [ -n \"$a\" ] && wget -qO- http://$a/ && exit 0; sleep 0.5; \
+             done; nslookup {name}; exit 1"
+        )
+    };
+    for (runtime, name, expected) in [
+        ("hull", "named", "hello-by-name"),
+        ("runc", "named", "hello-by-name"),
+        ("hull", "rnamed", "hello-from-runc-by-name"),
+    ] {
+        let script = fetch(name);
+        let got = docker.docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "hullnet",
+            "--runtime",
+            runtime,
+            DOCKER_IMAGE,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        if !got.status.success() {
+            let log =
+                std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default();
+            let network: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("network")
+                        || l.contains("DNS")
+                        || l.contains("dns")
+                        || l.contains("wired")
+                })
+                .collect();
+            panic!(
+                "{runtime} -> {name} by name: {got:?}\nthe shims' network lines:\n{}",
+                network.join("\n")
+            );
+        }
+        let text = String::from_utf8_lossy(&got.stdout);
+        assert!(text.contains(expected), "{runtime} -> {name}: {got:?}");
+    }
+
     // Gone: the containers, their sandboxes, and everything hull made in
     // the namespaces (the tap, the redirects).
     stdout_ok(
-        &docker.docker(&["rm", "-f", "web", "neighbour"]),
+        &docker.docker(&["rm", "-f", "web", "neighbour", "named", "rnamed"]),
         "docker rm -f",
+    );
+    stdout_ok(
+        &docker.docker(&["network", "rm", "hullnet"]),
+        "docker network rm",
     );
     docker.assert_nothing_left();
     let links = ip(&["-o", "link"]);
@@ -170,6 +264,54 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
     assert!(
         !links.contains("veth"),
         "a veth is left in the bridge's namespace: {links}"
+    );
+
+    // A networked container whose VMM is SIGKILLed: the task ends, and
+    // after `docker rm` nothing of its network is left either.
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "victim",
+        "--runtime",
+        "hull",
+        DOCKER_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    stdout_ok(&out, "docker run -d victim");
+    let jailer = inspect(&docker, "{{.State.Pid}}", "victim");
+    let children = std::fs::read_to_string(format!("/proc/{jailer}/task/{jailer}/children"))
+        .expect("the jailer's children");
+    let vmm: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no VMM under the jailer {jailer}: {children:?}"));
+    // SAFETY: kill() with a pid and a signal number; no pointers.
+    let killed = unsafe { libc::kill(vmm, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill -9 {vmm}");
+    let ended = hull_tests::poll::try_poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || match inspect(&docker, "{{.State.Running}}", "victim").as_str() {
+            "false" => Ok(()),
+            _ => Err(()),
+        },
+    );
+    assert!(
+        ended.is_ok(),
+        "the container still runs after its VMM was killed"
+    );
+    stdout_ok(
+        &docker.docker(&["rm", "-f", "victim"]),
+        "docker rm -f victim",
+    );
+    docker.assert_nothing_left();
+    let links = ip(&["-o", "link"]);
+    assert!(
+        !links.contains("tap0_hull") && !links.contains("veth"),
+        "left after a killed VMM: {links}"
     );
 
     // A namespace path that does not exist: refused naming it, nothing left.

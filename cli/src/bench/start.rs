@@ -105,6 +105,7 @@ pub const PHASES: &[(&str, &str)] = &[
     ("template", "template found (or built)"),
     ("agent", "VM restored or booted, agent answers"),
     ("clone", "clone prepared (time, entropy)"),
+    ("hooks", "network namespace held, host hooks run"),
     ("created", "container created in the guest"),
     ("started", "container started"),
     ("", "to the first byte of output"),

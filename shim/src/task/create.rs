@@ -71,11 +71,20 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         .chain(hooks::of_stage(&spec, Stage::Poststop))
         .collect();
     let network = network_of(&spec);
+    let resolv_conf = super::dns::resolv_conf_source(&spec);
     let host_binds = for_the_guest(&mut spec);
     let size = size_the_vm(&req.id, &spec, &config)?;
     phases.mark("spec");
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let mut undo = CreateUndo::new(state_dir.clone());
+    // The network namespace first, with the host's hooks run: Docker plugs
+    // its network in and rewrites resolv.conf (its embedded DNS) then, and
+    // the binds disk must copy what it wrote.
+    let early = early_network(&req.id, &bundle, network, created_hooks).await?;
+    let embedded_dns = resolv_conf
+        .as_deref()
+        .is_some_and(super::dns::names_embedded_dns);
+    phases.mark("hooks");
     let disks = prepare_disks(
         req,
         &bundle,
@@ -86,18 +95,20 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     )?;
     phases.mark("disks");
     let boot = Duration::from_secs(config.boot_timeout_secs);
-    let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir, network);
+    let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir, early.spec.clone());
     let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot, &mut phases).await?;
     let host_pid = sandbox.pid().await;
-    let plugged = host_side_network(&req.id, &bundle, host_pid, created_hooks).await;
-    let network = match plugged {
-        Ok(network) => network,
+    let netns = match early.held {
+        Some(held) => Ok(held),
+        None => SandboxNetwork::open_of(host_pid),
+    };
+    let network = match netns {
+        Ok(netns) => SandboxNetwork::new(netns, embedded_dns),
         Err(err) => {
             sandbox.shutdown().await;
             return Err(err);
         }
     };
-    phases.mark("hooks");
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
         stdout: req.stdout.clone(),
@@ -144,28 +155,54 @@ fn network_of(spec: &Spec) -> NetworkSpec {
     NetworkSpec { netns }
 }
 
-/// Holds the sandbox's network namespace and runs the host's
-/// createRuntime hooks with the sandbox's pid (Docker plugs its network
-/// into the namespace so).
-async fn host_side_network(
+/// The sandbox's network namespace before its VM, when host hooks must
+/// run in it: what the VMM is started with, and the namespace, held.
+struct EarlyNetwork {
+    spec: NetworkSpec,
+    held: Option<std::fs::File>,
+}
+
+/// Without hooks, the jailer makes (or joins) the namespace itself. With
+/// them, a placeholder process makes (or joins) it, the hooks run with its
+/// pid (Docker's `libnetwork-setkey` plugs the network into
+/// `/proc/<pid>/ns/net`), the shim holds the namespace and the jailer joins
+/// it through the shim's open file.
+async fn early_network(
     id: &str,
     bundle: &Path,
-    host_pid: u32,
+    network: NetworkSpec,
     created_hooks: Vec<(&'static str, oci_spec::runtime::Hook)>,
-) -> Result<SandboxNetwork, ShimError> {
-    let network = SandboxNetwork::hold(host_pid)?;
-    if !created_hooks.is_empty() {
-        let (id, bundle) = (id.to_owned(), bundle.to_owned());
-        tokio::task::spawn_blocking(move || {
-            hooks::run(&created_hooks, &id, &bundle, host_pid, "created")
-        })
-        .await
-        .map_err(|e| ShimError::Io {
-            what: "running the createRuntime hooks".into(),
-            source: std::io::Error::other(e),
-        })??;
+) -> Result<EarlyNetwork, ShimError> {
+    if created_hooks.is_empty() {
+        return Ok(EarlyNetwork {
+            spec: network,
+            held: None,
+        });
     }
-    Ok(network)
+    let (id, bundle) = (id.to_owned(), bundle.to_owned());
+    let held = tokio::task::spawn_blocking(move || -> Result<std::fs::File, ShimError> {
+        let placeholder = super::network::Placeholder::start(network.netns.as_deref())?;
+        let ran = hooks::run(&created_hooks, &id, &bundle, placeholder.pid(), "created");
+        let netns = placeholder.netns();
+        placeholder.stop();
+        ran?;
+        netns
+    })
+    .await
+    .map_err(|e| ShimError::Io {
+        what: "running the createRuntime hooks".into(),
+        source: std::io::Error::other(e),
+    })??;
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        held.as_raw_fd()
+    ));
+    Ok(EarlyNetwork {
+        spec: NetworkSpec { netns: Some(path) },
+        held: Some(held),
+    })
 }
 
 /// Undoes a create that failed part-way, unless disarmed: the disks the

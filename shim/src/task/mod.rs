@@ -6,6 +6,7 @@
 //! the container in it, `delete` of the init process stops it.
 
 pub mod create;
+pub mod dns;
 mod guest_events;
 pub mod network;
 pub mod phases;
@@ -236,7 +237,12 @@ impl HullTask {
             )));
         }
         let guest_pid = if req.exec_id.is_empty() {
-            container.network.plug(&req.id, &container.agent).await?;
+            let state_dir = container.sandbox.state_dir().await;
+            let vsock_path = container.sandbox.vsock_path().await;
+            container
+                .network
+                .plug(&req.id, &container.agent, &vsock_path, &state_dir)
+                .await?;
             let request = StartContainerRequest {
                 container_id: req.id.clone(),
                 ..Default::default()

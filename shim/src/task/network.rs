@@ -8,9 +8,11 @@
 //! interface found there is wired to the VM's tap (see
 //! [`hull_sandbox::network`]) and the guest agent gives its settings to
 //! the container's interface. Without one the container has loopback only.
+//! When Docker's resolv.conf names its embedded DNS (127.0.0.11), the
+//! guest's queries are relayed to it (see [`super::dns`]).
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hull_protocol::agent_api::agent::{
@@ -22,33 +24,49 @@ use hull_sandbox::vm::RPC_TIMEOUT;
 use hull_protocol::agent_api::agent_ttrpc::AgentClient;
 
 use super::agent_err;
+use super::dns::DnsRelay;
 use crate::error::ShimError;
 
 pub struct SandboxNetwork {
     netns: File,
     /// What Start wired, taken off again at Delete.
     wired: Mutex<Option<Plugged>>,
+    /// The container's resolv.conf names Docker's embedded DNS.
+    embedded_dns: bool,
+    /// The relay to it, while the container lives.
+    relay: Mutex<Option<DnsRelay>>,
 }
 
 impl SandboxNetwork {
-    /// Holds the network namespace of the sandbox process `host_pid` (the
-    /// jailer's supervisor lives in it), so it stays while the container
-    /// does, whoever made it.
-    pub fn hold(host_pid: u32) -> Result<Self, ShimError> {
+    /// The network namespace of the sandbox process `host_pid` (the
+    /// jailer's supervisor lives in it), opened to be held.
+    pub fn open_of(host_pid: u32) -> Result<File, ShimError> {
         let path = PathBuf::from(format!("/proc/{host_pid}/ns/net"));
-        let netns = File::open(&path).map_err(|source| ShimError::Io {
+        File::open(&path).map_err(|source| ShimError::Io {
             what: format!("opening the sandbox's network namespace {}", path.display()),
             source,
-        })?;
-        Ok(SandboxNetwork {
+        })
+    }
+
+    /// Holds `netns` while the container lives, whoever made it.
+    pub fn new(netns: File, embedded_dns: bool) -> Self {
+        SandboxNetwork {
             netns,
             wired: Mutex::new(None),
-        })
+            embedded_dns,
+            relay: Mutex::new(None),
+        }
     }
 
     /// Wires what a plugin put into the namespace and has the agent set up
     /// the container's side (loopback only when there is nothing).
-    pub async fn plug(&self, id: &str, agent: &AgentClient) -> Result<(), ShimError> {
+    pub async fn plug(
+        &self,
+        id: &str,
+        agent: &AgentClient,
+        vsock_path: &Path,
+        state_dir: &Path,
+    ) -> Result<(), ShimError> {
         let netns = self.netns.try_clone().map_err(|source| ShimError::Io {
             what: "duplicating the network namespace file".into(),
             source,
@@ -84,9 +102,25 @@ impl SandboxNetwork {
             None => log::info!("{id}: no network interface in the sandbox: loopback only"),
         }
         *self.wired.lock().expect("network poisoned") = found.clone();
+        let forward_dns = self.embedded_dns && found.is_some();
+        if forward_dns {
+            let io = |what: &str| {
+                let what = format!("{what} for Docker's embedded DNS");
+                move |source| ShimError::Io { what, source }
+            };
+            let netns = self
+                .netns
+                .try_clone()
+                .map_err(io("duplicating the namespace"))?;
+            let relay = DnsRelay::start(vsock_path, state_dir, netns)
+                .map_err(io("listening for the guest's queries"))?;
+            *self.relay.lock().expect("network poisoned") = Some(relay);
+            log::info!("{id}: the guest's DNS queries relayed to Docker's embedded DNS");
+        }
         let request = ConfigureNetworkRequest {
             container_id: id.to_owned(),
             interface: found.as_ref().map(wire_interface).into(),
+            forward_dns,
             ..Default::default()
         };
         let ctx = ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64);
@@ -100,6 +134,7 @@ impl SandboxNetwork {
     /// Takes the redirect off the plugin's interface: the namespace may
     /// outlive the sandbox (a pod's, Docker's). The tap went with the VMM.
     pub fn unplug(&self, id: &str) {
+        self.relay.lock().expect("network poisoned").take();
         let Some(plugged) = self.wired.lock().expect("network poisoned").take() else {
             return;
         };
@@ -140,5 +175,75 @@ fn wire_interface(plugged: &Plugged) -> NetworkInterface {
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+/// A process that only sits in the sandbox's network namespace (a new one,
+/// or the one at a path) so that hooks, which name a namespace by a pid,
+/// can run before the VM exists.
+pub struct Placeholder {
+    child: std::process::Child,
+}
+
+impl Placeholder {
+    pub fn start(netns: Option<&Path>) -> Result<Self, ShimError> {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let target: Option<OwnedFd> = match netns {
+            Some(path) => Some(
+                File::open(path)
+                    .map_err(|source| ShimError::Io {
+                        what: format!("opening the network namespace {}", path.display()),
+                        source,
+                    })?
+                    .into(),
+            ),
+            None => None,
+        };
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("infinity")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: between fork and exec the closure calls only setns or
+        // unshare, which are async-signal-safe, on a descriptor it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let done = match &target {
+                    Some(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET),
+                    None => libc::unshare(libc::CLONE_NEWNET),
+                };
+                if done == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd.spawn().map_err(|source| ShimError::Io {
+            what: "starting the network namespace's placeholder (sleep)".into(),
+            source,
+        })?;
+        Ok(Placeholder { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its namespace, opened to be held.
+    pub fn netns(&self) -> Result<File, ShimError> {
+        SandboxNetwork::open_of(self.pid())
+    }
+
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Placeholder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
