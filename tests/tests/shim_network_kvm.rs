@@ -382,6 +382,22 @@ fn ctr_run_cni_kvm() {
     enter_private();
     let dir = test_dir();
     let containerd = Containerd::start(Engine::Containerd17, dir.path());
+    // Without a network plugin: loopback only, up, and no other interface.
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        IMAGE,
+        "nonet",
+        "ip",
+        "-o",
+        "link",
+    ]);
+    let links = stdout_ok(&out, "ctr run without --cni");
+    assert_eq!(links.lines().count(), 1, "more than loopback: {links}");
+    assert!(links.contains("lo: <LOOPBACK,UP,LOWER_UP>"), "{links}");
+
     let server = echo_back_server();
     // The container serves, learns its address, and calls the host, which
     // calls it back: host-local's address, reachable both ways.

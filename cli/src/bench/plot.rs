@@ -211,9 +211,10 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<svg").count(), 1);
         assert!(svg.contains("hull &lt;cold&gt;"), "labels are escaped");
-        // 9 phases for each hull bar, one for runc; 9 legend boxes and 3
-        // memory bars; the background.
-        assert_eq!(svg.matches("<rect").count(), 9 + 9 + 1 + 9 + 3 + 1);
+        // A box per phase for each hull bar, one for runc; a legend box per
+        // phase and 3 memory bars; the background.
+        let n = PHASES.len();
+        assert_eq!(svg.matches("<rect").count(), n + n + 1 + n + 3 + 1);
         assert!(svg.contains("90 ms") && svg.contains("3.0 MiB (1 running)"));
         for (_, what) in PHASES {
             assert!(svg.contains(&escape(what)), "{what}");

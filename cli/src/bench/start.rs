@@ -101,11 +101,11 @@ pub struct RuntimeStart {
 pub const PHASES: &[(&str, &str)] = &[
     ("create", "ctr, containerd, shim start"),
     ("spec", "config, spec, policy, VM size"),
+    ("hooks", "network namespace, host hooks (Docker's)"),
     ("disks", "rootfs and binds disks"),
     ("template", "template found (or built)"),
     ("agent", "VM restored or booted, agent answers"),
     ("clone", "clone prepared (time, entropy)"),
-    ("hooks", "network namespace held, host hooks run"),
     ("created", "container created in the guest"),
     ("started", "container started"),
     ("", "to the first byte of output"),
@@ -633,6 +633,7 @@ mod tests {
         let marks: Vec<(String, u128)> = [
             ("create", 100),
             ("spec", 102),
+            ("hooks", 110),
             ("disks", 150),
             ("template", 151),
             ("agent", 800),
@@ -649,7 +650,7 @@ mod tests {
             first_ns: 8_200 * ms,
         };
         let phases = phase_durations(&marks, &timed);
-        assert_eq!(phases, [100, 2, 48, 1, 649, 0, 7_200, 100, 100]);
+        assert_eq!(phases, [100, 2, 8, 40, 1, 649, 0, 7_200, 100, 100]);
         assert_eq!(phases.iter().sum::<u64>(), timed.first_ms);
     }
 
