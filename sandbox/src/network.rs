@@ -59,6 +59,27 @@ pub struct Route {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// What a child runs between fork and exec to enter a network namespace:
+/// `target`, or a new one when `None`. It calls only setns or unshare,
+/// which are async-signal-safe: give it to `pre_exec`.
+pub fn enter_before_exec(
+    target: Option<std::os::fd::OwnedFd>,
+) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    move || {
+        let done = match &target {
+            // SAFETY: setns with a descriptor the closure owns; no pointers.
+            Some(fd) => unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+            // SAFETY: unshare with a namespace flag only.
+            None => unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
 /// `program args...` inside the namespace `netns`; its stdout.
 fn run_in(netns: BorrowedFd<'_>, program: &str, args: &[&str]) -> Result<String, NetworkError> {
     let command = format!("{program} {}", args.join(" "));

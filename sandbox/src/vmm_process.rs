@@ -389,7 +389,7 @@ fn enter_netns_before_exec(
     cmd: &mut Command,
     network: &NetworkSpec,
 ) -> Result<(), VmmProcessError> {
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     let netns: Option<OwnedFd> = match &network.netns {
         Some(path) => Some(
             File::open(path)
@@ -402,20 +402,9 @@ fn enter_netns_before_exec(
         None => None,
     };
     // SAFETY: the closure runs between fork and exec and calls only
-    // setns/unshare, which are async-signal-safe; the descriptor it reads
-    // is moved into it and outlives the call.
+    // setns/unshare (see enter_before_exec), which are async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
-            let done = match &netns {
-                Some(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET),
-                None => libc::unshare(libc::CLONE_NEWNET),
-            };
-            if done == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
+        cmd.pre_exec(crate::network::enter_before_exec(netns));
     }
     Ok(())
 }

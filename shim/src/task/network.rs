@@ -187,7 +187,7 @@ pub struct Placeholder {
 
 impl Placeholder {
     pub fn start(netns: Option<&Path>) -> Result<Self, ShimError> {
-        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::fd::OwnedFd;
         use std::os::unix::process::CommandExt;
         let target: Option<OwnedFd> = match netns {
             Some(path) => Some(
@@ -206,19 +206,9 @@ impl Placeholder {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         // SAFETY: between fork and exec the closure calls only setns or
-        // unshare, which are async-signal-safe, on a descriptor it owns.
+        // unshare (see enter_before_exec), which are async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
-                let done = match &target {
-                    Some(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET),
-                    None => libc::unshare(libc::CLONE_NEWNET),
-                };
-                if done == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
+            cmd.pre_exec(network::enter_before_exec(target));
         }
         let child = cmd.spawn().map_err(|source| ShimError::Io {
             what: "starting the network namespace's placeholder (sleep)".into(),
