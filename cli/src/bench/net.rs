@@ -11,35 +11,18 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::machine::{utc_now, Machine};
-use super::start::median;
+use super::start::{median, CtrTarget};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetBenchArgs {
-    /// containerd's socket.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    pub address: PathBuf,
-    /// The containerd namespace the bench's containers live in.
-    #[arg(long, default_value = "hull-bench")]
-    pub namespace: String,
-    /// The image (busybox: sh, ip, nc).
-    #[arg(long, default_value = "docker.io/library/busybox:hull")]
-    pub image: String,
-    /// An image tar to import first (scripts/busybox-image.py writes one).
-    #[arg(long)]
-    pub image_tar: Option<PathBuf>,
-    /// hull's config, passed as --runtime-config-path.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// `ctr`.
-    #[arg(long, default_value = "ctr")]
-    pub ctr: PathBuf,
+    #[command(flatten)]
+    pub target: CtrTarget,
     /// MiB sent into the container for the throughput.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub mib: u32,
@@ -103,7 +86,7 @@ pub fn net_bench(
     args: &NetBenchArgs,
     progress: &mut dyn FnMut(&str),
 ) -> Result<NetBenchReport, NetBenchError> {
-    if let Some(tar) = &args.image_tar {
+    if let Some(tar) = &args.target.image_tar {
         let tar = tar.display().to_string();
         ctr(args, &["image", "import", &tar])?;
     }
@@ -149,11 +132,11 @@ pub fn net_bench(
 }
 
 fn ctr_command(args: &NetBenchArgs) -> Command {
-    let mut cmd = Command::new(&args.ctr);
+    let mut cmd = Command::new(&args.target.ctr);
     cmd.arg("-a")
-        .arg(&args.address)
+        .arg(&args.target.address)
         .arg("-n")
-        .arg(&args.namespace);
+        .arg(&args.target.namespace);
     cmd
 }
 
@@ -189,10 +172,10 @@ fn spawn_run(
     if cni {
         cmd.arg("--cni");
     }
-    if let (Some(config), true) = (&args.config, runtime.contains("hull")) {
+    if let (Some(config), true) = (&args.target.config, runtime.contains("hull")) {
         cmd.arg("--runtime-config-path").arg(config);
     }
-    cmd.arg(&args.image)
+    cmd.arg(&args.target.image)
         .arg(id)
         .args(["sh", "-c", script])
         .stdout(Stdio::piped())

@@ -13,8 +13,10 @@ use serde::Serialize;
 
 use super::machine::{utc_now, Machine};
 
+/// Where a bench's containers run: containerd, the namespace, the image
+/// and hull's config (`hull bench start` and `hull bench net`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct StartBenchArgs {
+pub struct CtrTarget {
     /// containerd's socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub address: PathBuf,
@@ -35,6 +37,12 @@ pub struct StartBenchArgs {
     /// `ctr`.
     #[arg(long, default_value = "ctr")]
     pub ctr: PathBuf,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartBenchArgs {
+    #[command(flatten)]
+    pub target: CtrTarget,
     /// Runs per runtime.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
@@ -191,11 +199,11 @@ struct Ctr<'a> {
 
 impl Ctr<'_> {
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.args.ctr);
+        let mut cmd = Command::new(&self.args.target.ctr);
         cmd.arg("-a")
-            .arg(&self.args.address)
+            .arg(&self.args.target.address)
             .arg("-n")
-            .arg(&self.args.namespace);
+            .arg(&self.args.target.namespace);
         cmd
     }
 
@@ -237,7 +245,7 @@ impl Ctr<'_> {
             .arg("run")
             .arg("--rm")
             .args(self.runtime_args(variant))
-            .arg(&self.args.image)
+            .arg(&self.args.target.image)
             .arg(id)
             .args(["echo", "ready"])
             .stdout(Stdio::piped())
@@ -338,7 +346,7 @@ fn running_cost(
             let mut args = vec!["run".to_owned(), "-d".to_owned()];
             args.extend(ctr.runtime_args(variant));
             args.extend([
-                ctr.args.image.clone(),
+                ctr.args.target.image.clone(),
                 id.clone(),
                 "sleep".into(),
                 "600".into(),
@@ -482,7 +490,7 @@ pub fn start_bench(
     })?;
     let phase_log = scratch.path().join("phases.jsonl");
     let ctr = Ctr { args };
-    if let Some(tar) = &args.image_tar {
+    if let Some(tar) = &args.target.image_tar {
         ctr.run(&["image", "import", &tar.display().to_string()])?;
     }
     let hull = "io.containerd.hull.v2";
@@ -552,12 +560,13 @@ fn bench_config(
     templates: bool,
 ) -> Result<PathBuf, StartBenchError> {
     let base = args
+        .target
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("/etc/hull/config.toml"));
     let text = match std::fs::read_to_string(&base) {
         Ok(text) => text,
-        Err(_) if args.config.is_none() => String::new(),
+        Err(_) if args.target.config.is_none() => String::new(),
         Err(source) => {
             return Err(StartBenchError::Spawn {
                 what: format!("reading {}", base.display()),
