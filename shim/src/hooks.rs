@@ -1,8 +1,9 @@
 //! OCI hooks that belong to the host: `createRuntime` (and the deprecated
 //! `prestart`, same moment) run in the runtime's namespaces once the
-//! container's namespaces exist. For hull that is the sandbox: its network
-//! namespace is the jailer's, so the state's `pid` is the jailer's pid.
-//! Docker plugs its networks this way (`libnetwork-setkey`). Hooks meant
+//! container's namespaces exist. For hull that is the sandbox's network
+//! namespace, made before the VM with a placeholder process in it whose pid
+//! the state names (see the shim's `early_network`). Docker plugs its
+//! networks this way (`libnetwork-setkey`). Hooks meant
 //! for the container's own namespaces (`createContainer`, `startContainer`)
 //! would run inside the guest, where the host's binaries are not: they are
 //! refused by the policy rather than silently skipped (see
@@ -38,7 +39,8 @@ pub enum HookError {
 /// The stages hull runs on the host, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// `prestart` then `createRuntime`: after the sandbox exists.
+    /// `prestart` then `createRuntime`: once the sandbox's network
+    /// namespace exists, before the VM.
     Created,
     Poststart,
     Poststop,
