@@ -26,6 +26,8 @@ pub enum NetworkError {
     },
     #[error("entering the container's network namespace")]
     Enter(#[source] io::Error),
+    #[error("answering 127.0.0.11:53 in the container's network namespace")]
+    DnsRelay(#[source] io::Error),
 }
 
 /// What the guest's interface becomes (the veth's settings on the host).

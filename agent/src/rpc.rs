@@ -244,26 +244,18 @@ impl AgentService {
             .transpose()?;
         let pid = self.containers.init_pid(&req.container_id)?;
         let path = format!("/proc/{pid}/ns/net");
-        let netns = std::fs::File::open(&path).map_err(|source| ContainerError::Io {
-            action: "open",
-            path: path.clone().into(),
-            source,
-        })?;
-        // Loopback first: 127.0.0.11 exists once it is up.
-        crate::network::configure(netns, iface)?;
-        if req.forward_dns {
-            let again = std::fs::File::open(&path).map_err(|source| ContainerError::Io {
-                action: "duplicate",
+        let open_netns = || {
+            std::fs::File::open(&path).map_err(|source| ContainerError::Io {
+                action: "open",
                 path: path.clone().into(),
                 source,
-            })?;
-            let relay =
-                crate::dns::DnsForwarder::start(again, &req.container_id).map_err(|source| {
-                    crate::network::NetworkError::Netlink {
-                        what: "answering 127.0.0.11:53 in the container's namespace".into(),
-                        source,
-                    }
-                })?;
+            })
+        };
+        // Loopback first: 127.0.0.11 exists once it is up.
+        crate::network::configure(open_netns()?, iface)?;
+        if req.forward_dns {
+            let relay = crate::dns::DnsForwarder::start(open_netns()?, &req.container_id)
+                .map_err(crate::network::NetworkError::DnsRelay)?;
             self.dns
                 .lock()
                 .expect("dns poisoned")

@@ -31,8 +31,12 @@ pub enum NetworkError {
     },
     #[error("`{command}` in the sandbox's network namespace failed: {stderr}")]
     Failed { command: String, stderr: String },
-    #[error("reading what `{command}` printed: {reason}")]
-    Output { command: String, reason: String },
+    #[error("reading what `{command}` printed")]
+    Output {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// The interface a network plugin put into the namespace, as the guest's
@@ -112,9 +116,9 @@ fn run_in(netns: BorrowedFd<'_>, program: &str, args: &[&str]) -> Result<String,
 
 fn json_of(netns: BorrowedFd<'_>, args: &[&str]) -> Result<Value, NetworkError> {
     let text = run_in(netns, "ip", args)?;
-    serde_json::from_str(&text).map_err(|e| NetworkError::Output {
+    serde_json::from_str(&text).map_err(|source| NetworkError::Output {
         command: format!("ip {}", args.join(" ")),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -233,22 +237,21 @@ pub fn unwire(netns: &File, plugged: &Plugged) -> Result<(), NetworkError> {
     run_in(fd, "tc", &["qdisc", "del", "dev", &plugged.name, "ingress"]).map(|_| ())
 }
 
-/// The tc filters in `netns`, one line per interface that has any: for
-/// tests and `hull check`, to show nothing is left.
-pub fn ingress_qdiscs(netns: &File) -> Result<Vec<String>, NetworkError> {
-    let fd = netns.as_fd();
-    let text = run_in(fd, "tc", &["qdisc", "show"])?;
-    Ok(text
-        .lines()
-        .filter(|l| l.contains("ingress"))
-        .map(str::to_owned)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The ingress qdiscs in `netns`, one line each.
+    fn ingress_qdiscs(netns: &File) -> Result<Vec<String>, NetworkError> {
+        let fd = netns.as_fd();
+        let text = run_in(fd, "tc", &["qdisc", "show"])?;
+        Ok(text
+            .lines()
+            .filter(|l| l.contains("ingress"))
+            .map(str::to_owned)
+            .collect())
+    }
 
     fn docker_bridge() -> (Value, Value) {
         let addrs = json!([

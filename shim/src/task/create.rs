@@ -184,7 +184,7 @@ async fn early_network(
         let placeholder = super::network::Placeholder::start(network.netns.as_deref())?;
         let ran = hooks::run(&created_hooks, &id, &bundle, placeholder.pid(), "created");
         let netns = placeholder.netns();
-        placeholder.stop();
+        drop(placeholder);
         ran?;
         netns
     })

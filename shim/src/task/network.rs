@@ -225,10 +225,6 @@ impl Placeholder {
     pub fn netns(&self) -> Result<File, ShimError> {
         SandboxNetwork::open_of(self.pid())
     }
-
-    pub fn stop(self) {
-        drop(self);
-    }
 }
 
 impl Drop for Placeholder {
