@@ -277,6 +277,13 @@ impl Containerd {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
+    /// Counts container `id`, started by a raw [`Self::ctr`] call, as this
+    /// test's: the leak checks then look at its shim socket only, not at
+    /// those of tests running beside it.
+    pub fn own(&self, id: &str) {
+        self.ids.lock().expect("ids lock").push(id.to_owned());
+    }
+
     /// Runs `ctr -a SOCK -n hull-test ARGS...`, bounded by [`CTR_TIMEOUT`].
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_with_stdin(args, None)

@@ -382,6 +382,8 @@ fn ctr_run_cni_kvm() {
     enter_private();
     let dir = test_dir();
     let containerd = Containerd::start(Engine::Containerd17, dir.path());
+    containerd.own("nonet");
+    containerd.own("cni1");
     // Without a network plugin: loopback only, up, and no other interface.
     let out = containerd.ctr(&[
         "run",

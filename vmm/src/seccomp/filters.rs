@@ -9,7 +9,8 @@
 //! sockets, KVM fds and guest memory all exist before the filters go in.
 //! The tap of virtio-net too: it is opened and set up (TUNSETIFF,
 //! TUNGETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD) by the builder, and the
-//! event loop then only `read`s and `write`s it, one frame per call.
+//! event loop then `read`s and `write`s it, one frame per call, and sets
+//! its offloads (TUNSETOFFLOAD) when the guest's driver (re)activates it.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
@@ -71,6 +72,8 @@ pub const KVM_GET_CLOCK: u64 = ior(0x7c, std::mem::size_of::<kvm_clock_data>());
 pub const KVM_GET_IRQCHIP: u64 = iowr(0x62, std::mem::size_of::<kvm_irqchip>());
 /// Non-blocking mode on accepted sockets.
 const FIONBIO: u64 = libc::FIONBIO;
+/// `_IOW('T', 208, unsigned int)`: the tap's offloads.
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
 
 /// What every thread does: memory, locks, signals, logging, exit.
 const COMMON: &[Allow] = &[
@@ -103,8 +106,10 @@ const COMMON: &[Allow] = &[
 ];
 
 /// The main thread: the event loop (devices, vsock muxer, control socket,
-/// signals) and the stop sequence. virtio-net needs nothing beyond
-/// [`COMMON`]: `read` and `write` on its tap, `epoll_ctl` to watch it.
+/// signals) and the stop sequence. virtio-net needs `read` and `write` on
+/// its tap, `epoll_ctl` to watch it, and TUNSETOFFLOAD to match the tap's
+/// offloads to what the guest's driver accepted (it changes only which
+/// frames the kernel hands this tap's reader).
 pub const MAIN: &[Allow] = &[
     Always(libc::SYS_epoll_wait),
     Always(libc::SYS_epoll_pwait),
@@ -151,6 +156,7 @@ pub const MAIN: &[Allow] = &[
             KVM_GET_PIT2,
             KVM_GET_CLOCK,
             KVM_GET_IRQCHIP,
+            TUNSETOFFLOAD,
         ],
     },
 ];
@@ -219,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn the_net_device_gets_read_and_write_and_no_tap_ioctl() {
+    fn the_net_device_may_only_change_its_taps_offloads() {
         // What the event loop does with the tap.
         for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_epoll_ctl] {
             assert!(allows(MAIN, nr), "syscall {nr}");
@@ -230,8 +236,15 @@ mod tests {
             libc::TUNSETIFF,
             libc::TUNGETIFF,
             libc::TUNSETVNETHDRSZ,
-            libc::TUNSETOFFLOAD,
+            libc::TUNSETPERSIST,
+            libc::TUNSETOWNER,
+            libc::TUNSETQUEUE,
+            libc::TUNSETIFINDEX,
         ];
+        assert!(allowed(MAIN).any(|a| matches!(
+            a,
+            ArgIn { syscall: libc::SYS_ioctl, values, .. } if values.contains(&TUNSETOFFLOAD)
+        )));
         for list in [MAIN, VCPU] {
             for allow in allowed(list) {
                 if let ArgIn {

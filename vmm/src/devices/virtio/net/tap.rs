@@ -158,9 +158,9 @@ pub fn from_inherited(fd: RawFd) -> Result<File, TapError> {
     Ok(file)
 }
 
-/// The tap as the device uses it: a 12-byte header, offloads off (the
-/// guest negotiated none, so the kernel must hand it only complete,
-/// checksummed frames), non-blocking.
+/// The tap as the device uses it: a 12-byte header, offloads off until a
+/// driver accepts some (the kernel must hand it only complete, checksummed
+/// frames till then), non-blocking.
 fn configure(tap: &File, name: &str) -> Result<(), TapError> {
     let setup = |what| {
         let name = name.to_owned();
@@ -172,11 +172,40 @@ fn configure(tap: &File, name: &str) -> Result<(), TapError> {
     if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
         return Err(setup("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
     }
-    // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is touched.
-    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
-        return Err(setup("TUNSETOFFLOAD")(io::Error::last_os_error()));
-    }
+    set_offloads(tap, 0).map_err(setup("TUNSETOFFLOAD"))?;
     set_nonblocking(tap.as_raw_fd()).map_err(setup("O_NONBLOCK"))
+}
+
+/// The tap offloads (`TUN_F_*`) that match the virtio-net features a
+/// driver accepted: checksum offload if it takes partial checksums, TCP
+/// segments up to 64 KiB per IP version it takes them for (the kernel
+/// needs checksum offload for those).
+pub fn offloads_for(acked_features: u64) -> u32 {
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    };
+    let has = |bit: u32| acked_features & (1 << bit) != 0;
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        return 0;
+    }
+    let mut flags = libc::TUN_F_CSUM;
+    if has(VIRTIO_NET_F_GUEST_TSO4) {
+        flags |= libc::TUN_F_TSO4;
+    }
+    if has(VIRTIO_NET_F_GUEST_TSO6) {
+        flags |= libc::TUN_F_TSO6;
+    }
+    flags
+}
+
+/// Sets the tap's offloads (the one tap ioctl the running VMM makes; its
+/// seccomp filter allows it).
+pub fn set_offloads(tap: &File, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is touched.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Sets O_NONBLOCK on `fd` (shared with any other holder of the open file).

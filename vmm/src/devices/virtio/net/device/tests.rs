@@ -273,8 +273,15 @@ fn config_space_and_features() {
         VIRTIO_F_VERSION_1
             | 1 << VIRTIO_NET_F_MAC
             | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_HOST_TSO4
+            | 1 << VIRTIO_NET_F_HOST_TSO6
+            | 1 << VIRTIO_NET_F_GUEST_CSUM
+            | 1 << VIRTIO_NET_F_GUEST_TSO4
+            | 1 << VIRTIO_NET_F_GUEST_TSO6
             | 1 << VIRTIO_RING_F_EVENT_IDX
     );
+    assert_eq!(dev.tap_offloads, 0, "the driver accepted no offloads");
     let sizes: Vec<u16> = dev.common.queues.iter().map(|q| q.max_size()).collect();
     assert_eq!(sizes, [QUEUE_SIZE; 2]);
 }
@@ -605,5 +612,43 @@ fn needs_root_frames_cross_a_real_tap_both_ways() {
         let got = found.expect("the frame reached no RX buffer");
         assert_eq!(&got[..VNET_HDR_LEN], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
         assert_eq!(&got[VNET_HDR_LEN..], &inbound[..]);
+    });
+}
+
+/// Needs root and /dev/net/tun: the tap's offloads follow what the driver
+/// accepted, at each activation, and go back to none after a reset.
+#[test]
+fn needs_root_the_taps_offloads_follow_the_driver() {
+    tap::tests::in_fresh_netns(|| {
+        let (tap_file, _) = tap::create("hulltst%d").expect("needs root and /dev/net/tun");
+        let (_, unused_peer) = seqpacket_pair();
+        let mut rig = Rig::on(tap_file, unused_peer, false);
+        assert_eq!(rig.dev().tap_offloads, 0, "nothing accepted");
+
+        let activate_with = |rig: &mut Rig, features: u64| {
+            // The device notices a reset at its next event (the tap
+            // readable, a kick), before it reads anything.
+            rig.dev().common.reset();
+            rig.kick(RXQ);
+            rig.settle();
+            assert_eq!(rig.dev().tap_offloads, 0, "a reset device takes no offloads");
+            rig.dev().common.acked_features = features;
+            rig.activate(false);
+            rig.settle();
+            rig.dev().tap_offloads
+        };
+        let all = FEATURES | VIRTIO_F_VERSION_1;
+        assert_eq!(
+            activate_with(&mut rig, all),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+        let v4_only = all & !(1 << VIRTIO_NET_F_GUEST_TSO6);
+        assert_eq!(
+            activate_with(&mut rig, v4_only),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4
+        );
+        // Segments need checksum offload: without GUEST_CSUM, nothing.
+        let no_csum = all & !(1 << VIRTIO_NET_F_GUEST_CSUM);
+        assert_eq!(activate_with(&mut rig, no_csum), 0);
     });
 }
