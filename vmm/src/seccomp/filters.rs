@@ -73,7 +73,7 @@ pub const KVM_GET_IRQCHIP: u64 = iowr(0x62, std::mem::size_of::<kvm_irqchip>());
 /// Non-blocking mode on accepted sockets.
 const FIONBIO: u64 = libc::FIONBIO;
 /// `_IOW('T', 208, unsigned int)`: the tap's offloads.
-const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
 /// What every thread does: memory, locks, signals, logging, exit.
 const COMMON: &[Allow] = &[
