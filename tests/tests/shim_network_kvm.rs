@@ -1,6 +1,6 @@
 //! Networking end to end: Docker 26's default bridge with a published
 //! port, a hull container and a runc container on one network, names on a
-//! user-defined network (Docker's embedded DNS), a killed VMM, and the
+//! user-defined network (Docker's embedded DNS), a killed VMM and a killed shim, and the
 //! namespaces left as they were; `ctr run --cni`. Everything runs in a private network
 //! namespace (hull_tests::netns): Docker's bridge and iptables rules never
 //! reach the host's. Needs KVM, root, iptables and the extracted Docker.
@@ -313,6 +313,64 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         !links.contains("tap0_hull") && !links.contains("veth"),
         "left after a killed VMM: {links}"
     );
+
+    // The same with the shim SIGKILLed: containerd's `shim delete` takes
+    // the VM down, Docker sees the task end and takes its network down.
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "orphan",
+        "--runtime",
+        "hull",
+        DOCKER_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    stdout_ok(&out, "docker run -d orphan");
+    let jailer = inspect(&docker, "{{.State.Pid}}", "orphan");
+    let stat = std::fs::read_to_string(format!("/proc/{jailer}/stat")).expect("the jailer's stat");
+    let shim: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .unwrap_or_else(|| panic!("no parent in {stat:?}"));
+    let shim_exe = std::fs::read_link(format!("/proc/{shim}/exe")).expect("the shim's exe");
+    assert!(
+        shim_exe.ends_with("containerd-shim-hull-v2"),
+        "the jailer's parent {shim} is {}",
+        shim_exe.display()
+    );
+    // SAFETY: kill() with a pid and a signal number; no pointers.
+    let killed = unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill -9 {shim}");
+    let ended = hull_tests::poll::try_poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || match inspect(&docker, "{{.State.Running}}", "orphan").as_str() {
+            "false" => Ok(()),
+            _ => Err(()),
+        },
+    );
+    assert!(
+        ended.is_ok(),
+        "the container still runs after its shim was killed"
+    );
+    stdout_ok(
+        &docker.docker(&["rm", "-f", "orphan"]),
+        "docker rm -f orphan",
+    );
+    docker.assert_nothing_left();
+    let links = ip(&["-o", "link"]);
+    assert!(
+        !links.contains("tap0_hull") && !links.contains("veth"),
+        "left after a killed shim: {links}"
+    );
+    let jailer: i32 = jailer.parse().expect("a pid");
+    // SAFETY: kill() with signal 0 only asks whether the pid exists.
+    let alive = unsafe { libc::kill(jailer, 0) } == 0;
+    assert!(!alive, "the jailer {jailer} outlived its shim");
 
     // A namespace path that does not exist: refused naming it, nothing left.
     let out = docker.containerd().ctr(&[

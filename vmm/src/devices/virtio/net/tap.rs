@@ -202,7 +202,14 @@ pub fn offloads_for(acked_features: u64) -> u32 {
 /// seccomp filter allows it).
 pub fn set_offloads(tap: &File, flags: u32) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is touched.
-    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
+    if unsafe {
+        libc::ioctl(
+            tap.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

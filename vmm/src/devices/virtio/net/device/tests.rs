@@ -631,7 +631,11 @@ fn needs_root_the_taps_offloads_follow_the_driver() {
             rig.dev().common.reset();
             rig.kick(RXQ);
             rig.settle();
-            assert_eq!(rig.dev().tap_offloads, 0, "a reset device takes no offloads");
+            assert_eq!(
+                rig.dev().tap_offloads,
+                0,
+                "a reset device takes no offloads"
+            );
             rig.dev().common.acked_features = features;
             rig.activate(false);
             rig.settle();
