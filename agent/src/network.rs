@@ -2,15 +2,18 @@
 //! interface (virtio-net) moves into the container's network namespace and
 //! takes the name, MAC, MTU, addresses and routes the host's network plugin
 //! gave the veth it stands for (see sandbox/src/network.rs on the host);
-//! loopback comes up. Spoken in rtnetlink directly: the guest has no `ip`,
-//! and each process started here costs hundreds of milliseconds.
+//! loopback comes up. Spoken in rtnetlink directly ([`crate::rtnetlink`]).
 
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use hull_protocol::agent_api::agent::NetworkInterface;
+
+use crate::rtnetlink::{
+    address_message, link_message, nul_terminated, push_attr, route_message, Netlink,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -260,167 +263,6 @@ fn guest_nic() -> Result<i32, NetworkError> {
     Err(NetworkError::NoInterface)
 }
 
-// ---- rtnetlink messages, built by hand (linux/rtnetlink.h) ----
-
-const NLMSG_HDRLEN: usize = 16;
-
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-fn nul_terminated(text: &str) -> Vec<u8> {
-    let mut bytes = text.as_bytes().to_vec();
-    bytes.push(0);
-    bytes
-}
-
-/// Appends one attribute (struct rtattr + payload, padded to 4 bytes).
-fn push_attr(msg: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    msg.extend_from_slice(&(len as u16).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(payload);
-    msg.resize(align4(msg.len()), 0);
-}
-
-/// struct ifinfomsg.
-fn link_message(index: i32, flags: u32, change: u32) -> Vec<u8> {
-    let mut msg = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
-    msg.extend_from_slice(&index.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&change.to_ne_bytes());
-    msg
-}
-
-/// struct ifaddrmsg and its attributes, for an IPv4 address.
-fn address_message(index: i32, addr: Ipv4Addr, prefix_len: u8) -> Vec<u8> {
-    let mut msg = vec![libc::AF_INET as u8, prefix_len, 0, libc::RT_SCOPE_UNIVERSE];
-    msg.extend_from_slice(&(index as u32).to_ne_bytes());
-    push_attr(&mut msg, libc::IFA_LOCAL, &addr.octets());
-    push_attr(&mut msg, libc::IFA_ADDRESS, &addr.octets());
-    if prefix_len < 31 {
-        let host_bits = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-        let broadcast = Ipv4Addr::from(u32::from(addr) | host_bits);
-        push_attr(&mut msg, libc::IFA_BROADCAST, &broadcast.octets());
-    }
-    msg
-}
-
-/// struct rtmsg and its attributes, for an IPv4 route in the main table.
-fn route_message(
-    index: i32,
-    destination: Option<(Ipv4Addr, u8)>,
-    gateway: Option<Ipv4Addr>,
-) -> Vec<u8> {
-    let dst_len = destination.map_or(0, |(_, len)| len);
-    let scope = if gateway.is_some() {
-        libc::RT_SCOPE_UNIVERSE
-    } else {
-        libc::RT_SCOPE_LINK
-    };
-    let mut msg = vec![
-        libc::AF_INET as u8,
-        dst_len,
-        0,
-        0,
-        libc::RT_TABLE_MAIN,
-        libc::RTPROT_BOOT,
-        scope,
-        libc::RTN_UNICAST,
-    ];
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    if let Some((dst, _)) = destination {
-        push_attr(&mut msg, libc::RTA_DST, &dst.octets());
-    }
-    if let Some(gateway) = gateway {
-        push_attr(&mut msg, libc::RTA_GATEWAY, &gateway.octets());
-    }
-    push_attr(&mut msg, libc::RTA_OIF, &(index as u32).to_ne_bytes());
-    msg
-}
-
-/// A NETLINK_ROUTE socket that sends one request at a time and waits for
-/// its acknowledgement.
-struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-impl Netlink {
-    fn open() -> io::Result<Self> {
-        // SAFETY: socket() with constant arguments; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Netlink { fd, seq: 0 })
-    }
-
-    /// Sends `body` as a message of `kind` with NLM_F_REQUEST | NLM_F_ACK
-    /// and `flags`; returns the kernel's verdict.
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        self.seq += 1;
-        let len = NLMSG_HDRLEN + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        let flags = flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-        msg.extend_from_slice(&flags.to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
-        // SAFETY: sends `msg.len()` bytes of a live buffer to the kernel
-        // (a zero destination: an unbound netlink socket talks to it).
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.wait_ack()
-    }
-
-    fn wait_ack(&self) -> io::Result<()> {
-        let mut buf = vec![0u8; 8192];
-        loop {
-            // SAFETY: receives into a live buffer of `buf.len()` bytes.
-            let got =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if got < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut rest = &buf[..got as usize];
-            while rest.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
-                let seq = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    return Err(io::Error::other("a malformed netlink answer"));
-                }
-                if kind == libc::NLMSG_ERROR as u16 && seq == self.seq && len >= NLMSG_HDRLEN + 4 {
-                    let error = i32::from_ne_bytes(
-                        rest[NLMSG_HDRLEN..NLMSG_HDRLEN + 4]
-                            .try_into()
-                            .expect("4 bytes"),
-                    );
-                    return if error == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-error))
-                    };
-                }
-                rest = &rest[align4(len).min(rest.len())..];
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,15 +315,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("interface.addresses"));
-    }
-
-    #[test]
-    fn an_address_message_has_local_address_and_broadcast() {
-        let msg = address_message(2, "172.17.0.2".parse().unwrap(), 16);
-        // ifaddrmsg (8) + three 8-byte attributes.
-        assert_eq!(msg.len(), 8 + 3 * 8);
-        assert_eq!(msg[1], 16);
-        assert_eq!(&msg[msg.len() - 4..], &[172, 17, 255, 255]);
     }
 
     /// Needs root: moves a veth end into a new namespace and configures it
