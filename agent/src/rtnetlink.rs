@@ -5,7 +5,7 @@
 //! milliseconds.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const NLMSG_HDRLEN: usize = 16;
@@ -38,34 +38,60 @@ pub(crate) fn link_message(index: i32, flags: u32, change: u32) -> Vec<u8> {
     msg
 }
 
-/// struct ifaddrmsg and its attributes, for an IPv4 address.
-pub(crate) fn address_message(index: i32, addr: Ipv4Addr, prefix_len: u8) -> Vec<u8> {
-    let mut msg = vec![libc::AF_INET as u8, prefix_len, 0, libc::RT_SCOPE_UNIVERSE];
+/// struct ifaddrmsg and its attributes. An IPv6 address is marked
+/// `IFA_F_NODAD`: usable at once, with no duplicate address detection
+/// (which would hold it tentative for a second or more).
+pub(crate) fn address_message(index: i32, addr: IpAddr, prefix_len: u8) -> Vec<u8> {
+    let (family, flags) = match addr {
+        IpAddr::V4(_) => (libc::AF_INET, 0),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IFA_F_NODAD),
+    };
+    // ifa_flags holds the low 8 bits, IFA_FLAGS all 32.
+    let mut msg = vec![
+        family as u8,
+        prefix_len,
+        flags as u8,
+        libc::RT_SCOPE_UNIVERSE,
+    ];
     msg.extend_from_slice(&(index as u32).to_ne_bytes());
-    push_attr(&mut msg, libc::IFA_LOCAL, &addr.octets());
-    push_attr(&mut msg, libc::IFA_ADDRESS, &addr.octets());
-    if prefix_len < 31 {
-        let host_bits = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-        let broadcast = Ipv4Addr::from(u32::from(addr) | host_bits);
-        push_attr(&mut msg, libc::IFA_BROADCAST, &broadcast.octets());
+    let octets = octets(addr);
+    push_attr(&mut msg, libc::IFA_LOCAL, &octets);
+    push_attr(&mut msg, libc::IFA_ADDRESS, &octets);
+    if let IpAddr::V4(addr) = addr {
+        if prefix_len < 31 {
+            let host_bits = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
+            let broadcast = Ipv4Addr::from(u32::from(addr) | host_bits);
+            push_attr(&mut msg, libc::IFA_BROADCAST, &broadcast.octets());
+        }
+    }
+    if flags != 0 {
+        push_attr(&mut msg, libc::IFA_FLAGS, &flags.to_ne_bytes());
     }
     msg
 }
 
-/// struct rtmsg and its attributes, for an IPv4 route in the main table.
+/// struct rtmsg and its attributes, for a route in the main table to
+/// `destination` (prefix length 0: the default route), via `gateway` or
+/// on the link. Both are of one family (the caller checked).
 pub(crate) fn route_message(
     index: i32,
-    destination: Option<(Ipv4Addr, u8)>,
-    gateway: Option<Ipv4Addr>,
+    destination: (IpAddr, u8),
+    gateway: Option<IpAddr>,
 ) -> Vec<u8> {
-    let dst_len = destination.map_or(0, |(_, len)| len);
-    let scope = if gateway.is_some() {
+    let (dst, dst_len) = destination;
+    let family = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // IPv6 routes are always of universe scope (as `ip -6 route` sends).
+    let scope = if gateway.is_some() || dst.is_ipv6() {
         libc::RT_SCOPE_UNIVERSE
     } else {
         libc::RT_SCOPE_LINK
     };
     let mut msg = vec![
-        libc::AF_INET as u8,
+        family as u8,
         dst_len,
         0,
         0,
@@ -75,14 +101,22 @@ pub(crate) fn route_message(
         libc::RTN_UNICAST,
     ];
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    if let Some((dst, _)) = destination {
-        push_attr(&mut msg, libc::RTA_DST, &dst.octets());
+    if dst_len > 0 {
+        push_attr(&mut msg, libc::RTA_DST, &octets(dst));
     }
     if let Some(gateway) = gateway {
-        push_attr(&mut msg, libc::RTA_GATEWAY, &gateway.octets());
+        push_attr(&mut msg, libc::RTA_GATEWAY, &octets(gateway));
     }
     push_attr(&mut msg, libc::RTA_OIF, &(index as u32).to_ne_bytes());
     msg
+}
+
+/// An address in network byte order, 4 or 16 bytes.
+fn octets(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
 }
 
 /// A NETLINK_ROUTE socket that sends one request at a time and waits for
@@ -177,6 +211,49 @@ mod tests {
         // ifaddrmsg (8) + three 8-byte attributes.
         assert_eq!(msg.len(), 8 + 3 * 8);
         assert_eq!(msg[1], 16);
+        assert_eq!(msg[2], 0, "no flags on an IPv4 address");
         assert_eq!(&msg[msg.len() - 4..], &[172, 17, 255, 255]);
+    }
+
+    #[test]
+    fn an_ipv6_address_message_skips_duplicate_address_detection() {
+        let msg = address_message(2, "fd00::2".parse().unwrap(), 64);
+        // ifaddrmsg (8) + IFA_LOCAL and IFA_ADDRESS (20 each) + IFA_FLAGS (8).
+        assert_eq!(msg.len(), 8 + 2 * 20 + 8);
+        assert_eq!(msg[0], libc::AF_INET6 as u8);
+        assert_eq!(msg[1], 64);
+        assert_eq!(u32::from(msg[2]), libc::IFA_F_NODAD);
+        assert_eq!(
+            &msg[12..28],
+            &"fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(&msg[msg.len() - 4..], &libc::IFA_F_NODAD.to_ne_bytes());
+    }
+
+    #[test]
+    fn a_default_route_has_no_destination_attribute() {
+        let v4 = route_message(
+            2,
+            ("0.0.0.0".parse().unwrap(), 0),
+            Some("10.0.0.1".parse().unwrap()),
+        );
+        // rtmsg (12) + RTA_GATEWAY (8) + RTA_OIF (8).
+        assert_eq!(v4.len(), 12 + 8 + 8);
+        assert_eq!(v4[0], libc::AF_INET as u8);
+        let v6 = route_message(
+            2,
+            ("::".parse().unwrap(), 0),
+            Some("fd00::1".parse().unwrap()),
+        );
+        // rtmsg (12) + RTA_GATEWAY (20) + RTA_OIF (8).
+        assert_eq!(v6.len(), 12 + 20 + 8);
+        assert_eq!(
+            (v6[0], v6[1], v6[6]),
+            (libc::AF_INET6 as u8, 0, libc::RT_SCOPE_UNIVERSE)
+        );
+        let on_link = route_message(2, ("fd01::".parse().unwrap(), 64), None);
+        // rtmsg (12) + RTA_DST (20) + RTA_OIF (8).
+        assert_eq!(on_link.len(), 12 + 20 + 8);
+        assert_eq!(on_link[6], libc::RT_SCOPE_UNIVERSE);
     }
 }

@@ -166,9 +166,10 @@ fn wire_interface(plugged: &Plugged) -> NetworkInterface {
             .routes
             .iter()
             .map(|route| IpRoute {
+                // Protocol 6: the default route is 0.0.0.0/0, not empty.
                 destination: route
                     .destination
-                    .map_or(String::new(), |(addr, _)| addr.to_string()),
+                    .map_or("0.0.0.0".to_owned(), |(addr, _)| addr.to_string()),
                 prefix_length: route.destination.map_or(0, |(_, len)| u32::from(len)),
                 gateway: route.gateway.map_or(String::new(), |gw| gw.to_string()),
                 ..Default::default()
