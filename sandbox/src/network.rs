@@ -3,9 +3,9 @@
 //! veth into the sandbox's network namespace and gives it the container's
 //! address; hull moves every frame between that veth and the VM's tap with
 //! two tc redirects (ingress qdisc + mirred), and the guest's interface
-//! takes the veth's MAC, MTU, IPv4 and IPv6 addresses and routes. Plugins, Docker's NAT
-//! rules and port publishing work unchanged, and nothing on the host parses
-//! the guest's packets.
+//! takes the veth's MAC, MTU, IPv4 and IPv6 addresses and routes.
+//! Plugins, Docker's NAT rules and port publishing work unchanged, and
+//! nothing on the host parses the guest's packets.
 //!
 //! Everything here runs `ip` and `tc` (iproute2) inside the namespace, by
 //! an open namespace file: the namespace may have no name (CNI through
