@@ -30,6 +30,7 @@ pub mod network;
 pub mod power;
 pub mod reaper;
 pub mod rpc;
+mod rtnetlink;
 pub mod server;
 
 use std::sync::Arc;

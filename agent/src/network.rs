@@ -2,15 +2,22 @@
 //! interface (virtio-net) moves into the container's network namespace and
 //! takes the name, MAC, MTU, addresses and routes the host's network plugin
 //! gave the veth it stands for (see sandbox/src/network.rs on the host);
-//! loopback comes up. Spoken in rtnetlink directly: the guest has no `ip`,
-//! and each process started here costs hundreds of milliseconds.
+//! loopback comes up. Addresses and routes may be IPv4 or IPv6; IPv6
+//! addresses skip duplicate address detection (the plugin chose them, and
+//! DAD would keep them unusable for a second), the link-local one comes
+//! from the guest's kernel. Spoken in rtnetlink directly
+//! ([`crate::rtnetlink`]).
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 
 use hull_protocol::agent_api::agent::NetworkInterface;
+
+use crate::rtnetlink::{
+    address_message, link_message, nul_terminated, push_attr, route_message, Netlink,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -36,13 +43,54 @@ pub struct Interface {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: u32,
-    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// IPv4 and IPv6 addresses with their prefix lengths.
+    pub addresses: Vec<(IpAddr, u8)>,
     pub routes: Vec<Route>,
 }
 
-/// An IPv4 route: (destination and prefix length, `None` for the default;
-/// gateway, `None` for a route on the link).
-pub type Route = (Option<(Ipv4Addr, u8)>, Option<Ipv4Addr>);
+/// A route through the interface, IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The destination network and its prefix length; `0.0.0.0/0` or
+    /// `::/0` is the default route.
+    pub destination: (IpAddr, u8),
+    /// `None`: a route on the link.
+    pub gateway: Option<IpAddr>,
+}
+
+/// The longest prefix `addr`'s family has.
+fn max_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// Whether `addr` has no bits set past its first `len`.
+fn is_network(addr: IpAddr, len: u8) -> bool {
+    let (bits, width) = match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    };
+    let host_bits = u32::from(width - len.min(width));
+    host_bits == 0 || bits & (u128::MAX >> (128 - host_bits)) == 0
+}
+
+/// Why `addr` cannot be an interface's address, if it cannot.
+fn unusable_address(addr: IpAddr) -> Option<&'static str> {
+    if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+        return Some("it is unspecified, loopback or multicast");
+    }
+    match addr {
+        IpAddr::V4(a) if a.is_broadcast() => Some("it is the broadcast address"),
+        // fe80::/10: the guest's kernel makes the interface's own from its MAC.
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+            Some("link-local addresses come from the guest's kernel")
+        }
+        _ => None,
+    }
+}
 
 /// Parses `02:42:ac:11:00:02`.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
@@ -87,20 +135,45 @@ pub fn validate(iface: &Interface) -> Result<(), NetworkError> {
             format!("{} is not between 68 and 65535", iface.mtu),
         ));
     }
-    for (addr, len) in &iface.addresses {
-        if *len > 32 {
+    for &(addr, len) in &iface.addresses {
+        if len > max_prefix(addr) {
             return Err(invalid(
                 "interface.addresses",
-                format!("{addr}/{len}: the prefix is longer than 32"),
+                format!(
+                    "{addr}/{len}: the prefix is longer than {}",
+                    max_prefix(addr)
+                ),
             ));
         }
+        if let Some(why) = unusable_address(addr) {
+            return Err(invalid("interface.addresses", format!("{addr}: {why}")));
+        }
     }
-    for (dst, _) in &iface.routes {
-        if let Some((addr, len)) = dst {
-            if *len > 32 {
+    for route in &iface.routes {
+        let (dst, len) = route.destination;
+        if len > max_prefix(dst) {
+            return Err(invalid(
+                "interface.routes.destination",
+                format!("{dst}/{len}: the prefix is longer than {}", max_prefix(dst)),
+            ));
+        }
+        if !is_network(dst, len) {
+            return Err(invalid(
+                "interface.routes.destination",
+                format!("{dst}/{len}: bits are set past the prefix"),
+            ));
+        }
+        if let Some(gateway) = route.gateway {
+            if gateway.is_ipv4() != dst.is_ipv4() {
                 return Err(invalid(
-                    "interface.routes",
-                    format!("{addr}/{len}: the prefix is longer than 32"),
+                    "interface.routes.gateway",
+                    format!("{gateway} is not of the family of the destination {dst}/{len}"),
+                ));
+            }
+            if gateway.is_unspecified() || gateway.is_multicast() {
+                return Err(invalid(
+                    "interface.routes.gateway",
+                    format!("{gateway} is unspecified or multicast"),
                 ));
             }
         }
@@ -108,19 +181,20 @@ pub fn validate(iface: &Interface) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// The wire's interface, checked and typed.
+/// The wire's interface, typed and checked ([`validate`]).
 pub fn interface_of(wire: &NetworkInterface) -> Result<Interface, NetworkError> {
     use NetworkError::Invalid;
     let ip = |field, text: &str| {
-        text.parse::<std::net::Ipv4Addr>().map_err(|_| Invalid {
+        text.parse::<IpAddr>().map_err(|_| Invalid {
             field,
-            reason: format!("{text:?} is not an IPv4 address"),
+            reason: format!("{text:?} is not an IPv4 or IPv6 address"),
         })
     };
+    // The family's own limit is checked in validate.
     let prefix = |field, len: u32| {
-        u8::try_from(len).ok().filter(|l| *l <= 32).ok_or(Invalid {
+        u8::try_from(len).ok().filter(|l| *l <= 128).ok_or(Invalid {
             field,
-            reason: format!("prefix length {len} is more than 32"),
+            reason: format!("prefix length {len} is more than 128"),
         })
     };
     let addresses = wire
@@ -137,29 +211,30 @@ pub fn interface_of(wire: &NetworkInterface) -> Result<Interface, NetworkError> 
         .routes
         .iter()
         .map(|r| {
-            let destination = if r.destination.is_empty() {
-                None
-            } else {
-                Some((
-                    ip("interface.routes", &r.destination)?,
-                    prefix("interface.routes", r.prefix_length)?,
-                ))
-            };
+            let destination = (
+                ip("interface.routes.destination", &r.destination)?,
+                prefix("interface.routes.prefix_length", r.prefix_length)?,
+            );
             let gateway = if r.gateway.is_empty() {
                 None
             } else {
-                Some(ip("interface.routes", &r.gateway)?)
+                Some(ip("interface.routes.gateway", &r.gateway)?)
             };
-            Ok((destination, gateway))
+            Ok(Route {
+                destination,
+                gateway,
+            })
         })
         .collect::<Result<_, NetworkError>>()?;
-    Ok(Interface {
+    let iface = Interface {
         name: wire.name.clone(),
         mac: parse_mac(&wire.mac)?,
         mtu: wire.mtu,
         addresses,
         routes,
-    })
+    };
+    validate(&iface)?;
+    Ok(iface)
 }
 
 /// Brings loopback up in `netns` and, given one, moves the guest's network
@@ -204,9 +279,16 @@ fn configure_in_thread(netns: &File, iface: Option<&Interface>) -> Result<(), Ne
     let up = libc::IFF_UP as u32;
     nl.request(libc::RTM_NEWLINK, 0, &link_message(LOOPBACK_INDEX, up, up))
         .map_err(netlink("bringing loopback up"))?;
-    let (Some(iface), Some(index)) = (iface, nic) else {
-        return Ok(());
-    };
+    match (iface, nic) {
+        (Some(iface), Some(index)) => set_up(&mut nl, index, iface),
+        _ => Ok(()),
+    }
+}
+
+/// Gives the interface `index` (in `nl`'s namespace) `iface`'s name, MAC,
+/// MTU, addresses and routes, and brings it up.
+fn set_up(nl: &mut Netlink, index: i32, iface: &Interface) -> Result<(), NetworkError> {
+    let up = libc::IFF_UP as u32;
     let mut msg = link_message(index, 0, 0);
     push_attr(&mut msg, libc::IFLA_IFNAME, &nul_terminated(&iface.name));
     push_attr(&mut msg, libc::IFLA_ADDRESS, &iface.mac);
@@ -216,21 +298,26 @@ fn configure_in_thread(netns: &File, iface: Option<&Interface>) -> Result<(), Ne
     nl.request(libc::RTM_NEWLINK, 0, &link_message(index, up, up))
         .map_err(netlink(format!("bringing {} up", iface.name)))?;
     let create = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-    for (addr, len) in &iface.addresses {
+    // Addresses first: a route's gateway must be on a network they make.
+    for &(addr, len) in &iface.addresses {
         nl.request(
             libc::RTM_NEWADDR,
             create,
-            &address_message(index, *addr, *len),
+            &address_message(index, addr, len),
         )
         .map_err(netlink(format!("adding {addr}/{len}")))?;
     }
-    for (dst, gateway) in &iface.routes {
+    for route in &iface.routes {
+        let (dst, len) = route.destination;
+        let via = route
+            .gateway
+            .map_or(String::new(), |gw| format!(" via {gw}"));
         nl.request(
             libc::RTM_NEWROUTE,
             create,
-            &route_message(index, *dst, *gateway),
+            &route_message(index, route.destination, route.gateway),
         )
-        .map_err(netlink(format!("adding the route {dst:?} via {gateway:?}")))?;
+        .map_err(netlink(format!("adding the route {dst}/{len}{via}")))?;
     }
     Ok(())
 }
@@ -260,167 +347,6 @@ fn guest_nic() -> Result<i32, NetworkError> {
     Err(NetworkError::NoInterface)
 }
 
-// ---- rtnetlink messages, built by hand (linux/rtnetlink.h) ----
-
-const NLMSG_HDRLEN: usize = 16;
-
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-fn nul_terminated(text: &str) -> Vec<u8> {
-    let mut bytes = text.as_bytes().to_vec();
-    bytes.push(0);
-    bytes
-}
-
-/// Appends one attribute (struct rtattr + payload, padded to 4 bytes).
-fn push_attr(msg: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    msg.extend_from_slice(&(len as u16).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(payload);
-    msg.resize(align4(msg.len()), 0);
-}
-
-/// struct ifinfomsg.
-fn link_message(index: i32, flags: u32, change: u32) -> Vec<u8> {
-    let mut msg = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
-    msg.extend_from_slice(&index.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&change.to_ne_bytes());
-    msg
-}
-
-/// struct ifaddrmsg and its attributes, for an IPv4 address.
-fn address_message(index: i32, addr: Ipv4Addr, prefix_len: u8) -> Vec<u8> {
-    let mut msg = vec![libc::AF_INET as u8, prefix_len, 0, libc::RT_SCOPE_UNIVERSE];
-    msg.extend_from_slice(&(index as u32).to_ne_bytes());
-    push_attr(&mut msg, libc::IFA_LOCAL, &addr.octets());
-    push_attr(&mut msg, libc::IFA_ADDRESS, &addr.octets());
-    if prefix_len < 31 {
-        let host_bits = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-        let broadcast = Ipv4Addr::from(u32::from(addr) | host_bits);
-        push_attr(&mut msg, libc::IFA_BROADCAST, &broadcast.octets());
-    }
-    msg
-}
-
-/// struct rtmsg and its attributes, for an IPv4 route in the main table.
-fn route_message(
-    index: i32,
-    destination: Option<(Ipv4Addr, u8)>,
-    gateway: Option<Ipv4Addr>,
-) -> Vec<u8> {
-    let dst_len = destination.map_or(0, |(_, len)| len);
-    let scope = if gateway.is_some() {
-        libc::RT_SCOPE_UNIVERSE
-    } else {
-        libc::RT_SCOPE_LINK
-    };
-    let mut msg = vec![
-        libc::AF_INET as u8,
-        dst_len,
-        0,
-        0,
-        libc::RT_TABLE_MAIN,
-        libc::RTPROT_BOOT,
-        scope,
-        libc::RTN_UNICAST,
-    ];
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    if let Some((dst, _)) = destination {
-        push_attr(&mut msg, libc::RTA_DST, &dst.octets());
-    }
-    if let Some(gateway) = gateway {
-        push_attr(&mut msg, libc::RTA_GATEWAY, &gateway.octets());
-    }
-    push_attr(&mut msg, libc::RTA_OIF, &(index as u32).to_ne_bytes());
-    msg
-}
-
-/// A NETLINK_ROUTE socket that sends one request at a time and waits for
-/// its acknowledgement.
-struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-impl Netlink {
-    fn open() -> io::Result<Self> {
-        // SAFETY: socket() with constant arguments; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Netlink { fd, seq: 0 })
-    }
-
-    /// Sends `body` as a message of `kind` with NLM_F_REQUEST | NLM_F_ACK
-    /// and `flags`; returns the kernel's verdict.
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        self.seq += 1;
-        let len = NLMSG_HDRLEN + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        let flags = flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-        msg.extend_from_slice(&flags.to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
-        // SAFETY: sends `msg.len()` bytes of a live buffer to the kernel
-        // (a zero destination: an unbound netlink socket talks to it).
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.wait_ack()
-    }
-
-    fn wait_ack(&self) -> io::Result<()> {
-        let mut buf = vec![0u8; 8192];
-        loop {
-            // SAFETY: receives into a live buffer of `buf.len()` bytes.
-            let got =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if got < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut rest = &buf[..got as usize];
-            while rest.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
-                let seq = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    return Err(io::Error::other("a malformed netlink answer"));
-                }
-                if kind == libc::NLMSG_ERROR as u16 && seq == self.seq && len >= NLMSG_HDRLEN + 4 {
-                    let error = i32::from_ne_bytes(
-                        rest[NLMSG_HDRLEN..NLMSG_HDRLEN + 4]
-                            .try_into()
-                            .expect("4 bytes"),
-                    );
-                    return if error == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-error))
-                    };
-                }
-                rest = &rest[align4(len).min(rest.len())..];
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,8 +356,31 @@ mod tests {
             name: "eth0".into(),
             mac: parse_mac("02:42:ac:11:00:02").unwrap(),
             mtu: 1500,
-            addresses: vec![("172.17.0.2".parse().unwrap(), 16)],
-            routes: vec![(None, Some("172.17.0.1".parse().unwrap()))],
+            addresses: vec![
+                ("172.17.0.2".parse().unwrap(), 16),
+                ("fd00::2".parse().unwrap(), 64),
+            ],
+            routes: vec![
+                route("0.0.0.0", 0, Some("172.17.0.1")),
+                route("::", 0, Some("fd00::1")),
+                route("fd01::", 64, Some("fd00::ff")),
+                route("fd02::", 64, None),
+            ],
+        }
+    }
+
+    fn route(dst: &str, len: u8, gateway: Option<&str>) -> Route {
+        Route {
+            destination: (dst.parse().unwrap(), len),
+            gateway: gateway.map(|gw| gw.parse().unwrap()),
+        }
+    }
+
+    /// The field `iface`'s validation names.
+    fn refused_field(iface: &Interface) -> String {
+        match validate(iface).unwrap_err() {
+            NetworkError::Invalid { field, .. } => field.to_owned(),
+            other => panic!("not a validation error: {other}"),
         }
     }
 
@@ -476,12 +425,83 @@ mod tests {
     }
 
     #[test]
-    fn an_address_message_has_local_address_and_broadcast() {
-        let msg = address_message(2, "172.17.0.2".parse().unwrap(), 16);
-        // ifaddrmsg (8) + three 8-byte attributes.
-        assert_eq!(msg.len(), 8 + 3 * 8);
-        assert_eq!(msg[1], 16);
-        assert_eq!(&msg[msg.len() - 4..], &[172, 17, 255, 255]);
+    fn bad_ipv6_addresses_and_routes_are_refused_naming_the_field() {
+        let with_address = |addr: &str, len: u8| {
+            let mut iface = eth0();
+            iface.addresses[1] = (addr.parse().unwrap(), len);
+            refused_field(&iface)
+        };
+        // 129 bits; link-local (the kernel's own); multicast; unspecified.
+        for (addr, len) in [("fd00::2", 129), ("fe80::2", 64), ("ff02::1", 8), ("::", 0)] {
+            assert_eq!(
+                with_address(addr, len),
+                "interface.addresses",
+                "{addr}/{len}"
+            );
+        }
+        let with_route = |route: Route| {
+            let mut iface = eth0();
+            iface.routes.push(route);
+            refused_field(&iface)
+        };
+        let cases = [
+            (route("fd01::", 129, None), "interface.routes.destination"),
+            (route("fd01::1", 64, None), "interface.routes.destination"),
+            (
+                route("::", 0, Some("172.17.0.1")),
+                "interface.routes.gateway",
+            ),
+            (
+                route("0.0.0.0", 0, Some("fd00::1")),
+                "interface.routes.gateway",
+            ),
+            (route("::", 0, Some("ff02::2")), "interface.routes.gateway"),
+        ];
+        for (bad, field) in cases {
+            assert_eq!(with_route(bad), field, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_wire_s_ipv6_addresses_and_routes_are_typed() {
+        use hull_protocol::agent_api::agent::{IpAddress, IpRoute};
+        let address = |text: &str, len| IpAddress {
+            address: text.into(),
+            prefix_length: len,
+            ..Default::default()
+        };
+        let wire_route = |dst: &str, len, gateway: &str| IpRoute {
+            destination: dst.into(),
+            prefix_length: len,
+            gateway: gateway.into(),
+            ..Default::default()
+        };
+        let wire = NetworkInterface {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:02".into(),
+            mtu: 1500,
+            addresses: vec![address("172.17.0.2", 16), address("fd00::2", 64)],
+            routes: vec![
+                wire_route("0.0.0.0", 0, "172.17.0.1"),
+                wire_route("::", 0, "fd00::1"),
+                wire_route("fd01::", 64, "fd00::ff"),
+                wire_route("fd02::", 64, ""),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(interface_of(&wire).unwrap(), eth0());
+        let mut bad = wire.clone();
+        bad.routes[1].gateway = "fd00::zz".into();
+        let err = interface_of(&bad).unwrap_err().to_string();
+        assert!(err.contains("interface.routes.gateway"), "{err}");
+        let mut bad = wire.clone();
+        bad.routes[0].destination = String::new();
+        let err = interface_of(&bad).unwrap_err().to_string();
+        assert!(err.contains("interface.routes.destination"), "{err}");
+        let mut bad = wire;
+        bad.addresses[1].prefix_length = 200;
+        let err = interface_of(&bad).unwrap_err().to_string();
+        assert!(err.contains("interface.addresses"), "{err}");
     }
 
     /// Needs root: moves a veth end into a new namespace and configures it
@@ -518,52 +538,70 @@ mod tests {
                 &target.as_raw_fd().to_ne_bytes(),
             );
             nl.request(libc::RTM_NEWLINK, 0, &msg).unwrap();
-            // The rest as configure_in_thread does it, by name lookup.
+            // The peer up: the interface gets a carrier, and with it the
+            // kernel's IPv6 link-local address.
+            let status = std::process::Command::new("ip")
+                .args(["link", "set", "vpeer", "up"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            // The rest as configure_in_thread does it, after the move.
             // SAFETY: setns with an open namespace descriptor, this thread only.
             let entered = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(entered, 0);
             let mut nl = Netlink::open().unwrap();
             let index = index_of("vguest");
-            let iface = eth0();
-            let mut msg = link_message(index, 0, 0);
-            push_attr(&mut msg, libc::IFLA_IFNAME, &nul_terminated(&iface.name));
-            push_attr(&mut msg, libc::IFLA_ADDRESS, &iface.mac);
-            push_attr(&mut msg, libc::IFLA_MTU, &1400u32.to_ne_bytes());
-            nl.request(libc::RTM_NEWLINK, 0, &msg).unwrap();
-            let up = libc::IFF_UP as u32;
-            nl.request(libc::RTM_NEWLINK, 0, &link_message(index, up, up))
-                .unwrap();
+            let mut iface = eth0();
+            iface.mtu = 1400;
+            set_up(&mut nl, index, &iface).unwrap();
             let create = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-            nl.request(
-                libc::RTM_NEWADDR,
-                create,
-                &address_message(index, iface.addresses[0].0, 16),
-            )
-            .unwrap();
             let again = nl.request(
                 libc::RTM_NEWADDR,
                 create,
                 &address_message(index, iface.addresses[0].0, 16),
             );
             assert_eq!(again.unwrap_err().raw_os_error(), Some(libc::EEXIST));
-            let shown = std::process::Command::new("ip")
-                .args(["-o", "addr", "show", "eth0"])
-                .output()
-                .unwrap();
-            let shown = String::from_utf8_lossy(&shown.stdout);
+            let ip = |args: &[&str]| {
+                let out = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "ip {args:?}: {out:?}");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let shown = ip(&["-o", "addr", "show", "eth0"]);
             assert!(
                 shown.contains("inet 172.17.0.2/16 brd 172.17.255.255"),
                 "{shown}"
             );
-            let link = std::process::Command::new("ip")
-                .args(["-o", "link", "show", "eth0"])
-                .output()
-                .unwrap();
-            let link = String::from_utf8_lossy(&link.stdout);
+            // Usable at once: not tentative, no duplicate address detection.
+            let v6 = shown
+                .lines()
+                .find(|l| l.contains("inet6 fd00::2/64"))
+                .unwrap_or_else(|| panic!("no fd00::2/64: {shown}"));
+            assert!(v6.contains("nodad") && !v6.contains("tentative"), "{v6}");
+            let link = ip(&["-o", "link", "show", "eth0"]);
             assert!(
                 link.contains("mtu 1400") && link.contains("02:42:ac:11:00:02"),
                 "{link}"
             );
+            let routes = ip(&["-4", "route"]);
+            assert!(
+                routes.contains("default via 172.17.0.1 dev eth0"),
+                "{routes}"
+            );
+            let routes = ip(&["-6", "route"]);
+            for expected in [
+                "fd00::/64 dev eth0 proto kernel",
+                "fd01::/64 via fd00::ff dev eth0 metric",
+                "fd02::/64 dev eth0 metric",
+                "default via fd00::1 dev eth0 metric",
+            ] {
+                assert!(routes.contains(expected), "{expected}: {routes}");
+            }
+            // The kernel's own link-local address, from the MAC.
+            let local = ip(&["-6", "-o", "addr", "show", "eth0", "scope", "link"]);
+            assert!(local.contains("fe80::42:acff:fe11:2/64"), "{local}");
         })
         .join()
         .unwrap();

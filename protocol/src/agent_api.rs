@@ -18,7 +18,9 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The version of the agent API, reported by `Version` and checked on both
 /// sides. Bump it when a change would be misread by an older peer.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `IpAddress`/`IpRoute` may be IPv6, and a default route names its
+/// destination (`0.0.0.0/0`, `::/0`) instead of leaving it empty.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The host's vsock port the agent relays a container's DNS queries to
 /// (Docker's embedded DNS, see `ConfigureNetwork.forward_dns`).

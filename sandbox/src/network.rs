@@ -3,16 +3,16 @@
 //! veth into the sandbox's network namespace and gives it the container's
 //! address; hull moves every frame between that veth and the VM's tap with
 //! two tc redirects (ingress qdisc + mirred), and the guest's interface
-//! takes the veth's MAC, MTU, addresses and routes. Plugins, Docker's NAT
-//! rules and port publishing work unchanged, and nothing on the host parses
-//! the guest's packets.
+//! takes the veth's MAC, MTU, IPv4 and IPv6 addresses and routes.
+//! Plugins, Docker's NAT rules and port publishing work unchanged, and
+//! nothing on the host parses the guest's packets.
 //!
 //! Everything here runs `ip` and `tc` (iproute2) inside the namespace, by
 //! an open namespace file: the namespace may have no name (CNI through
 //! `/proc/<pid>/ns/net`) and outlives nothing the shim does not hold.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -46,21 +46,21 @@ pub struct Plugged {
     pub name: String,
     pub mac: String,
     pub mtu: u32,
-    /// IPv4 addresses with their prefix lengths.
-    pub addresses: Vec<(Ipv4Addr, u8)>,
-    /// IPv4 routes through the interface, other than the ones the kernel
-    /// makes for its addresses.
+    /// Addresses with their prefix lengths, IPv4 then IPv6. No link-local
+    /// one: the guest's kernel makes its own from the (same) MAC.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Routes through the interface, IPv4 then IPv6, other than the ones
+    /// the kernel makes for its addresses and links.
     pub routes: Vec<Route>,
-    /// IPv6 addresses the plugin gave; the guest kernel has no IPv6 (it
-    /// costs boot time), so these are reported, not configured.
-    pub ipv6_addresses: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    /// The destination and its prefix length; `None` is the default route.
-    pub destination: Option<(Ipv4Addr, u8)>,
-    pub gateway: Option<Ipv4Addr>,
+    /// The destination and its prefix length; `0.0.0.0/0` or `::/0` is the
+    /// default route.
+    pub destination: (IpAddr, u8),
+    /// `None`: a route on the link.
+    pub gateway: Option<IpAddr>,
 }
 
 /// What a child runs between fork and exec to enter a network namespace:
@@ -123,21 +123,25 @@ fn json_of(netns: BorrowedFd<'_>, args: &[&str]) -> Result<Value, NetworkError> 
 }
 
 /// The interface a plugin put into `netns`: the Ethernet interface (not
-/// hull's tap) with an IPv4 address, preferring the one the default route
-/// goes through. `None`: the namespace has only loopback (`--network
-/// none`) or nothing with an address yet.
+/// hull's tap) with an address (IPv4, or IPv6 other than link-local),
+/// preferring the one the default route goes through. `None`: the namespace
+/// has only loopback (`--network none`) or nothing with an address yet.
 pub fn plugged(netns: &File) -> Result<Option<Plugged>, NetworkError> {
     let fd = netns.as_fd();
     let addrs = json_of(fd, &["-j", "address", "show"])?;
     let routes = json_of(fd, &["-j", "-4", "route", "show"])?;
-    Ok(choose(&addrs, &routes))
+    let routes6 = json_of(fd, &["-j", "-6", "route", "show"])?;
+    Ok(choose(&addrs, &routes, &routes6))
 }
 
-/// [`plugged`] on `ip -j address show` and `ip -j -4 route show`.
-fn choose(addrs: &Value, routes: &Value) -> Option<Plugged> {
+/// [`plugged`] on `ip -j address show`, `ip -j -4 route show` and
+/// `ip -j -6 route show`.
+fn choose(addrs: &Value, routes: &Value, routes6: &Value) -> Option<Plugged> {
     let routes = routes.as_array().cloned().unwrap_or_default();
+    let routes6 = routes6.as_array().cloned().unwrap_or_default();
     let default_dev = routes
         .iter()
+        .chain(&routes6)
         .find(|r| r["dst"] == "default")
         .and_then(|r| r["dev"].as_str())
         .map(str::to_owned);
@@ -148,29 +152,21 @@ fn choose(addrs: &Value, routes: &Value) -> Option<Plugged> {
         .filter_map(|link| {
             let name = link["ifname"].as_str()?.to_owned();
             let info = link["addr_info"].as_array()?;
-            let addresses: Vec<(Ipv4Addr, u8)> = info
-                .iter()
-                .filter(|a| a["family"] == "inet")
-                .filter_map(|a| {
-                    let ip = a["local"].as_str()?.parse().ok()?;
-                    Some((ip, u8::try_from(a["prefixlen"].as_u64()?).ok()?))
-                })
+            let addresses: Vec<(IpAddr, u8)> = addresses_of::<Ipv4Addr>(info, "inet")
+                .chain(addresses_of::<Ipv6Addr>(info, "inet6"))
                 .collect();
             if addresses.is_empty() {
                 return None;
             }
-            let ipv6_addresses = info
-                .iter()
-                .filter(|a| a["family"] == "inet6" && a["scope"] != "link")
-                .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+            let routes = routes_of::<Ipv4Addr>(&routes, &name)
+                .chain(routes_of::<Ipv6Addr>(&routes6, &name))
                 .collect();
             Some(Plugged {
-                routes: routes_of(&routes, &name),
+                routes,
                 mac: link["address"].as_str()?.to_owned(),
                 mtu: u32::try_from(link["mtu"].as_u64()?).ok()?,
                 name,
                 addresses,
-                ipv6_addresses,
             })
         })
         .collect();
@@ -181,21 +177,69 @@ fn choose(addrs: &Value, routes: &Value) -> Option<Plugged> {
     (!candidates.is_empty()).then(|| candidates.swap_remove(preferred))
 }
 
-/// The routes through `dev`, less those the kernel made for an address.
-fn routes_of(routes: &[Value], dev: &str) -> Vec<Route> {
+/// An address family as `ip -j` prints it: IPv4 or IPv6.
+trait Family: std::str::FromStr + Into<IpAddr> {
+    /// The unspecified address, the default route's destination.
+    const ANY: Self;
+    /// The longest prefix, a host route's when `ip` prints none.
+    const BITS: u8;
+}
+
+impl Family for Ipv4Addr {
+    const ANY: Self = Ipv4Addr::UNSPECIFIED;
+    const BITS: u8 = 32;
+}
+
+impl Family for Ipv6Addr {
+    const ANY: Self = Ipv6Addr::UNSPECIFIED;
+    const BITS: u8 = 128;
+}
+
+/// The addresses of `family` ("inet", "inet6") in an interface's
+/// `addr_info`, less link-local ones (the guest's kernel makes its own).
+fn addresses_of<'a, A: Family>(
+    info: &'a [Value],
+    family: &'a str,
+) -> impl Iterator<Item = (IpAddr, u8)> + 'a {
+    info.iter()
+        .filter(move |a| a["family"] == family && a["scope"] != "link")
+        .filter_map(|a| {
+            let ip: A = a["local"].as_str()?.parse().ok()?;
+            Some((ip.into(), u8::try_from(a["prefixlen"].as_u64()?).ok()?))
+        })
+}
+
+/// The routes of one family through `dev`, less those the kernel made
+/// (for an address, a link's fe80::/64) and any but unicast ones.
+fn routes_of<'a, A: Family>(routes: &'a [Value], dev: &'a str) -> impl Iterator<Item = Route> + 'a {
     routes
         .iter()
-        .filter(|r| r["dev"] == dev && r["protocol"] != "kernel")
+        .filter(move |r| {
+            r["dev"] == dev
+                && r["protocol"] != "kernel"
+                && (r["type"].is_null() || r["type"] == "unicast")
+        })
         .filter_map(|r| {
             let dst = r["dst"].as_str()?;
             let destination = if dst == "default" {
-                None
+                (A::ANY.into(), 0)
             } else {
-                let (ip, len) = dst.split_once('/').unwrap_or((dst, "32"));
-                Some((ip.parse().ok()?, len.parse().ok()?))
+                let (ip, len) = match dst.split_once('/') {
+                    Some((ip, len)) => (ip, len.parse().ok()?),
+                    None => (dst, A::BITS),
+                };
+                if len > A::BITS {
+                    return None;
+                }
+                (ip.parse::<A>().ok()?.into(), len)
             };
+            if destination == (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 64)
+                || destination.0.is_multicast()
+            {
+                return None;
+            }
             let gateway = match r["gateway"].as_str() {
-                Some(gw) => Some(gw.parse().ok()?),
+                Some(gw) => Some(gw.parse::<A>().ok()?.into()),
                 None => None,
             };
             Some(Route {
@@ -203,7 +247,6 @@ fn routes_of(routes: &[Value], dev: &str) -> Vec<Route> {
                 gateway,
             })
         })
-        .collect()
 }
 
 /// Both directions between `plugged` and the tap: whatever arrives on one
@@ -253,7 +296,7 @@ mod tests {
             .collect())
     }
 
-    fn docker_bridge() -> (Value, Value) {
+    fn docker_bridge() -> (Value, Value, Value) {
         let addrs = json!([
             {"ifindex": 1, "ifname": "lo", "link_type": "loopback", "address": "00:00:00:00:00:00",
              "mtu": 65536, "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
@@ -271,38 +314,93 @@ mod tests {
              "prefsrc": "172.17.0.2"},
             {"dst": "10.9.0.0/24", "gateway": "172.17.0.254", "dev": "eth0"}
         ]);
-        (addrs, routes)
+        // As `ip -j -6 route show` prints them (iproute2 6.x).
+        let routes6 = json!([
+            {"dst": "fd00::/64", "dev": "eth0", "protocol": "kernel", "metric": 256, "flags": [],
+             "pref": "medium"},
+            {"dst": "fd01::/64", "gateway": "fd00::ff", "dev": "eth0", "protocol": "static",
+             "metric": 1024, "flags": [], "pref": "medium"},
+            {"dst": "fd02::5", "dev": "eth0", "metric": 1024, "flags": [], "pref": "medium"},
+            {"dst": "fe80::/64", "dev": "eth0", "protocol": "kernel", "metric": 256, "flags": [],
+             "pref": "medium"},
+            {"dst": "fe80::/64", "dev": "eth0", "metric": 1024, "flags": [], "pref": "medium"},
+            {"type": "multicast", "dst": "ff00::/8", "dev": "eth0", "metric": 256, "flags": [],
+             "pref": "medium"},
+            {"dst": "ff05::/16", "dev": "eth0", "metric": 1024, "flags": [], "pref": "medium"},
+            {"type": "unreachable", "dst": "fd09::/64", "dev": "lo", "metric": 1024, "flags": [],
+             "pref": "medium"},
+            {"dst": "default", "gateway": "fd00::1", "dev": "eth0", "metric": 1024, "flags": [],
+             "pref": "medium"}
+        ]);
+        (addrs, routes, routes6)
+    }
+
+    fn route(dst: &str, len: u8, gateway: Option<&str>) -> Route {
+        Route {
+            destination: (dst.parse().unwrap(), len),
+            gateway: gateway.map(|gw| gw.parse().unwrap()),
+        }
     }
 
     #[test]
     fn docker_s_veth_is_found_with_its_addresses_and_routes() {
-        let (addrs, routes) = docker_bridge();
-        let plugged = choose(&addrs, &routes).expect("eth0");
+        let (addrs, routes, routes6) = docker_bridge();
+        let plugged = choose(&addrs, &routes, &routes6).expect("eth0");
         assert_eq!(plugged.name, "eth0");
         assert_eq!(plugged.mac, "02:42:ac:11:00:02");
         assert_eq!(plugged.mtu, 1500);
-        assert_eq!(plugged.addresses, vec![("172.17.0.2".parse().unwrap(), 16)]);
-        assert_eq!(plugged.ipv6_addresses, vec!["fd00::2/64".to_string()]);
+        // Not the link-local fe80::42:acff:fe11:2.
+        assert_eq!(
+            plugged.addresses,
+            vec![
+                ("172.17.0.2".parse().unwrap(), 16),
+                ("fd00::2".parse().unwrap(), 64)
+            ]
+        );
+        // Not the kernel's (fd00::/64, fe80::/64), multicast or unreachable
+        // ones; a bare address is a host route.
         assert_eq!(
             plugged.routes,
             vec![
-                Route {
-                    destination: None,
-                    gateway: Some("172.17.0.1".parse().unwrap())
-                },
-                Route {
-                    destination: Some(("10.9.0.0".parse().unwrap(), 24)),
-                    gateway: Some("172.17.0.254".parse().unwrap())
-                },
+                route("0.0.0.0", 0, Some("172.17.0.1")),
+                route("10.9.0.0", 24, Some("172.17.0.254")),
+                route("fd01::", 64, Some("fd00::ff")),
+                route("fd02::5", 128, None),
+                route("::", 0, Some("fd00::1")),
             ]
         );
     }
 
     #[test]
+    fn an_interface_with_only_ipv6_is_plugged_and_its_default_route_wins() {
+        let addrs = json!([
+            {"ifname": "eth0", "link_type": "ether", "address": "02:00:00:00:00:01", "mtu": 1500,
+             "addr_info": [{"family": "inet", "local": "10.1.0.2", "prefixlen": 24}]},
+            {"ifname": "eth1", "link_type": "ether", "address": "02:00:00:00:00:02", "mtu": 1500,
+             "addr_info": [
+                {"family": "inet6", "local": "fe80::2", "prefixlen": 64, "scope": "link"},
+                {"family": "inet6", "local": "2001:db8::2", "prefixlen": 64, "scope": "global"}]}
+        ]);
+        let routes6 = json!([{"dst": "default", "gateway": "fe80::1", "dev": "eth1"}]);
+        let plugged = choose(&addrs, &json!([]), &routes6).expect("eth1");
+        assert_eq!(plugged.name, "eth1");
+        assert_eq!(
+            plugged.addresses,
+            vec![("2001:db8::2".parse().unwrap(), 64)]
+        );
+        assert_eq!(plugged.routes, vec![route("::", 0, Some("fe80::1"))]);
+        // Only a link-local address is no address.
+        let local_only = json!([addrs[1].clone()]);
+        let mut local_only = local_only;
+        local_only[0]["addr_info"].as_array_mut().unwrap().pop();
+        assert_eq!(choose(&local_only, &json!([]), &routes6), None);
+    }
+
+    #[test]
     fn loopback_and_the_tap_alone_are_no_network() {
-        let (addrs, _) = docker_bridge();
+        let (addrs, _, _) = docker_bridge();
         let only_lo_and_tap = Value::Array(addrs.as_array().unwrap()[..2].to_vec());
-        assert_eq!(choose(&only_lo_and_tap, &json!([])), None);
+        assert_eq!(choose(&only_lo_and_tap, &json!([]), &json!([])), None);
     }
 
     #[test]
@@ -314,7 +412,7 @@ mod tests {
              "addr_info": [{"family": "inet", "local": "10.2.0.2", "prefixlen": 24}]}
         ]);
         let routes = json!([{"dst": "default", "gateway": "10.2.0.1", "dev": "eth1"}]);
-        assert_eq!(choose(&addrs, &routes).unwrap().name, "eth1");
+        assert_eq!(choose(&addrs, &routes, &json!([])).unwrap().name, "eth1");
     }
 
     /// Needs root: a real namespace with a veth and a tap, wired and
@@ -347,8 +445,39 @@ mod tests {
         run_in(fd, "ip", &["address", "add", "10.4.0.2/24", "dev", "eth0"]).unwrap();
         run_in(fd, "ip", &["link", "set", "eth0", "up"]).unwrap();
         run_in(fd, "ip", &["route", "add", "default", "via", "10.4.0.1"]).unwrap();
+        run_in(
+            fd,
+            "ip",
+            &["-6", "address", "add", "fd04::2/64", "dev", "eth0", "nodad"],
+        )
+        .unwrap();
+        run_in(
+            fd,
+            "ip",
+            &["-6", "route", "add", "default", "via", "fd04::1"],
+        )
+        .unwrap();
         let plugged = plugged(&netns).unwrap().expect("eth0");
-        assert_eq!(plugged.addresses, vec![("10.4.0.2".parse().unwrap(), 24)]);
+        assert_eq!(
+            plugged.addresses,
+            vec![
+                ("10.4.0.2".parse().unwrap(), 24),
+                ("fd04::2".parse().unwrap(), 64)
+            ]
+        );
+        assert_eq!(
+            plugged.routes,
+            vec![
+                Route {
+                    destination: ("0.0.0.0".parse().unwrap(), 0),
+                    gateway: Some("10.4.0.1".parse().unwrap())
+                },
+                Route {
+                    destination: ("::".parse().unwrap(), 0),
+                    gateway: Some("fd04::1".parse().unwrap())
+                },
+            ]
+        );
         wire(&netns, &plugged).unwrap();
         assert_eq!(ingress_qdiscs(&netns).unwrap().len(), 2);
         let filters = run_in(fd, "tc", &["filter", "show", "dev", "eth0", "ingress"]).unwrap();

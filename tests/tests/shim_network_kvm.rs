@@ -1,11 +1,13 @@
 //! Networking end to end: Docker 26's default bridge with a published
-//! port, a hull container and a runc container on one network, names on a
-//! user-defined network (Docker's embedded DNS), a killed VMM and a killed shim, and the
+//! port, a hull container and a runc container on one network, names and
+//! IPv6 on a user-defined dual-stack network (Docker's embedded DNS;
+//! addresses, routes, host and neighbour over IPv6), a killed VMM and a
+//! killed shim, and the
 //! namespaces left as they were; `ctr run --cni`. Everything runs in a private network
 //! namespace (hull_tests::netns): Docker's bridge and iptables rules never
 //! reach the host's. Needs KVM, root, iptables and the extracted Docker.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,6 +23,68 @@ const SERVE_WITHIN: Duration = Duration::from_secs(90);
 /// A busybox httpd serving `text` as `/`.
 fn httpd(text: &str) -> String {
     format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+/// The user-defined network's subnets (Docker's pools start at 172.17/16).
+const HULLNET_V4: &str = "172.30.0.0/24";
+const HULLNET_V6: &str = "fd00:c0de::/64";
+
+/// On the dual-stack `hullnet`, with the hull container `named` and the
+/// runc container `rnamed` serving: the guest has Docker's IPv6 address
+/// (usable at once, no duplicate address detection), its own link-local
+/// one and Docker's default route; the host (the bridge holds the
+/// gateway's address) reaches the guest's httpd over IPv6, and the guest
+/// reaches the runc container's.
+fn ipv6_on_hullnet(docker: &Docker) {
+    let v6 = |what: &str, name: &str| {
+        let format = format!("{{{{range .NetworkSettings.Networks}}}}{{{{.{what}}}}}{{{{end}}}}");
+        inspect(docker, &format, name)
+    };
+    let hull_v6: Ipv6Addr = v6("GlobalIPv6Address", "named")
+        .parse()
+        .expect("Docker gave the hull container no IPv6 address");
+    let runc_v6: Ipv6Addr = v6("GlobalIPv6Address", "rnamed")
+        .parse()
+        .expect("Docker gave the runc container no IPv6 address");
+    let gateway_v6 = v6("IPv6Gateway", "named");
+    let view = stdout_ok(
+        &docker.docker(&[
+            "exec",
+            "named",
+            "sh",
+            "-c",
+            "ip -o -6 addr show eth0; ip -6 route",
+        ]),
+        "docker exec named (IPv6 view)",
+    );
+    let global = view
+        .lines()
+        .find(|l| l.contains(&format!("inet6 {hull_v6}/64 scope global")))
+        .unwrap_or_else(|| panic!("no {hull_v6}/64 on eth0: {view}"));
+    assert!(!global.contains("tentative"), "{global}");
+    assert!(
+        view.contains("inet6 fe80::"),
+        "no link-local address: {view}"
+    );
+    assert!(
+        view.contains(&format!("default via {gateway_v6} dev eth0")),
+        "{view}"
+    );
+    let answer = http_get(SocketAddr::new(hull_v6.into(), 80), SERVE_WITHIN).unwrap_or_else(|e| {
+        panic!(
+            "host -> hull over IPv6: {e}
+the guest's view: {view}"
+        )
+    });
+    assert!(answer.contains("hello-by-name"), "{answer}");
+    let fetch = format!(
+        "for i in $(seq 60); do wget -qO- http://[{runc_v6}]/ && exit 0; sleep 0.5; done; exit 1"
+    );
+    let got = docker.docker(&["exec", "named", "sh", "-c", &fetch]);
+    assert!(
+        stdout_ok(&got, "hull -> runc over IPv6").contains("hello-from-runc-by-name"),
+        "{got:?}"
+    );
 }
 
 fn inspect(docker: &Docker, format: &str, what: &str) -> String {
@@ -150,12 +214,17 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         "{got:?}"
     );
 
-    // A user-defined network: containers find each other by name through
-    // Docker's embedded DNS, which the guest reaches through the agent's
-    // relay; hull to hull, runc to hull, hull to runc.
+    // A user-defined network, dual-stack: containers find each other by
+    // name through Docker's embedded DNS, which the guest reaches through
+    // the agent's relay; hull to hull, runc to hull, hull to runc. Then the
+    // same over IPv6 by address. Docker 26 needs no daemon flag for an IPv6
+    // user-defined network; without ip6tables it bridges IPv6 unfiltered.
     stdout_ok(
-        &docker.docker(&["network", "create", "hullnet"]),
-        "docker network create",
+        &docker.docker(&[
+            "network", "create", "--ipv6", "--subnet", HULLNET_V4, "--subnet", HULLNET_V6,
+            "hullnet",
+        ]),
+        "docker network create --ipv6",
     );
     let serve = httpd("hello-by-name");
     let out = docker.docker(&[
@@ -238,6 +307,8 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         let text = String::from_utf8_lossy(&got.stdout);
         assert!(text.contains(expected), "{runtime} -> {name}: {got:?}");
     }
+
+    ipv6_on_hullnet(&docker);
 
     // Gone: the containers, their sandboxes, and everything hull made in
     // the namespaces (the tap, the redirects).

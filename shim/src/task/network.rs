@@ -85,13 +85,6 @@ impl SandboxNetwork {
         })??;
         match &found {
             Some(plugged) => {
-                if !plugged.ipv6_addresses.is_empty() {
-                    log::warn!(
-                        "{id}: IPv6 addresses {:?} are not given to the guest (its kernel has no \
-                         IPv6)",
-                        plugged.ipv6_addresses
-                    );
-                }
                 log::info!(
                     "{id}: {} ({}, {:?}) wired to the VM's tap",
                     plugged.name,
@@ -166,10 +159,8 @@ fn wire_interface(plugged: &Plugged) -> NetworkInterface {
             .routes
             .iter()
             .map(|route| IpRoute {
-                destination: route
-                    .destination
-                    .map_or(String::new(), |(addr, _)| addr.to_string()),
-                prefix_length: route.destination.map_or(0, |(_, len)| u32::from(len)),
+                destination: route.destination.0.to_string(),
+                prefix_length: u32::from(route.destination.1),
                 gateway: route.gateway.map_or(String::new(), |gw| gw.to_string()),
                 ..Default::default()
             })
@@ -231,5 +222,58 @@ impl Drop for Placeholder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hull_sandbox::network::Route;
+
+    #[test]
+    fn a_dual_stack_interface_goes_to_the_agent_as_text() {
+        let plugged = Plugged {
+            name: "eth0".into(),
+            mac: "02:42:ac:11:00:02".into(),
+            mtu: 1500,
+            addresses: vec![
+                ("172.17.0.2".parse().unwrap(), 16),
+                ("fd00::2".parse().unwrap(), 64),
+            ],
+            routes: vec![
+                Route {
+                    destination: ("0.0.0.0".parse().unwrap(), 0),
+                    gateway: Some("172.17.0.1".parse().unwrap()),
+                },
+                Route {
+                    destination: ("::".parse().unwrap(), 0),
+                    gateway: Some("fd00::1".parse().unwrap()),
+                },
+                Route {
+                    destination: ("fd02::".parse().unwrap(), 64),
+                    gateway: None,
+                },
+            ],
+        };
+        let wire = wire_interface(&plugged);
+        let addresses: Vec<_> = wire
+            .addresses
+            .iter()
+            .map(|a| format!("{}/{}", a.address, a.prefix_length))
+            .collect();
+        assert_eq!(addresses, ["172.17.0.2/16", "fd00::2/64"]);
+        let routes: Vec<_> = wire
+            .routes
+            .iter()
+            .map(|r| format!("{}/{} via {:?}", r.destination, r.prefix_length, r.gateway))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "0.0.0.0/0 via \"172.17.0.1\"",
+                "::/0 via \"fd00::1\"",
+                "fd02::/64 via \"\""
+            ]
+        );
     }
 }
