@@ -52,6 +52,9 @@ pub struct Plugged {
     /// Routes through the interface, IPv4 then IPv6, other than the ones
     /// the kernel makes for its addresses and links.
     pub routes: Vec<Route>,
+    /// Other interfaces with addresses in the namespace: the VM has one
+    /// NIC, so they do not reach the guest (the shim says so).
+    pub left_out: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +170,7 @@ fn choose(addrs: &Value, routes: &Value, routes6: &Value) -> Option<Plugged> {
                 mtu: u32::try_from(link["mtu"].as_u64()?).ok()?,
                 name,
                 addresses,
+                left_out: Vec::new(),
             })
         })
         .collect();
@@ -174,7 +178,12 @@ fn choose(addrs: &Value, routes: &Value, routes6: &Value) -> Option<Plugged> {
         .iter()
         .position(|p| Some(&p.name) == default_dev.as_ref())
         .unwrap_or(0);
-    (!candidates.is_empty()).then(|| candidates.swap_remove(preferred))
+    if candidates.is_empty() {
+        return None;
+    }
+    let mut chosen = candidates.remove(preferred);
+    chosen.left_out = candidates.into_iter().map(|p| p.name).collect();
+    Some(chosen)
 }
 
 /// An address family as `ip -j` prints it: IPv4 or IPv6.
@@ -412,7 +421,9 @@ mod tests {
              "addr_info": [{"family": "inet", "local": "10.2.0.2", "prefixlen": 24}]}
         ]);
         let routes = json!([{"dst": "default", "gateway": "10.2.0.1", "dev": "eth1"}]);
-        assert_eq!(choose(&addrs, &routes, &json!([])).unwrap().name, "eth1");
+        let chosen = choose(&addrs, &routes, &json!([])).unwrap();
+        assert_eq!(chosen.name, "eth1");
+        assert_eq!(chosen.left_out, ["eth0"], "the other one is named");
     }
 
     /// Needs root: a real namespace with a veth and a tap, wired and

@@ -438,10 +438,29 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         !links.contains("tap0_hull") && !links.contains("veth"),
         "left after a killed shim: {links}"
     );
-    let jailer: i32 = jailer.parse().expect("a pid");
-    // SAFETY: kill() with signal 0 only asks whether the pid exists.
-    let alive = unsafe { libc::kill(jailer, 0) } == 0;
-    assert!(!alive, "the jailer {jailer} outlived its shim");
+    // The jailer's supervisor, orphaned by the shim, is gone (or a zombie
+    // waiting for the host's init to reap it).
+    let ended = hull_tests::poll::try_poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || match std::fs::read_to_string(format!("/proc/{jailer}/stat")) {
+            Err(_) => Ok(()),
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    == Some("Z") =>
+            {
+                Ok(())
+            }
+            Ok(stat) => Err(stat),
+        },
+    );
+    assert!(
+        ended.is_ok(),
+        "the jailer {jailer} outlived its shim: {ended:?}"
+    );
 
     // A namespace path that does not exist: refused naming it, nothing left.
     let out = docker.containerd().ctr(&[

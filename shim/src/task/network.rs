@@ -91,6 +91,14 @@ impl SandboxNetwork {
                     plugged.mac,
                     plugged.addresses
                 );
+                if !plugged.left_out.is_empty() {
+                    log::warn!(
+                        "{id}: interfaces {:?} are not given to the guest: a sandbox has one \
+                         network interface, {}",
+                        plugged.left_out,
+                        plugged.name
+                    );
+                }
             }
             None => log::info!("{id}: no network interface in the sandbox: loopback only"),
         }
@@ -254,6 +262,7 @@ mod tests {
                     gateway: None,
                 },
             ],
+            left_out: Vec::new(),
         };
         let wire = wire_interface(&plugged);
         let addresses: Vec<_> = wire
