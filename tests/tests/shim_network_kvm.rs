@@ -77,13 +77,10 @@ the guest's view: {view}"
         )
     });
     assert!(answer.contains("hello-by-name"), "{answer}");
-    let fetch = format!(
-        "for i in $(seq 60); do wget -qO- http://[{runc_v6}]/ && exit 0; sleep 0.5; done; exit 1"
-    );
-    let got = docker.docker(&["exec", "named", "sh", "-c", &fetch]);
+    let got = fetch_in(docker, "named", &format!("[{runc_v6}]"));
     assert!(
-        stdout_ok(&got, "hull -> runc over IPv6").contains("hello-from-runc-by-name"),
-        "{got:?}"
+        got.contains("hello-from-runc-by-name"),
+        "hull -> runc over IPv6: {got}"
     );
 }
 
@@ -190,14 +187,8 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
     ]);
     stdout_ok(&out, "docker run -d (runc)");
     let runc_ip = inspect(&docker, "{{.NetworkSettings.IPAddress}}", "neighbour");
-    let fetch = format!(
-        "for i in $(seq 60); do wget -qO- http://{runc_ip}/ && exit 0; sleep 0.5; done; exit 1"
-    );
-    let got = docker.docker(&["exec", "web", "sh", "-c", &fetch]);
-    assert!(
-        stdout_ok(&got, "hull -> runc").contains("hello-from-runc"),
-        "{got:?}"
-    );
+    let got = fetch_in(&docker, "web", &runc_ip);
+    assert!(got.contains("hello-from-runc"), "hull -> runc: {got}");
     let url = format!("http://{hull_ip}/");
     let got = docker.docker(&[
         "run",
@@ -337,130 +328,29 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         "a veth is left in the bridge's namespace: {links}"
     );
 
-    // A networked container whose VMM is SIGKILLed: the task ends, and
-    // after `docker rm` nothing of its network is left either.
-    let out = docker.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "victim",
-        "--runtime",
-        "hull",
-        DOCKER_IMAGE,
-        "sleep",
-        "600",
-    ]);
-    stdout_ok(&out, "docker run -d victim");
-    let jailer = inspect(&docker, "{{.State.Pid}}", "victim");
-    let children = std::fs::read_to_string(format!("/proc/{jailer}/task/{jailer}/children"))
-        .expect("the jailer's children");
-    let vmm: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no VMM under the jailer {jailer}: {children:?}"));
-    // SAFETY: kill() with a pid and a signal number; no pointers.
-    let killed = unsafe { libc::kill(vmm, libc::SIGKILL) };
-    assert_eq!(killed, 0, "kill -9 {vmm}");
-    let ended = hull_tests::poll::try_poll_until(
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || match inspect(&docker, "{{.State.Running}}", "victim").as_str() {
-            "false" => Ok(()),
-            _ => Err(()),
-        },
-    );
-    assert!(
-        ended.is_ok(),
-        "the container still runs after its VMM was killed"
-    );
-    stdout_ok(
-        &docker.docker(&["rm", "-f", "victim"]),
-        "docker rm -f victim",
-    );
-    docker.assert_nothing_left();
-    let links = ip(&["-o", "link"]);
-    assert!(
-        !links.contains("tap0_hull") && !links.contains("veth"),
-        "left after a killed VMM: {links}"
-    );
-
-    // The same with the shim SIGKILLed: containerd's `shim delete` takes
-    // the VM down, Docker sees the task end and takes its network down.
-    let out = docker.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "orphan",
-        "--runtime",
-        "hull",
-        DOCKER_IMAGE,
-        "sleep",
-        "600",
-    ]);
-    stdout_ok(&out, "docker run -d orphan");
-    let jailer = inspect(&docker, "{{.State.Pid}}", "orphan");
-    let stat = std::fs::read_to_string(format!("/proc/{jailer}/stat")).expect("the jailer's stat");
-    let shim: i32 = stat
-        .rsplit(')')
-        .next()
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|ppid| ppid.parse().ok())
-        .unwrap_or_else(|| panic!("no parent in {stat:?}"));
-    let shim_exe = std::fs::read_link(format!("/proc/{shim}/exe")).expect("the shim's exe");
-    assert!(
-        shim_exe.ends_with("containerd-shim-hull-v2"),
-        "the jailer's parent {shim} is {}",
-        shim_exe.display()
-    );
-    // SAFETY: kill() with a pid and a signal number; no pointers.
-    let killed = unsafe { libc::kill(shim, libc::SIGKILL) };
-    assert_eq!(killed, 0, "kill -9 {shim}");
-    let ended = hull_tests::poll::try_poll_until(
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || match inspect(&docker, "{{.State.Running}}", "orphan").as_str() {
-            "false" => Ok(()),
-            _ => Err(()),
-        },
-    );
-    assert!(
-        ended.is_ok(),
-        "the container still runs after its shim was killed"
-    );
-    stdout_ok(
-        &docker.docker(&["rm", "-f", "orphan"]),
-        "docker rm -f orphan",
-    );
-    docker.assert_nothing_left();
-    let links = ip(&["-o", "link"]);
-    assert!(
-        !links.contains("tap0_hull") && !links.contains("veth"),
-        "left after a killed shim: {links}"
-    );
-    // The jailer's supervisor, orphaned by the shim, is gone (or a zombie
-    // waiting for the host's init to reap it).
-    let ended = hull_tests::poll::try_poll_until(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || match std::fs::read_to_string(format!("/proc/{jailer}/stat")) {
-            Err(_) => Ok(()),
-            Ok(stat)
-                if stat
-                    .rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().next())
-                    == Some("Z") =>
-            {
-                Ok(())
-            }
-            Ok(stat) => Err(stat),
-        },
-    );
-    assert!(
-        ended.is_ok(),
-        "the jailer {jailer} outlived its shim: {ended:?}"
-    );
+    // A networked container whose VMM is SIGKILLed, then one whose shim
+    // is: the task ends (containerd's `shim delete` takes the VM down after
+    // a shim), Docker takes its network down, and after `docker rm` nothing
+    // of it is left, the orphaned jailer included.
+    killed_under_a_networked_container(&docker, "victim", "VMM", |jailer| {
+        let children = std::fs::read_to_string(format!("/proc/{jailer}/task/{jailer}/children"))
+            .expect("the jailer's children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no VMM under the jailer {jailer}: {children:?}"))
+    });
+    killed_under_a_networked_container(&docker, "orphan", "shim", |jailer| {
+        let shim = parent_of(jailer);
+        let exe = std::fs::read_link(format!("/proc/{shim}/exe")).expect("the shim's exe");
+        assert!(
+            exe.ends_with("containerd-shim-hull-v2"),
+            "the jailer's parent {shim} is {}",
+            exe.display()
+        );
+        shim
+    });
 
     // A namespace path that does not exist: refused naming it, nothing left.
     let out = docker.containerd().ctr(&[
@@ -480,6 +370,98 @@ fn docker_bridge_published_port_and_a_runc_neighbour_kvm() {
         "ctr run with a missing netns: {out:?}"
     );
     docker.assert_nothing_left();
+}
+
+/// What `container` fetches from `http://HOST/` with busybox wget, trying
+/// for up to 30 s (the server may still be starting).
+fn fetch_in(docker: &Docker, container: &str, host: &str) -> String {
+    let fetch = format!(
+        "for i in $(seq 60); do wget -qO- http://{host}/ && exit 0; sleep 0.5; done; exit 1"
+    );
+    let got = docker.docker(&["exec", container, "sh", "-c", &fetch]);
+    stdout_ok(&got, &format!("{container} fetching from {host}"))
+}
+
+/// Runs a networked container `name`, SIGKILLs the process `victim` picks
+/// from the jailer's pid (`what` names it), and checks that the container
+/// ends and, once removed, leaves no tap, veth or jailer behind.
+fn killed_under_a_networked_container(
+    docker: &Docker,
+    name: &str,
+    what: &str,
+    victim: impl FnOnce(i32) -> i32,
+) {
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--runtime",
+        "hull",
+        DOCKER_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    stdout_ok(&out, &format!("docker run -d {name}"));
+    let jailer: i32 = inspect(docker, "{{.State.Pid}}", name)
+        .parse()
+        .expect("the task's pid");
+    let pid = victim(jailer);
+    // SAFETY: kill() with a pid and a signal number; no pointers.
+    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill -9 {pid} ({what})");
+    let ended = hull_tests::poll::try_poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || match inspect(docker, "{{.State.Running}}", name).as_str() {
+            "false" => Ok(()),
+            _ => Err(()),
+        },
+    );
+    assert!(
+        ended.is_ok(),
+        "{name} still runs after its {what} was killed"
+    );
+    stdout_ok(
+        &docker.docker(&["rm", "-f", name]),
+        &format!("docker rm -f {name}"),
+    );
+    docker.assert_nothing_left();
+    let links = ip(&["-o", "link"]);
+    assert!(
+        !links.contains("tap0_hull") && !links.contains("veth"),
+        "left after a killed {what}: {links}"
+    );
+    // The jailer's supervisor is gone (or, orphaned by a killed shim, a
+    // zombie waiting for the host's init to reap it).
+    let gone = hull_tests::poll::try_poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || match std::fs::read_to_string(format!("/proc/{jailer}/stat")) {
+            Err(_) => Ok(()),
+            Ok(stat) if state_of(&stat) == Some("Z") => Ok(()),
+            Ok(stat) => Err(stat),
+        },
+    );
+    assert!(
+        gone.is_ok(),
+        "the jailer {jailer} outlived its {what}: {gone:?}"
+    );
+}
+
+/// The state letter in a `/proc/PID/stat` line.
+fn state_of(stat: &str) -> Option<&str> {
+    stat.rsplit(')').next()?.split_whitespace().next()
+}
+
+/// The parent of process `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("a process's stat");
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .unwrap_or_else(|| panic!("no parent in {stat:?}"))
 }
 
 /// Where host-local keeps the addresses of the CNI network ./setup.sh
