@@ -8,6 +8,7 @@
 //! VMM's event loop thread.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod state;
