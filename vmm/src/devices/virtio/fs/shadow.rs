@@ -217,7 +217,7 @@ impl ShadowQueue {
             self.next_used = self.next_used.wrapping_add(1);
             let slot = (id / 2) as usize;
             let in_flight = match self.slots.get_mut(slot) {
-                Some(s) if id % 2 == 0 && s.is_some() => s.take().expect("checked"),
+                Some(s) if id.is_multiple_of(2) && s.is_some() => s.take().expect("checked"),
                 _ => {
                     guest_warn!("virtio-fs: the backend returned descriptor {id}, which heads no request in flight");
                     continue;
