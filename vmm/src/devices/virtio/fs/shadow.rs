@@ -118,6 +118,16 @@ impl ShadowQueue {
         (&self.file, size)
     }
 
+    /// Where the region is mapped in this process: the `userspace_addr`
+    /// of the memory table, and the base of the ring addresses a vhost-user
+    /// frontend sends.
+    pub fn host_address(&self) -> u64 {
+        use vm_memory::GuestMemoryBackend;
+        self.mem
+            .get_host_address(GuestAddress(0))
+            .expect("the region starts at 0") as u64
+    }
+
     /// The queue size the backend is told (`SET_VRING_NUM`).
     pub fn size(&self) -> u16 {
         2 * self.slots.len() as u16

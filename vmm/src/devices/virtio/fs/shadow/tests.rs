@@ -221,3 +221,137 @@ fn a_lying_backend_cannot_return_what_is_not_in_flight_or_overflow_the_guest() {
     backend.serve();
     assert_eq!(queue.complete(&guest).unwrap(), [(5, 0)]);
 }
+
+/// Needs root and virtiofsd (`HULL_VIRTIOFSD`, else `virtiofsd` on PATH):
+/// the real backend, connected through the rust-vmm vhost-user frontend
+/// and given only the shadow region, answers a guest's FUSE_INIT.
+#[test]
+fn needs_root_virtiofsd_answers_through_the_shadow_queue() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::VhostUserProtocolFeatures;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let virtiofsd = std::env::var("HULL_VIRTIOFSD").unwrap_or_else(|_| "virtiofsd".into());
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "hi").unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let mut daemon = std::process::Command::new(&virtiofsd)
+        .arg("--shared-dir")
+        .arg(&share)
+        .arg("--socket-path")
+        .arg(&socket)
+        .args([
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+            "--cache",
+            "auto",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs virtiofsd ({virtiofsd}): {e}"));
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let mut queue = ShadowQueue::new(8, 0x4000).unwrap();
+    let mut frontend = Frontend::connect(&socket, 2).expect("connecting to virtiofsd");
+    frontend.set_owner().unwrap();
+    let features = frontend.get_features().unwrap();
+    let wanted = features & (1 << 32 | 1 << 30);
+    frontend.set_features(wanted).unwrap();
+    frontend
+        .set_protocol_features(VhostUserProtocolFeatures::empty())
+        .unwrap();
+    let (file, size) = queue.region();
+    let (base, fd) = (queue.host_address(), file.as_raw_fd());
+    frontend
+        .set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: size,
+            userspace_addr: base,
+            mmap_offset: 0,
+            mmap_handle: fd,
+        }])
+        .unwrap();
+    let kicks: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let calls: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let q = queue.size();
+    let (desc_at, avail_at, used_at) = queue.ring_addresses();
+    // Queue 1 is the first request queue; the hiprio queue (0) is left
+    // unconfigured, which virtiofsd accepts.
+    for index in 1..2 {
+        frontend.set_vring_num(index, q).unwrap();
+        frontend
+            .set_vring_addr(
+                index,
+                &VringConfigData {
+                    queue_max_size: q,
+                    queue_size: q,
+                    flags: 0,
+                    desc_table_addr: base + desc_at,
+                    used_ring_addr: base + used_at,
+                    avail_ring_addr: base + avail_at,
+                    log_addr: None,
+                },
+            )
+            .unwrap();
+        frontend.set_vring_base(index, 0).unwrap();
+        frontend.set_vring_call(index, &calls[index]).unwrap();
+        frontend.set_vring_kick(index, &kicks[index]).unwrap();
+        frontend.set_vring_enable(index, true).unwrap();
+    }
+
+    // FUSE_INIT as a guest sends it: in-header + init_in, then room for
+    // the answer.
+    let guest = guest();
+    let mut init = Vec::new();
+    for v in [104u32, 26] {
+        init.extend_from_slice(&v.to_le_bytes()); // len, opcode
+    }
+    init.extend_from_slice(&1u64.to_le_bytes()); // unique
+    init.extend_from_slice(&[0u8; 24]); // nodeid, uid, gid, pid, extlen
+    for v in [7u32, 31, 0, 0, 0] {
+        init.extend_from_slice(&v.to_le_bytes()); // major, minor, ...
+    }
+    init.resize(104, 0);
+    guest.write_slice(&init, GuestAddress(0x1000)).unwrap();
+    queue
+        .submit(&guest, 0, &[desc(0x1000, 104, 0), desc(0x8000, 0x1000, W)])
+        .unwrap();
+    kicks[1].write(1).unwrap();
+    let mut done = Vec::new();
+    for _ in 0..200 {
+        done = queue.complete(&guest).unwrap();
+        if !done.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(done.len(), 1, "virtiofsd answered nothing");
+    let (head, len) = done[0];
+    assert_eq!(head, 0);
+    let mut out = vec![0u8; len as usize];
+    guest.read_slice(&mut out, GuestAddress(0x8000)).unwrap();
+    let error = i32::from_le_bytes(out[4..8].try_into().unwrap());
+    let major = u32::from_le_bytes(out[16..20].try_into().unwrap());
+    assert_eq!((error, major), (0, 7), "FUSE_INIT's answer: {out:?}");
+    assert!(
+        calls[1].read().is_ok(),
+        "virtiofsd signalled the call eventfd"
+    );
+}
