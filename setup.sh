@@ -14,6 +14,7 @@ install_deps
 install_containerd
 install_trixie_engines
 install_cni
+install_virtiofsd
 say "building hull (release; hull-vmm static and size-optimised)"
 cargo build -q --release -p hull -p hull-jailer -p hull-shim
 vmm=$(build_static_bin hull-vmm)
@@ -38,6 +39,7 @@ jailer = "/usr/local/bin/hull-jailer"
 kernel = "/usr/local/share/hull/vmlinux-up"
 kernel_smp = "/usr/local/share/hull/vmlinux"
 initramfs = "/usr/local/share/hull/initramfs.cpio"
+virtiofsd = "/usr/local/bin/virtiofsd"
 vcpus = 1
 memory_mib = 256
 jail = true

@@ -18,6 +18,7 @@ say "container engines: containerd 1.6 + runc (bookworm), containerd 1.7 + Docke
 install_containerd
 install_trixie_engines
 install_cni
+install_virtiofsd
 engines_env
 
 say "build"

@@ -80,6 +80,26 @@ pub struct NetConfig {
     pub mac: Option<String>,
 }
 
+/// The shared-directory device: virtio-fs, its requests relayed to a
+/// vhost-user backend (virtiofsd) through a region of the VMM's own (the
+/// backend never maps guest memory, so a VM restored copy-on-write from a
+/// template can share a directory too).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag the guest mounts it by (`mount -t virtiofs TAG DIR`): 1 to
+    /// 36 bytes.
+    pub tag: String,
+    /// The backend's vhost-user socket, connected when the VMM starts.
+    /// `None`: the device is there (a template's slot) but shares nothing;
+    /// every request it gets fails with EIO.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+/// The tag of the one share hull gives a sandbox.
+pub const SHARE_TAG: &str = "hull-share";
+
 /// What happens on a syscall outside a VMM thread's seccomp list.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +155,9 @@ pub struct VmConfig {
     /// A virtio-net device on a tap, after the drives and vsock.
     #[serde(default)]
     pub net: Option<NetConfig>,
+    /// A virtio-fs device, after the network device.
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
     /// The control socket (status, pause, resume, shutdown).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -176,6 +199,7 @@ impl VmConfig {
             drives: Vec::new(),
             vsock: None,
             net: None,
+            fs: None,
             api_socket: None,
             seccomp: SeccompMode::Enforce,
             snapshot_file: None,
@@ -216,6 +240,10 @@ mod tests {
         config.net = Some(NetConfig {
             tap: TapConfig::Fd(3),
             mac: Some("02:00:00:00:00:01".into()),
+        });
+        config.fs = Some(FsConfig {
+            tag: SHARE_TAG.into(),
+            socket: Some("/run/vfs.sock".into()),
         });
         config.console = Console::File("/run/console.log".into());
         config.seccomp = SeccompMode::Log;

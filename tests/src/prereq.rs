@@ -98,6 +98,16 @@ pub fn probe_initramfs() -> PathBuf {
 }
 
 /// `/dev/kvm`, readable and writable by this process.
+/// virtiofsd, the backend of the shared directory (`install_virtiofsd`
+/// in scripts/common.sh).
+pub fn virtiofsd() -> PathBuf {
+    file_from_env(
+        "HULL_VIRTIOFSD",
+        "virtiofsd",
+        "./test.sh installs it (install_virtiofsd in scripts/common.sh)",
+    )
+}
+
 pub fn require_kvm() {
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)

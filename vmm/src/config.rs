@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub use hull_protocol::vmm_config::{Console, NetConfig, TapConfig, VmConfig};
+pub use hull_protocol::vmm_config::{Console, FsConfig, NetConfig, TapConfig, VmConfig};
 
 use crate::arch::mptable;
 use crate::devices::virtio::net::parse_mac;
@@ -115,6 +115,9 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
     if let Some(net) = &config.net {
         validate_net(net)?;
     }
+    if let Some(fs) = &config.fs {
+        validate_fs(fs)?;
+    }
     if let Some(api) = &config.api_socket {
         socket_path("api_socket", api, 0)?;
     }
@@ -186,6 +189,31 @@ fn validate_net(net: &NetConfig) -> Result<(), ConfigError> {
     }
     if let Some(mac) = &net.mac {
         parse_mac(mac).map_err(|reason| invalid("net.mac", reason))?;
+    }
+    Ok(())
+}
+
+/// The tag fits the config space (36 bytes, virtio 1.2, 5.11.4) and is
+/// text a `mount` command can name; the socket is a socket path.
+fn validate_fs(fs: &FsConfig) -> Result<(), ConfigError> {
+    if fs.tag.is_empty()
+        || fs.tag.len() > crate::devices::virtio::fs::TAG_LEN
+        || !fs
+            .tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(
+            "fs.tag",
+            format!(
+                "{:?} is not a tag (1 to {} letters, digits, '-', '_' or '.')",
+                fs.tag,
+                crate::devices::virtio::fs::TAG_LEN
+            ),
+        ));
+    }
+    if let Some(socket) = &fs.socket {
+        socket_path("fs.socket", socket, 0)?;
     }
     Ok(())
 }
@@ -359,6 +387,31 @@ mod tests {
                 ..base(dir.path())
             }),
             "kernel_args"
+        );
+    }
+
+    #[test]
+    fn fs_tags_and_sockets_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_fs = |tag: &str, socket: Option<PathBuf>| VmConfig {
+            fs: Some(FsConfig {
+                tag: tag.into(),
+                socket,
+            }),
+            ..base(dir.path())
+        };
+        let field_of = |c: VmConfig| match validate(&c) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        validate(&with_fs("hull-share", Some(dir.path().join("vfs.sock")))).unwrap();
+        validate(&with_fs("x", None)).unwrap();
+        for tag in ["", "a b", "a/b", &"t".repeat(37)] {
+            assert_eq!(field_of(with_fs(tag, None)), "fs.tag", "{tag:?}");
+        }
+        assert_eq!(
+            field_of(with_fs("t", Some(dir.path().join("no/such/dir/s")))),
+            "fs.socket"
         );
     }
 

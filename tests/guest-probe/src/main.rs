@@ -26,6 +26,7 @@
 mod drive;
 mod rebind;
 mod report;
+mod share;
 mod vectors;
 mod vsock;
 
@@ -52,6 +53,9 @@ fn main() {
     }
     if env("HULL_PROBE_BLK_RO").as_deref() == Some("1") {
         drive::probe("vdb", &mut report);
+    }
+    if let Some(tag) = env("HULL_PROBE_FS") {
+        share::probe(&tag, &mut report);
     }
     if env("HULL_PROBE_VECTORS").as_deref() == Some("1") {
         vectors::probe(&mut report);

@@ -24,6 +24,7 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{ConsoleSink, ConsoleTail, SerialConsole};
 use crate::devices::legacy::IrqTrigger;
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Backend, Fs, FsError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{self, tap, Net, NetConfig, NetError, TapError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -100,6 +101,8 @@ pub enum BuildError {
     Tap(#[source] TapError),
     #[error("the network device")]
     Net(#[source] NetError),
+    #[error("the shared-directory device (virtio-fs)")]
+    Fs(#[source] FsError),
     #[error("virtio device setup")]
     Virtio(#[source] crate::devices::virtio::VirtioError),
     #[error("too many devices: no IRQ left after {0}")]
@@ -520,7 +523,7 @@ struct Devices {
 }
 
 /// The serial console and the i8042 on port I/O, then the virtio devices
-/// of `config` (drives, then vsock, then net) on MMIO, each subscribed to
+/// of `config` (drives, then vsock, net, fs) on MMIO, each subscribed to
 /// the event loop and added to `cmdline`.
 fn attach_devices(
     vm: &Vm,
@@ -555,6 +558,9 @@ fn attach_devices(
     if let Some(net) = &config.net {
         virtio.attach(Arc::new(Mutex::new(net_device(net)?)))?;
     }
+    if let Some(fs) = &config.fs {
+        virtio.attach(Arc::new(Mutex::new(fs_device(fs)?)))?;
+    }
     let slots = std::mem::take(&mut virtio.slots);
     Ok(Devices {
         pio,
@@ -584,6 +590,20 @@ fn net_device(config: &NetConfig) -> Result<Net, BuildError> {
         net::format_mac(&mac)
     );
     Net::new(tap, mac).map_err(BuildError::Net)
+}
+
+/// The virtio-fs device, connected to its backend here: before seccomp,
+/// which forbids making connections.
+fn fs_device(config: &crate::config::FsConfig) -> Result<Fs, BuildError> {
+    let backend = match &config.socket {
+        Some(socket) => Some(
+            Backend::connect(socket)
+                .map_err(FsError::Backend)
+                .map_err(BuildError::Fs)?,
+        ),
+        None => None,
+    };
+    Fs::new(&config.tag, backend).map_err(BuildError::Fs)
 }
 
 /// The port-I/O bus: the serial console (its output as `config` says, its

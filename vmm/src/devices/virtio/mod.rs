@@ -30,6 +30,7 @@ use crate::vstate::memory::GuestMemoryMmap;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// Feature bit every hull device offers: the modern (1.0+) interface.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

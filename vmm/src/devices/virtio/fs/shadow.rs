@@ -66,12 +66,24 @@ pub enum ShadowError {
 
 /// A request in flight: where its answer goes in the guest.
 struct InFlight {
-    /// The guest chain's head, to return it.
-    head: u16,
+    /// The caller's name for the guest chain (its queue and head).
+    token: u32,
     /// The guest's writable descriptors, in order.
     writable: Vec<(GuestAddress, u32)>,
+    /// Where the readable part starts in the region.
+    in_at: u64,
     /// Where the writable part starts in the region.
     out_at: u64,
+}
+
+/// A request the backend will never answer (see [`ShadowQueue::abandon`]).
+pub struct Abandoned {
+    pub token: u32,
+    /// The first bytes of the request (a FUSE request's in-header starts
+    /// with its length, opcode and unique id).
+    pub head: [u8; 16],
+    /// The guest's writable descriptors, in order.
+    pub writable: Vec<(GuestAddress, u32)>,
 }
 
 /// A shadow virtqueue of `slots` requests of up to `slot_bytes` each.
@@ -143,12 +155,13 @@ impl ShadowQueue {
         self.slots.iter().any(Option::is_none)
     }
 
-    /// Puts the guest request `head` (its descriptors `descs`, read from
-    /// `guest`) on the shadow queue. The caller kicks the backend.
+    /// Puts a guest request (its descriptors `descs`, read from `guest`)
+    /// on the shadow queue, under the caller's `token`. The caller kicks
+    /// the backend.
     pub fn submit(
         &mut self,
         guest: &GuestMemoryMmap,
-        head: u16,
+        token: u32,
         descs: &[Descriptor],
     ) -> Result<(), ShadowError> {
         let (mut readable, mut writable) = (0u64, Vec::new());
@@ -203,7 +216,8 @@ impl ShadowQueue {
         fence(Ordering::Release);
         self.write(&self.next_avail.to_le_bytes(), AVAIL_AT + 2)?;
         self.slots[slot] = Some(InFlight {
-            head,
+            token,
+            in_at: base,
             writable,
             out_at: at,
         });
@@ -211,11 +225,11 @@ impl ShadowQueue {
     }
 
     /// The requests the backend returned since the last call: their
-    /// answers copied into the guest's writable descriptors; each as the
-    /// guest head and the bytes written, for the guest's used ring. A used
+    /// answers copied into the guest's writable descriptors; each as its
+    /// token and the bytes written, for the guest's used ring. A used
     /// entry naming no request in flight is skipped with a warning: the
     /// requests returned with it must still reach the guest.
-    pub fn complete(&mut self, guest: &GuestMemoryMmap) -> Result<Vec<(u16, u32)>, ShadowError> {
+    pub fn complete(&mut self, guest: &GuestMemoryMmap) -> Result<Vec<(u32, u32)>, ShadowError> {
         let used_idx: u16 = self.read_obj(USED_AT + 2)?;
         // The entries after the index the backend published them with.
         fence(Ordering::Acquire);
@@ -233,9 +247,28 @@ impl ShadowQueue {
                     continue;
                 }
             };
-            done.push((in_flight.head, self.copy_back(guest, &in_flight, len)?));
+            done.push((in_flight.token, self.copy_back(guest, &in_flight, len)?));
         }
         Ok(done)
+    }
+
+    /// Every request still in flight, taken back: for when the backend is
+    /// gone and the caller answers them itself.
+    pub fn abandon(&mut self) -> Vec<Abandoned> {
+        let mut abandoned = Vec::new();
+        for in_flight in self.slots.iter_mut().filter_map(Option::take) {
+            let mut head = [0u8; 16];
+            // The slot is inside the region: cannot fail; zeros if it did.
+            let _ = self
+                .mem
+                .read_slice(&mut head, GuestAddress(in_flight.in_at));
+            abandoned.push(Abandoned {
+                token: in_flight.token,
+                head,
+                writable: in_flight.writable,
+            });
+        }
+        abandoned
     }
 
     /// Copies up to `len` answer bytes (no more than the guest offered)

@@ -140,7 +140,7 @@ fn slots_run_out_and_come_back_around_the_ring() {
     let mut queue = ShadowQueue::new(2, 0x100).unwrap();
     let mut backend = Backend::of(&queue);
     let chain = [desc(0x1000, 4, 0), desc(0x2000, 4, W)];
-    for round in 0..10u16 {
+    for round in 0..10u32 {
         queue.submit(&guest, 2 * round, &chain).unwrap();
         queue.submit(&guest, 2 * round + 1, &chain).unwrap();
         assert!(!queue.has_room());
@@ -149,7 +149,7 @@ fn slots_run_out_and_come_back_around_the_ring() {
             Err(ShadowError::Full)
         ));
         assert_eq!(backend.serve().len(), 2);
-        let heads: Vec<u16> = queue
+        let heads: Vec<u32> = queue
             .complete(&guest)
             .unwrap()
             .into_iter()
@@ -354,4 +354,23 @@ fn needs_root_virtiofsd_answers_through_the_shadow_queue() {
         calls[1].read().is_ok(),
         "virtiofsd signalled the call eventfd"
     );
+}
+
+#[test]
+fn abandoned_requests_come_back_with_their_head() {
+    let guest = guest();
+    let mut queue = ShadowQueue::new(2, 0x100).unwrap();
+    guest
+        .write_slice(b"0123456789abcdefXYZ", GuestAddress(0x1000))
+        .unwrap();
+    queue
+        .submit(&guest, 7, &[desc(0x1000, 19, 0), desc(0x2000, 8, W)])
+        .unwrap();
+    let abandoned = queue.abandon();
+    assert_eq!(abandoned.len(), 1);
+    assert_eq!(abandoned[0].token, 7);
+    assert_eq!(&abandoned[0].head, b"0123456789abcdef");
+    assert_eq!(abandoned[0].writable, [(GuestAddress(0x2000), 8)]);
+    assert!(queue.has_room(), "abandoned slots are free again");
+    assert!(queue.abandon().is_empty());
 }
