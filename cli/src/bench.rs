@@ -268,6 +268,7 @@ pub fn boot_bench(
         snapshot_file: None,
         restore_from: None,
         network: None,
+        fs: None,
     };
     let timeout = Duration::from_secs(args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -367,6 +368,7 @@ fn compare(
         snapshot_file: None,
         restore_from: None,
         network: None,
+        fs: None,
         ..spec.clone()
     };
     let cmdline = kernel_cmdline::probe(

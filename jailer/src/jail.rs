@@ -114,6 +114,7 @@ impl Plan {
             .iter()
             .map(|p| (p, false))
             .chain(args.read_write.iter().map(|p| (p, true)))
+            .chain(args.sockets.iter().map(|p| (p, true)))
         {
             let meta = std::fs::metadata(path).map_err(io_err("stat", path))?;
             if meta.file_type().is_block_device() {

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! hull-jailer --id ID --exec-file /usr/local/bin/hull-vmm --run-dir DIR
-//!     [--uid U --gid G] [--ro PATH]... [--rw PATH]... [--netns PATH] [--tap NAME]
+//!     [--uid U --gid G] [--ro PATH]... [--rw PATH]... [--socket PATH]...
+//!     [--netns PATH] [--tap NAME]
 //!     [--memory-bytes N] [--pids-max N] [--cpu-quota-us Q --cpu-period-us P]
 //!     -- VMM ARGS...
 //! ```
@@ -74,6 +75,11 @@ pub struct Args {
     /// the jail's uid (the host's node is left as it is). Repeatable.
     #[arg(long = "rw")]
     pub read_write: Vec<PathBuf>,
+    /// A Unix socket the VMM connects to (a vhost-user backend's, such as
+    /// virtiofsd's), bind-mounted at its own path and handed to the jail's
+    /// uid. Repeatable.
+    #[arg(long = "socket")]
+    pub sockets: Vec<PathBuf>,
     /// The network namespace the sandbox lives in (a bind-mounted
     /// namespace file, e.g. a CNI or CRI netns); by default a new, empty
     /// one.
@@ -200,6 +206,7 @@ fn validate(args: &Args) -> Result<(), JailerError> {
         File,
         Dir,
         Disk,
+        Socket,
     }
     let check = |flag, path: &PathBuf, kind: Kind| {
         let bad = |reason| JailerError::BadPath {
@@ -217,6 +224,9 @@ fn validate(args: &Args) -> Result<(), JailerError> {
             Ok(m) if kind == Kind::Disk && !(m.is_file() || m.file_type().is_block_device()) => {
                 Err(bad("is neither a regular file nor a block device"))
             }
+            Ok(m) if kind == Kind::Socket && !m.file_type().is_socket() => {
+                Err(bad("is not a Unix socket"))
+            }
             Ok(_) => Ok(()),
         }
     };
@@ -227,6 +237,9 @@ fn validate(args: &Args) -> Result<(), JailerError> {
     }
     for path in &args.read_write {
         check("rw", path, Kind::Disk)?;
+    }
+    for path in &args.sockets {
+        check("socket", path, Kind::Socket)?;
     }
     if let Some(netns) = &args.netns {
         // A namespace file is a regular file to stat; setns tells it apart.

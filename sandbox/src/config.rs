@@ -50,6 +50,8 @@ pub struct ShimConfig {
     pub kernel_smp: PathBuf,
     /// The agent initramfs.
     pub initramfs: PathBuf,
+    /// virtiofsd, which serves a sandbox's host bind mounts to its guest.
+    pub virtiofsd: PathBuf,
     /// vCPUs when the spec sets no CPU limit.
     pub vcpus: u8,
     /// Guest RAM when the spec sets no memory limit.
@@ -100,6 +102,7 @@ impl Default for ShimConfig {
             kernel: "/usr/local/share/hull/vmlinux-up".into(),
             kernel_smp: "/usr/local/share/hull/vmlinux".into(),
             initramfs: "/usr/local/share/hull/initramfs.cpio".into(),
+            virtiofsd: "/usr/local/bin/virtiofsd".into(),
             vcpus: 1,
             memory_mib: 256,
             memory_overhead_mib: 96,

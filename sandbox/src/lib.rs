@@ -7,6 +7,7 @@
 //!   config, sockets, log and exit; [`hybrid_vsock`] and [`agent_client`]:
 //!   the way to the guest agent; [`vm::Sandbox`]: both together, watched;
 //!   [`network`]: the sandbox's network namespace wired to the VM's tap;
+//! - [`share`]: the shared directory (host bind mounts, virtiofsd);
 //! - [`state`]: state directories and the cleanup after a crash;
 //! - [`config`]: hull's config file; [`template`]: VM templates, the
 //!   snapshots of a booted VM that sandboxes start from.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod hybrid_vsock;
 pub mod network;
 pub mod policy;
+pub mod share;
 pub mod spec;
 pub mod state;
 pub mod template;

@@ -25,8 +25,8 @@ pub fn jail_id(state_dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Removes what a sandbox left on the host: `files`, its state directory
-/// and its host cgroups (the jailer's supervisor removes those when it
+/// Removes what a sandbox left on the host: `files`, its state directory,
+/// its shared directory (virtiofsd, the bind mounts) and its host cgroups (the jailer's supervisor removes those when it
 /// ends normally; not when it was killed). SIGKILLs whatever still runs in
 /// the cgroups first and waits up to `limit` for them to empty.
 pub async fn remove_leftovers(state_dir: &Path, files: &[PathBuf], limit: Duration) {
@@ -34,6 +34,8 @@ pub async fn remove_leftovers(state_dir: &Path, files: &[PathBuf], limit: Durati
         let _ = std::fs::remove_file(file);
     }
     let _ = std::fs::remove_dir_all(state_dir);
+    let share = crate::share::share_dir_for(state_dir);
+    let _ = tokio::task::spawn_blocking(move || crate::share::remove_leftovers(&share)).await;
     let jail = jail_id(state_dir);
     if jail.is_empty() {
         return;

@@ -13,13 +13,15 @@
 //! <id>.lock            held while the template is built
 //! ```
 //!
-//! The template VM has the device layout every restored sandbox gets: two
-//! disks (serials `rootfs` and `binds`, both read-write, empty while the
-//! template boots, so its kernel caches nothing of them), vsock, and a
-//! network device on a tap in a namespace of the template's own. A
-//! restored sandbox puts its own files in the disk slots (the guest learns
-//! their sizes from a configuration interrupt) and its own tap, made by
-//! its jailer in its own namespace, behind the network device.
+//! The template VM has the device layout every restored sandbox gets: one
+//! disk (serial `rootfs`, read-write, empty while the template boots, so
+//! its kernel caches nothing of it), vsock, a network device on a tap in a
+//! namespace of the template's own, and a shared-directory device
+//! (virtio-fs) with no backend, which the template's guest never mounts. A
+//! restored sandbox puts its own file in the disk slot (the guest learns
+//! its size from a configuration interrupt), its own tap, made by its
+//! jailer in its own namespace, behind the network device, and its own
+//! virtiofsd behind the shared-directory device.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -32,16 +34,17 @@ use serde::{Deserialize, Serialize};
 use crate::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use crate::vm::{wait_for_agent, SandboxError};
 use crate::vmm_process::{
-    host_memory_bytes, Drive, NetworkSpec, VmmProcess, VmmProcessError, VmmSpec,
+    host_memory_bytes, Drive, FsConfig, NetworkSpec, VmmProcess, VmmProcessError, VmmSpec,
 };
+use hull_protocol::vmm_config::SHARE_TAG;
 
 /// Where templates are kept unless the config says otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/hull/templates";
 /// The disk serials of a template's (and every restored sandbox's) slots.
 pub const ROOTFS_SERIAL: &str = "rootfs";
-pub const BINDS_SERIAL: &str = "binds";
-/// Bumped when the template VM's devices change (2: the network device).
-const LAYOUT_VERSION: u32 = 2;
+/// Bumped when the template VM's devices change (2: the network device;
+/// 3: the shared directory instead of the binds disk).
+const LAYOUT_VERSION: u32 = 3;
 /// The smallest memory class; classes double from here.
 pub const MIN_MEMORY_CLASS_MIB: u32 = 256;
 const SNAPSHOT: &str = "snapshot.bin";
@@ -110,6 +113,16 @@ pub fn sandbox_spec(config: &crate::config::ShimConfig, memory_mib: Option<u32>)
         snapshot_file: None,
         restore_from: None,
         network: Some(NetworkSpec::default()),
+        fs: Some(share_slot()),
+    }
+}
+
+/// The shared-directory device of a VM whose container has no host bind
+/// mounts: there (every sandbox has the template's layout), serving nothing.
+pub fn share_slot() -> FsConfig {
+    FsConfig {
+        tag: SHARE_TAG.into(),
+        socket: None,
     }
 }
 
@@ -330,9 +343,7 @@ async fn build(
         let meta_path = work.join(META);
         let json = serde_json::to_vec_pretty(&meta).expect("meta always serialises");
         std::fs::write(&meta_path, json).map_err(io("writing", &meta_path))?;
-        for placeholder in [ROOTFS_SERIAL, BINDS_SERIAL] {
-            let _ = std::fs::remove_file(work.join(placeholder));
-        }
+        let _ = std::fs::remove_file(work.join(ROOTFS_SERIAL));
         std::fs::rename(&work, &dir).map_err(io("moving the template to", &dir))?;
         load(&dir)
     });
@@ -348,16 +359,13 @@ async fn boot_and_save(
     key: &TemplateKey,
     boot: Duration,
 ) -> Result<TemplateMeta, TemplateError> {
-    let mut drives = Vec::new();
-    for serial in [ROOTFS_SERIAL, BINDS_SERIAL] {
-        let path = work.join(serial);
-        File::create(&path).map_err(io("creating", &path))?;
-        drives.push(Drive {
-            path,
-            read_only: false,
-            id: Some(serial.into()),
-        });
-    }
+    let path = work.join(ROOTFS_SERIAL);
+    File::create(&path).map_err(io("creating", &path))?;
+    let drives = vec![Drive {
+        path,
+        read_only: false,
+        id: Some(ROOTFS_SERIAL.into()),
+    }];
     let snapshot = work.join(SNAPSHOT);
     let state_dir = state_dir_for("hull-template", &key.id());
     let template_spec = VmmSpec {
@@ -367,6 +375,7 @@ async fn boot_and_save(
         restore_from: None,
         // Never the sandbox's own namespace: the template is everyone's.
         network: Some(NetworkSpec::default()),
+        fs: Some(share_slot()),
         jail: spec.jail.clone().map(|mut jail| {
             jail.id = jail_id(&state_dir);
             jail.memory_bytes = jail.memory_bytes.map(|_| host_memory_bytes(key.memory_mib));

@@ -47,6 +47,7 @@ pub enum VmmProcessError {
 
 /// A raw disk image for the guest (the VMM's own drive config).
 pub use hull_protocol::vmm_config::BlockConfig as Drive;
+pub use hull_protocol::vmm_config::FsConfig;
 
 /// Start the VMM through `hull-jailer` (see jailer/): namespaces, a
 /// pivot_root into the state directory's jail, an unprivileged uid, no
@@ -109,6 +110,9 @@ pub struct VmmSpec {
     /// A network device and the namespace the VMM lives in; `None`: no
     /// device (the VMM still gets an empty namespace when jailed).
     pub network: Option<NetworkSpec>,
+    /// The shared-directory device; its socket (virtiofsd's) is handed to
+    /// the jail.
+    pub fs: Option<FsConfig>,
 }
 
 impl VmmSpec {
@@ -135,6 +139,7 @@ impl VmmSpec {
             seccomp: self.seccomp.unwrap_or_default(),
             snapshot_file: self.snapshot_file.clone(),
             restore_from: self.restore_from.clone(),
+            fs: self.fs.clone(),
             // Jailed, the jailer makes the tap and passes it as `--tap-fd`;
             // unjailed, the VMM (root) makes it by name in its namespace.
             net: match (&self.network, &self.jail) {
@@ -358,6 +363,11 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
     if let Some(snapshot) = &spec.restore_from {
         cmd.arg("--ro").arg(snapshot);
     }
+    if let Some(socket) = spec.fs.as_ref().and_then(|fs| fs.socket.as_ref()) {
+        // Bind-mounted at its path and handed to the jail's uid, which
+        // connects to it.
+        cmd.arg("--socket").arg(socket);
+    }
     if let Some(snapshot) = &spec.snapshot_file {
         cmd.arg("--rw").arg(snapshot);
     }
@@ -483,6 +493,7 @@ mod tests {
             snapshot_file: None,
             restore_from: None,
             network: None,
+            fs: None,
         };
         let state = Path::new("/run/hull/sandboxes/x");
         let config = spec.vm_config(state);

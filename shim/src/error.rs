@@ -2,6 +2,7 @@
 
 use hull_protocol::error_chain;
 use hull_sandbox::policy::PolicyError;
+use hull_sandbox::share::ShareError;
 use hull_sandbox::spec::SpecError;
 use hull_sandbox::SandboxError;
 
@@ -24,6 +25,8 @@ pub enum ShimError {
     },
     #[error("preparing the container's rootfs disk")]
     Rootfs(#[from] RootfsError),
+    #[error("sharing the container's bind mounts with the guest")]
+    Share(#[from] ShareError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("agent call {call} failed")]
@@ -65,6 +68,11 @@ impl ShimError {
                 Code::INVALID_ARGUMENT
             }
             ShimError::Policy(_) => Code::FAILED_PRECONDITION,
+            // The spec names a host path that is not there or cannot be
+            // shared (a socket, a device).
+            ShimError::Share(ShareError::Source { .. } | ShareError::NotShareable { .. }) => {
+                Code::INVALID_ARGUMENT
+            }
             ShimError::NoContainer(_) | ShimError::NoProcess { .. } => Code::NOT_FOUND,
             ShimError::ProcessExists(_) | ShimError::ContainerExists(_) => Code::ALREADY_EXISTS,
             ShimError::WrongState(_) => Code::FAILED_PRECONDITION,
@@ -81,6 +89,7 @@ impl ShimError {
             ShimError::AgentCall { .. } => Code::UNAVAILABLE,
             ShimError::Hook(crate::hooks::HookError::InGuest { .. }) => Code::FAILED_PRECONDITION,
             ShimError::Rootfs(_)
+            | ShimError::Share(_)
             | ShimError::Network(_)
             | ShimError::Hook(_)
             | ShimError::Sandbox(SandboxError::Vmm(_))

@@ -1,20 +1,21 @@
 //! The container's spec as the guest gets it: what in a host-side spec
 //! cannot mean anything in the guest is rewritten, and the host bind mounts
-//! become entries of the binds disk.
+//! become entries of the sandbox's shared directory.
 
 use std::path::PathBuf;
 
 use hull_sandbox::policy;
 use hull_sandbox::spec::Spec;
 
-use crate::rootfs::HostBind;
+use hull_sandbox::share::HostBind;
 
 /// Rewrites what in a host-side spec cannot mean anything in the guest,
-/// and returns the bind mounts of host files and directories, whose
-/// content is copied onto a disk of their own (hull has no shared file
-/// system yet: a copy at start, not a live view): each such mount's source
-/// becomes its index on that disk (`"0"`, `"1"`, ...), which the agent
-/// binds from in the guest;
+/// and returns the bind mounts of host files and directories, which the
+/// sandbox's shared directory (virtio-fs) serves live: each such mount's
+/// source becomes its index in that directory (`"0"`, `"1"`, ...), which
+/// the agent binds from in the guest. Mount propagation cannot cross the
+/// VM: a shared or slave bind is warned about (mounts the host makes
+/// under its source later do not reach the container);
 /// - host devices never reach the guest (policy C3.1);
 /// - namespace paths name host namespaces (Docker's and CRI's network
 ///   namespace): every namespace is the guest's own;
@@ -42,9 +43,21 @@ pub fn for_the_guest(spec: &mut Spec) -> Vec<HostBind> {
         let Some(source) = policy::host_bind_source(mount).map(PathBuf::from) else {
             continue;
         };
+        let options = mount.options().clone().unwrap_or_default();
+        if let Some(propagation) = options
+            .iter()
+            .find(|o| matches!(o.as_str(), "shared" | "rshared" | "slave" | "rslave"))
+        {
+            log::warn!(
+                "bind mount of {} on {}: {propagation} propagation cannot cross the VM;                  mounts made later under the source do not reach the container",
+                source.display(),
+                mount.destination().display()
+            );
+        }
         binds.push(HostBind {
             source,
             destination: mount.destination().clone(),
+            read_only: options.iter().any(|o| o == "ro"),
         });
         mount.set_source(Some(PathBuf::from((binds.len() - 1).to_string())));
     }
@@ -76,9 +89,10 @@ mod tests {
         assert_eq!(binds.len(), 1);
         assert_eq!(binds[0].destination, PathBuf::from("/etc/hosts"));
         assert_eq!(binds[0].source, PathBuf::from("/var/lib/docker/c/hosts"));
+        assert!(binds[0].read_only);
         let spec = serde_json::to_value(&spec).unwrap();
         assert!(spec.get("hooks").is_none());
-        // The mount stays, its source now the bind's place on the binds disk.
+        // The mount stays, its source now the bind's place in the share.
         assert_eq!(
             spec["mounts"][1],
             json!({"destination": "/etc/hosts", "type": "bind", "source": "0", "options": ["rbind", "ro"]})

@@ -3,8 +3,8 @@
 //! are mounted on the bundle's `rootfs`, copied into a sparse ext4 image
 //! with `mkfs.ext4 -d`, and unmounted again; the guest mounts the image.
 //! The image is the container's own copy, so it is attached read-write.
-//! The content of host bind mounts goes on a second, small disk of its own
-//! ([`stage_binds`]): the shim never writes into the container's rootfs.
+//! Host bind mounts do not come here: they are shared live (virtio-fs,
+//! `hull_sandbox::share`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,12 +32,6 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bind mount of {path}: host directories over {limit_mib} MiB cannot be copied into the guest (hull has no shared file system yet)")]
-    BindTooLarge { path: PathBuf, limit_mib: u64 },
-    #[error(
-        "bind mount of {path}: only regular files and directories can be copied into the guest"
-    )]
-    NotCopyable { path: PathBuf },
     #[error("mkfs.ext4 -d {from} failed: {stderr}")]
     Mkfs { from: PathBuf, stderr: String },
 }
@@ -48,14 +42,6 @@ pub struct RootfsMount {
     pub fs_type: String,
     pub source: String,
     pub options: Vec<String>,
-}
-
-/// A bind mount of a host file or directory: its content is copied onto
-/// the binds disk (see [`stage_binds`]), never into the rootfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostBind {
-    pub source: PathBuf,
-    pub destination: PathBuf,
 }
 
 /// The disk the guest's rootfs is on: the image the shim built, or a
@@ -87,83 +73,6 @@ pub fn direct_disk(mounts: &[RootfsMount]) -> Option<RootfsDisk> {
         path: PathBuf::from(&mount.source),
         read_only: has("ro"),
     })
-}
-
-/// The largest host directory copied for a bind mount.
-pub const MAX_BIND_COPY_BYTES: u64 = 64 << 20;
-
-/// Copies each bind mount's host content into the new directory `staging`
-/// as entry `0`, `1`, ... (the order of `binds`), for the binds disk.
-///
-/// Nothing is written into the container's rootfs: an image is anyone's
-/// to publish, and a symlink in it (`/etc -> /etc`, `/opt/job ->
-/// /etc/cron.d`) would make a copy into the host-mounted rootfs write
-/// wherever it points, as root. `staging` is hull's own fresh directory, and
-/// the guest binds each entry to its destination inside its own rootfs.
-/// The source is read at its real path (the one the policy checked), a
-/// file opened without following a symlink swapped in since; a directory
-/// is copied with its symlinks as symlinks (`cp -a`).
-pub fn stage_binds(binds: &[HostBind], staging: &Path) -> Result<(), RootfsError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(staging)
-        .map_err(|source| RootfsError::Io {
-            what: "creating",
-            path: staging.into(),
-            source,
-        })?;
-    for (index, bind) in binds.iter().enumerate() {
-        let io = |what| {
-            let path = bind.source.clone();
-            move |source| RootfsError::Io { what, path, source }
-        };
-        let real = std::fs::canonicalize(&bind.source).map_err(io("bind mount source"))?;
-        let meta = std::fs::symlink_metadata(&real).map_err(io("bind mount source"))?;
-        let target = staging.join(index.to_string());
-        if meta.is_dir() {
-            if content_size(&real) > MAX_BIND_COPY_BYTES {
-                return Err(RootfsError::BindTooLarge {
-                    path: bind.source.clone(),
-                    limit_mib: MAX_BIND_COPY_BYTES >> 20,
-                });
-            }
-            let out = Command::new("cp")
-                .arg("-a")
-                .arg("--no-target-directory")
-                .arg(&real)
-                .arg(&target)
-                .output()
-                .map_err(io("copying"))?;
-            if !out.status.success() {
-                return Err(RootfsError::Io {
-                    what: "copying",
-                    path: bind.source.clone(),
-                    source: std::io::Error::other(
-                        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                    ),
-                });
-            }
-        } else if meta.is_file() {
-            let mut from = std::fs::File::options()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&real)
-                .map_err(io("opening"))?;
-            let mut to = std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .mode(meta.permissions().mode() & 0o7777)
-                .open(&target)
-                .map_err(io("copying"))?;
-            std::io::copy(&mut from, &mut to).map_err(io("copying"))?;
-        } else {
-            return Err(RootfsError::NotCopyable {
-                path: bind.source.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Mounts `mounts` on `target` (in order), returns whether anything was mounted.
@@ -315,48 +224,6 @@ mod tests {
         let one = mount("ext4", &file, &["loop"]);
         assert_eq!(direct_disk(&[one.clone(), one]), None);
         assert_eq!(direct_disk(&[]), None);
-    }
-
-    #[test]
-    fn bind_mounts_are_staged_by_index_at_their_real_path() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("hosts"), "docker\n").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("hosts"), dir.path().join("link")).unwrap();
-        std::fs::create_dir_all(dir.path().join("data/sub")).unwrap();
-        std::fs::write(dir.path().join("data/sub/f"), "x").unwrap();
-        // A symlink inside a bound directory stays a symlink: in the guest
-        // it points into the guest.
-        std::os::unix::fs::symlink("/etc/shadow", dir.path().join("data/shadow")).unwrap();
-        let bind = |source: &str, destination: &str| HostBind {
-            source: dir.path().join(source),
-            destination: destination.into(),
-        };
-        let binds = [
-            bind("hosts", "/etc/hosts"),
-            bind("data", "/srv/data"),
-            bind("link", "/etc/hostname"),
-        ];
-        let staging = dir.path().join("staging");
-        stage_binds(&binds, &staging).unwrap();
-        let read = |p: &str| std::fs::read_to_string(staging.join(p)).unwrap();
-        assert_eq!(read("0"), "docker\n");
-        assert_eq!(read("1/sub/f"), "x");
-        assert_eq!(
-            std::fs::read_link(staging.join("1/shadow")).unwrap(),
-            Path::new("/etc/shadow")
-        );
-        assert_eq!(read("2"), "docker\n", "a link is read at its target");
-        assert!(!staging.join("2").is_symlink());
-
-        let missing = [bind("nope", "/x")];
-        let err = stage_binds(&missing, &dir.path().join("s2")).unwrap_err();
-        assert!(err.to_string().contains("nope"), "{err}");
-        let special = [HostBind {
-            source: "/dev/null".into(),
-            destination: "/x".into(),
-        }];
-        let err = stage_binds(&special, &dir.path().join("s3")).unwrap_err();
-        assert!(matches!(err, RootfsError::NotCopyable { .. }), "{err}");
     }
 
     #[test]

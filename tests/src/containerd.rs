@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use hull_sandbox::share::SHARE_BASE;
+
 use crate::leaks;
 use crate::poll::try_poll_until;
 use crate::prereq;
@@ -78,6 +80,8 @@ pub struct Containerd {
     config: PathBuf,
     containerd_config: PathBuf,
     shim_sockets_before: Vec<String>,
+    /// Shared directories (`/run/hull/shares/*`) that existed at the start.
+    shares_before: Vec<String>,
     /// The containers started through [`Self::run`] and friends: their
     /// sandbox state directories and host cgroups must be gone at the end.
     ids: Mutex<Vec<String>>,
@@ -142,6 +146,7 @@ impl Containerd {
         )
         .expect("write containerd config");
         let shim_sockets_before = crate::dir_entries(Path::new(SHIM_SOCKET_DIR));
+        let shares_before = crate::dir_entries(Path::new(SHARE_BASE));
         let mut containerd = Containerd {
             engine,
             daemon: None,
@@ -150,6 +155,7 @@ impl Containerd {
             config,
             containerd_config,
             shim_sockets_before,
+            shares_before,
             ids: Mutex::new(Vec::new()),
         };
         containerd.daemon = Some(containerd.spawn_daemon());
@@ -550,18 +556,21 @@ impl Containerd {
             let mounts = mounts_under(&self.dir.join("state"));
             let disks = files_named(&self.dir.join("state"), "rootfs.img");
             let sandboxes = self.sandbox_leftovers();
+            let shares = self.shares_left();
             if processes.is_empty()
                 && sockets.is_empty()
                 && mounts.is_empty()
                 && disks.is_empty()
                 && sandboxes.is_empty()
+                && shares.is_empty()
             {
                 Ok(())
             } else {
                 Err(format!(
                     "processes {processes:?}, shim sockets {sockets:?}, \
                      mounts {mounts:?}, rootfs disks {disks:?}, \
-                     sandbox state and cgroups {sandboxes:?}"
+                     sandbox state and cgroups {sandboxes:?}, \
+                     shared directories (virtiofsd, bind mounts) {shares:?}"
                 ))
             }
         });
@@ -595,6 +604,35 @@ impl Containerd {
             .filter(|s| !self.shim_sockets_before.contains(s))
             .filter(|s| own.is_empty() || own.contains(s))
             .collect()
+    }
+
+    /// What new shared directories left: their directories, the mounts
+    /// under them, virtiofsd processes serving them (one suite runs at a
+    /// time: every new one is this test's).
+    fn shares_left(&self) -> Vec<String> {
+        let new: Vec<String> = crate::dir_entries(Path::new(SHARE_BASE))
+            .into_iter()
+            .filter(|s| !self.shares_before.contains(s))
+            .collect();
+        let mut left: Vec<String> = new.iter().map(|s| format!("{SHARE_BASE}/{s}")).collect();
+        left.extend(mounts_under(Path::new(SHARE_BASE)).into_iter().filter(|m| {
+            !self
+                .shares_before
+                .iter()
+                .any(|s| m.starts_with(&format!("{SHARE_BASE}/{s}/")))
+        }));
+        left.extend(
+            leaks::processes_mentioning(Path::new(SHARE_BASE))
+                .into_iter()
+                .filter(|(_, cmdline)| {
+                    !self
+                        .shares_before
+                        .iter()
+                        .any(|s| cmdline.contains(&format!("{SHARE_BASE}/{s}/")))
+                })
+                .map(|(pid, cmdline)| format!("pid {pid}: {cmdline}")),
+        );
+        left
     }
 
     /// The sandbox state directories (`/run/hull/sandboxes/...`) and host
@@ -635,6 +673,14 @@ impl Drop for Containerd {
         }
         for mount_point in mounts_under(&self.dir).iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(mount_point).status();
+        }
+        // Shared directories new since the start: their virtiofsd, bind
+        // mounts and directories (hull's own cleanup, which removes only
+        // empty entries and never the host's files).
+        for share in crate::dir_entries(Path::new(SHARE_BASE)) {
+            if !self.shares_before.contains(&share) {
+                hull_sandbox::share::remove_leftovers(&Path::new(SHARE_BASE).join(share));
+            }
         }
         for socket in own_sockets {
             if !self.shim_sockets_before.contains(&socket) {
@@ -741,11 +787,12 @@ fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// The hull config for the shim under test, from the environment.
 pub fn hull_config() -> String {
     format!(
-        "vmm = \"{}\"\njailer = \"{}\"\nkernel = \"{}\"\ninitramfs = \"{}\"\nvcpus = 1\nmemory_mib = 256\ndebug_console = true\n",
+        "vmm = \"{}\"\njailer = \"{}\"\nkernel = \"{}\"\ninitramfs = \"{}\"\nvirtiofsd = \"{}\"\nvcpus = 1\nmemory_mib = 256\ndebug_console = true\n",
         prereq::vmm().display(),
         prereq::jailer().display(),
         prereq::kernel().display(),
-        prereq::agent_initramfs().display()
+        prereq::agent_initramfs().display(),
+        prereq::virtiofsd().display()
     )
 }
 

@@ -411,7 +411,7 @@ impl Containers {
         };
         rootfs::check(storage, "rootfs").map_err(rootfs_error)?;
         if let Some(binds) = binds {
-            rootfs::check(binds, "binds").map_err(rootfs_error)?;
+            rootfs::check_share(binds, "binds").map_err(rootfs_error)?;
         }
         if self.lock().containers.contains_key(id) {
             return Err(ContainerError::AlreadyExists { id: id.to_owned() });

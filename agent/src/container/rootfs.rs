@@ -4,7 +4,8 @@
 //!
 //! Layout under `<container dir>`: `disk` (the disk itself), and with an
 //! overlay `scratch` (a tmpfs holding `upper` and `work`); `rootfs` is the
-//! disk or the overlay. [`Rootfs::unmount`] undoes it in reverse order.
+//! disk or the overlay; `binds` the shared directory (virtio-fs) the host
+//! bind mounts come from. [`Rootfs::unmount`] undoes it in reverse order.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ use thiserror::Error;
 const SYS_BLOCK: &str = "/sys/block";
 /// The longest serial virtio-blk reports (VIRTIO_BLK_ID_BYTES).
 const MAX_SERIAL: usize = 20;
+/// The longest virtio-fs tag (virtio 1.2, 5.11.4).
+const MAX_TAG: usize = 36;
 
 #[derive(Debug, Error)]
 pub enum RootfsError {
@@ -27,6 +30,8 @@ pub enum RootfsError {
     BadFsType { field: &'static str, fstype: String },
     #[error("{field}.options: {option:?} is not a supported mount option")]
     BadOption { field: &'static str, option: String },
+    #[error("{field}: {reason}")]
+    BadShare { field: &'static str, reason: String },
     #[error("no virtio-blk disk has serial {serial:?}")]
     NoSuchDisk { serial: String },
     #[error("cannot list {SYS_BLOCK}")]
@@ -61,6 +66,7 @@ impl RootfsError {
             RootfsError::BadSerial { .. }
                 | RootfsError::BadFsType { .. }
                 | RootfsError::BadOption { .. }
+                | RootfsError::BadShare { .. }
                 | RootfsError::NoSuchDisk { .. }
         )
     }
@@ -109,8 +115,8 @@ impl Drop for Rootfs {
     }
 }
 
-/// Checks the request for the disk in request field `field` (`rootfs`,
-/// `binds`) without touching anything.
+/// Checks the request for the disk in request field `field` (`rootfs`)
+/// without touching anything.
 pub fn check(storage: &Storage, field: &'static str) -> Result<MountFlags, RootfsError> {
     let serial = &storage.disk_serial;
     if serial.is_empty() || serial.len() > MAX_SERIAL {
@@ -125,6 +131,35 @@ pub fn check(storage: &Storage, field: &'static str) -> Result<MountFlags, Rootf
             fstype: storage.fstype.clone(),
         });
     }
+    flags_of(storage, field)
+}
+
+/// Checks the request for a shared directory (virtio-fs) in request field
+/// `field` (`binds`) without touching anything.
+pub fn check_share(storage: &Storage, field: &'static str) -> Result<MountFlags, RootfsError> {
+    let bad = |reason: String| RootfsError::BadShare { field, reason };
+    if storage.fstype != "virtiofs" {
+        return Err(bad(format!(
+            "fstype {:?}: only a virtiofs share is supported",
+            storage.fstype
+        )));
+    }
+    let tag = &storage.tag;
+    if tag.is_empty()
+        || tag.len() > MAX_TAG
+        || !tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(bad(format!("tag {tag:?} is not a virtiofs tag")));
+    }
+    if !storage.disk_serial.is_empty() || storage.overlay {
+        return Err(bad("a share has no disk serial and no overlay".into()));
+    }
+    flags_of(storage, field)
+}
+
+fn flags_of(storage: &Storage, field: &'static str) -> Result<MountFlags, RootfsError> {
     let mut flags = MountFlags::empty();
     for option in &storage.options {
         flags |= match option.as_str() {
@@ -280,22 +315,21 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     Ok(rootfs)
 }
 
-/// Mounts the disk holding the content of the container's host bind
-/// mounts (`binds` in the request) at `dir/binds`, unmounted with `rootfs`;
-/// returns where.
+/// Mounts the shared directory holding the container's host bind mounts
+/// (`binds` in the request: a virtio-fs tag) at `dir/binds`, unmounted
+/// with `rootfs`; returns where. Every bind mount's source is a path in it.
 pub fn mount_binds(
     storage: &Storage,
     dir: &Path,
     rootfs: &mut Rootfs,
 ) -> Result<PathBuf, RootfsError> {
-    let flags = check(storage, "binds")?;
-    let device = find_disk(&storage.disk_serial)?;
+    let flags = check_share(storage, "binds")?;
     let target = dir.join("binds");
     mkdir(&target)?;
     let flags = flags | MountFlags::NOSUID | MountFlags::NODEV;
-    rustix::mount::mount(&device, &target, "ext4", flags, None).map_err(|errno| {
+    rustix::mount::mount(&storage.tag, &target, "virtiofs", flags, None).map_err(|errno| {
         RootfsError::Mount {
-            what: "the bind mounts' disk",
+            what: "the shared directory (virtiofs)",
             target: target.clone(),
             errno,
         }
@@ -329,8 +363,8 @@ mod tests {
         let mut xfs = storage("a");
         xfs.fstype = "xfs".into();
         assert_eq!(
-            check(&xfs, "binds").unwrap_err().to_string(),
-            "binds.fstype: \"xfs\" is not supported (ext4 is)"
+            check(&xfs, "rootfs").unwrap_err().to_string(),
+            "rootfs.fstype: \"xfs\" is not supported (ext4 is)"
         );
         let mut opts = storage("a");
         opts.options = vec!["noatime".into(), "bogus".into()];
@@ -343,5 +377,31 @@ mod tests {
             check(&opts, "rootfs").unwrap(),
             MountFlags::NOATIME | MountFlags::RDONLY
         );
+    }
+
+    #[test]
+    fn shares_are_checked_before_anything_is_touched() {
+        let share = |tag: &str| Storage {
+            fstype: "virtiofs".into(),
+            tag: tag.into(),
+            ..Default::default()
+        };
+        assert!(check_share(&share("hull-share"), "binds")
+            .unwrap()
+            .is_empty());
+        for tag in ["", "a b", "../x", &"t".repeat(37)] {
+            let err = check_share(&share(tag), "binds").unwrap_err();
+            assert!(err.is_invalid_request());
+            assert!(err.to_string().starts_with("binds: tag"), "{err}");
+        }
+        let mut ext4 = share("t");
+        ext4.fstype = "ext4".into();
+        assert!(check_share(&ext4, "binds").is_err());
+        let mut with_disk = share("t");
+        with_disk.disk_serial = "binds".into();
+        assert!(check_share(&with_disk, "binds").is_err());
+        let mut ro = share("t");
+        ro.readonly = true;
+        assert_eq!(check_share(&ro, "binds").unwrap(), MountFlags::RDONLY);
     }
 }

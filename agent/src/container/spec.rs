@@ -269,8 +269,8 @@ fn own_cgroup(linux: &mut Linux, mounts: &mut Vec<Mount>) -> Result<(), SpecErro
 }
 
 /// Makes the relative sources of bind mounts (the host's bind mounts,
-/// whose content the host put on a disk of their own) paths under `binds`,
-/// where that disk is mounted. Without such a disk a relative bind source
+/// shared with the guest through virtio-fs) paths under `binds`,
+/// where the share is mounted. Without a share a relative bind source
 /// names nothing.
 fn locate_binds(mounts: &mut [Mount], binds: Option<&Path>) -> Result<(), SpecError> {
     for (index, mount) in mounts.iter_mut().enumerate() {
@@ -291,7 +291,7 @@ fn locate_binds(mounts: &mut [Mount], binds: Option<&Path>) -> Result<(), SpecEr
         let Some(binds) = binds else {
             return Err(SpecError::new(
                 field,
-                format!("{source:?} is relative, and the request has no binds disk"),
+                format!("{source:?} is relative, and the request has no shared directory"),
             ));
         };
         if !source
@@ -300,7 +300,7 @@ fn locate_binds(mounts: &mut [Mount], binds: Option<&Path>) -> Result<(), SpecEr
         {
             return Err(SpecError::new(
                 field,
-                format!("{source:?} is not a plain path on the binds disk"),
+                format!("{source:?} is not a plain path in the shared directory"),
             ));
         }
         mount.set_source(Some(binds.join(source)));
@@ -310,7 +310,7 @@ fn locate_binds(mounts: &mut [Mount], binds: Option<&Path>) -> Result<(), SpecEr
 
 /// Rewrites `spec` for the guest: the rootfs the agent mounted, the guest
 /// cgroup, the user resolved from the rootfs, the guest's hooks only, the
-/// host's bind mounts from the disk at `binds`.
+/// host's bind mounts from the shared directory at `binds`.
 pub fn adapt_for_guest(
     checked: &mut CheckedSpec,
     id: &str,

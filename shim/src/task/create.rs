@@ -1,7 +1,8 @@
 //! Creating a container, as a recipe: load the config and the spec, check
-//! the policy, size the VM, prepare the disks, start the sandbox (restored
-//! from a template when there is one, else booted), create the container
-//! in the guest. One [`CreateUndo`] guard takes back whatever the steps
+//! the policy, size the VM, prepare the rootfs disk and the shared
+//! directory (the host bind mounts, served by virtiofsd), start the
+//! sandbox (restored from a template when there is one, else booted),
+//! create the container in the guest. One [`CreateUndo`] guard takes back whatever the steps
 //! before a failure made.
 
 use std::collections::HashMap;
@@ -14,10 +15,14 @@ use containerd_shim::protos::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::MessageField;
 use hull_jailer::cgroup::{SandboxCgroup, DEFAULT_PARENT};
 use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneRequest, Storage};
+use hull_protocol::vmm_config::SHARE_TAG;
+use hull_sandbox::share::{share_dir_for, HostBind, Share};
 use hull_sandbox::spec::{self, Spec, VmSize};
 use hull_sandbox::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use hull_sandbox::vm::RPC_TIMEOUT;
-use hull_sandbox::vmm_process::{host_memory_bytes, Drive, JailSpec, NetworkSpec, VmmSpec};
+use hull_sandbox::vmm_process::{
+    host_memory_bytes, Drive, FsConfig, JailSpec, NetworkSpec, VmmSpec,
+};
 use hull_sandbox::{policy, template, Sandbox};
 use tokio::sync::Mutex;
 
@@ -29,13 +34,11 @@ use crate::config::{config_path_from_options, ShimConfig};
 use crate::error::ShimError;
 use crate::guest_spec::for_the_guest;
 use crate::hooks::{self, Stage};
-use crate::rootfs::{self, HostBind, RootfsDisk, RootfsMount};
+use crate::rootfs::{self, RootfsDisk, RootfsMount};
 use crate::stdio::StdioPaths;
 
 /// The serial of the rootfs disk, by which the agent finds it.
 pub const ROOTFS_SERIAL: &str = template::ROOTFS_SERIAL;
-/// The serial of the disk holding the host bind mounts' content.
-pub const BINDS_SERIAL: &str = template::BINDS_SERIAL;
 /// Bytes of host entropy a restored clone gets.
 const CLONE_ENTROPY: usize = 64;
 /// How long the undo of a failed create waits for a killed VMM to leave
@@ -47,14 +50,9 @@ pub fn image_for(bundle: &Path) -> PathBuf {
     bundle.join("rootfs.img")
 }
 
-/// The disk the shim builds from the host bind mounts' content.
-pub fn binds_image_for(bundle: &Path) -> PathBuf {
-    bundle.join("binds.img")
-}
-
 /// The files a sandbox's create may leave in its bundle.
-pub fn bundle_files(bundle: &Path) -> [PathBuf; 2] {
-    [image_for(bundle), binds_image_for(bundle)]
+pub fn bundle_files(bundle: &Path) -> [PathBuf; 1] {
+    [image_for(bundle)]
 }
 
 pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
@@ -78,24 +76,22 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let mut undo = CreateUndo::new(state_dir.clone());
     // The network namespace first, with the host's hooks run: Docker plugs
-    // its network in and rewrites resolv.conf (its embedded DNS) then, and
-    // the binds disk must copy what it wrote.
+    // its network in and rewrites resolv.conf (its embedded DNS) then.
     let early = early_network(&req.id, &bundle, network, created_hooks).await?;
     let embedded_dns = resolv_conf
         .as_deref()
         .is_some_and(super::dns::names_embedded_dns);
     phases.mark("hooks");
-    let disks = prepare_disks(
-        req,
-        &bundle,
-        &spec,
-        &host_binds,
-        &mut undo,
-        config.templates,
-    )?;
+    let disks = prepare_disks(req, &bundle, &spec, &mut undo)?;
     phases.mark("disks");
+    let share = start_share(&req.id, &config, &state_dir, host_binds).await?;
+    phases.mark("share");
     let boot = Duration::from_secs(config.boot_timeout_secs);
-    let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir, early.spec.clone());
+    let fs = FsConfig {
+        tag: SHARE_TAG.into(),
+        socket: share.as_ref().map(Share::socket),
+    };
+    let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir, early.spec.clone(), fs);
     let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot, &mut phases).await?;
     let host_pid = sandbox.pid().await;
     let netns = match early.held {
@@ -115,7 +111,9 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         stderr: req.stderr.clone(),
         terminal: req.terminal,
     };
-    if let Err(err) = create_in_guest(&req.id, &sandbox, &spec, &disks, &stdio, boot).await {
+    let shared = share.is_some();
+    if let Err(err) = create_in_guest(&req.id, &sandbox, &spec, &disks, shared, &stdio, boot).await
+    {
         sandbox.shutdown().await;
         return Err(err);
     }
@@ -129,6 +127,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         sandbox,
         agent,
         files: disks.files,
+        share: std::sync::Mutex::new(share),
         host_pid,
         processes: Mutex::new(processes),
         paused: AtomicBool::new(false),
@@ -275,29 +274,20 @@ fn size_the_vm(id: &str, spec: &Spec, config: &ShimConfig) -> Result<VmSize, Shi
 /// The disks a container's VM gets.
 struct Disks {
     rootfs: RootfsDisk,
-    /// The disk holding the host bind mounts' content, if any.
-    binds: Option<PathBuf>,
-    /// An empty disk in the binds slot, for a container without binds
-    /// whose VM may be restored from a template.
-    slot_only: Option<PathBuf>,
     /// The files the shim built (removed with the container).
     files: Vec<PathBuf>,
 }
 
-/// The rootfs disk, from containerd's mounts (or a prepared rootfs dir),
-/// and the binds disk. containerd hands over the snapshot as mounts for
-/// `<bundle>/rootfs`; Docker mounts its graph driver's rootfs itself and
-/// names it in root.path. A snapshot that already is a disk goes to the
-/// guest as it is; anything else is copied into a new ext4 image. With
-/// templates, a container without binds still gets an (empty) binds disk:
-/// the template VM has that slot.
+/// The rootfs disk, from containerd's mounts (or a prepared rootfs dir).
+/// containerd hands over the snapshot as mounts for `<bundle>/rootfs`;
+/// Docker mounts its graph driver's rootfs itself and names it in
+/// root.path. A snapshot that already is a disk goes to the guest as it
+/// is; anything else is copied into a new ext4 image.
 fn prepare_disks(
     req: &CreateTaskRequest,
     bundle: &Path,
     spec: &Spec,
-    host_binds: &[HostBind],
     undo: &mut CreateUndo,
-    templates: bool,
 ) -> Result<Disks, ShimError> {
     let rootfs_dir = if req.rootfs.is_empty() {
         let root = spec.root().as_ref().map(|r| r.path().clone());
@@ -334,35 +324,39 @@ fn prepare_disks(
             }
         }
     };
-    let binds = if host_binds.is_empty() {
-        if templates {
-            let empty = binds_image_for(bundle);
-            undo.files.push(empty.clone());
-            std::fs::File::create(&empty).map_err(|source| ShimError::Io {
-                what: format!("creating {}", empty.display()),
-                source,
-            })?;
-        }
-        None
-    } else {
-        let image = binds_image_for(bundle);
-        undo.files.push(image.clone());
-        let took = build_binds_image(host_binds, &bundle.join("binds"), &image)?;
-        log::info!(
-            "{}: {} bind mount(s) copied to their disk in {} ms",
-            req.id,
-            host_binds.len(),
-            took.as_millis()
-        );
-        Some(image)
-    };
-    let slot_only = (templates && binds.is_none()).then(|| binds_image_for(bundle));
     Ok(Disks {
         rootfs,
-        binds,
-        slot_only,
         files: undo.files.clone(),
     })
+}
+
+/// The shared directory of the container's host bind mounts, served by
+/// its own virtiofsd; none without binds (the VM's shared-directory device
+/// then serves nothing).
+async fn start_share(
+    id: &str,
+    config: &ShimConfig,
+    state_dir: &Path,
+    binds: Vec<HostBind>,
+) -> Result<Option<Share>, ShimError> {
+    if binds.is_empty() {
+        return Ok(None);
+    }
+    let (virtiofsd, dir) = (config.virtiofsd.clone(), share_dir_for(state_dir));
+    let started = std::time::Instant::now();
+    let count = binds.len();
+    let share = tokio::task::spawn_blocking(move || Share::start(&virtiofsd, &dir, &binds))
+        .await
+        .map_err(|e| ShimError::Io {
+            what: "starting the shared directory".into(),
+            source: std::io::Error::other(e),
+        })??;
+    log::info!(
+        "{id}: {count} bind mount(s) shared (virtiofsd pid {}) in {} ms",
+        share.pid().unwrap_or_default(),
+        started.elapsed().as_millis()
+    );
+    Ok(Some(share))
 }
 
 /// What `hull-vmm` (under `hull-jailer`, unless the config turns the jail
@@ -373,21 +367,13 @@ fn vmm_spec(
     disks: &Disks,
     state_dir: &Path,
     network: NetworkSpec,
+    fs: FsConfig,
 ) -> VmmSpec {
     let rootfs = Drive {
         path: disks.rootfs.path.clone(),
         read_only: disks.rootfs.read_only,
         id: Some(ROOTFS_SERIAL.into()),
     };
-    let binds = disks
-        .binds
-        .iter()
-        .chain(&disks.slot_only)
-        .map(|path| Drive {
-            path: path.clone(),
-            read_only: false,
-            id: Some(BINDS_SERIAL.into()),
-        });
     VmmSpec {
         vmm_binary: config.vmm.clone(),
         kernel: config.kernel_for(size.vcpus).to_path_buf(),
@@ -395,7 +381,7 @@ fn vmm_spec(
         vcpus: size.vcpus,
         memory_mib: size.memory_mib,
         kernel_args: Vec::new(),
-        drives: std::iter::once(rootfs).chain(binds).collect(),
+        drives: vec![rootfs],
         console_log: config.debug_console,
         verbose_boot: config.verbose_boot,
         jail: config.jail.then(|| JailSpec {
@@ -409,6 +395,7 @@ fn vmm_spec(
         snapshot_file: None,
         restore_from: None,
         network: Some(network),
+        fs: Some(fs),
     }
 }
 
@@ -462,8 +449,8 @@ async fn start_sandbox(
 }
 
 /// `vmm_spec` restored from its template (and the template), when
-/// templates are on and the sandbox fits one: two read-write disks in the
-/// rootfs and binds slots.
+/// templates are on and the sandbox fits one: a read-write disk in the
+/// rootfs slot.
 async fn restoring_spec(
     config: &ShimConfig,
     vmm_spec: &VmmSpec,
@@ -472,7 +459,7 @@ async fn restoring_spec(
     if !config.templates {
         return None;
     }
-    let fits = vmm_spec.drives.len() == 2 && vmm_spec.drives.iter().all(|d| !d.read_only);
+    let fits = vmm_spec.drives.len() == 1 && vmm_spec.drives.iter().all(|d| !d.read_only);
     if !fits {
         log::info!("no template for a read-only rootfs disk: booting");
         return None;
@@ -527,12 +514,14 @@ async fn prepare_clone(sandbox: &Sandbox) -> Result<(), ShimError> {
     Ok(())
 }
 
-/// `CreateContainer` in the guest, with the disks by serial.
+/// `CreateContainer` in the guest, with the rootfs disk by serial and the
+/// shared directory (when `shared`) by tag.
 async fn create_in_guest(
     id: &str,
     sandbox: &Sandbox,
     spec: &Spec,
     disks: &Disks,
+    shared: bool,
     stdio: &StdioPaths,
     boot: Duration,
 ) -> Result<(), ShimError> {
@@ -551,12 +540,10 @@ async fn create_in_guest(
             overlay: disks.rootfs.read_only,
             ..Default::default()
         }),
-        binds: disks
-            .binds
-            .as_ref()
-            .map(|_| Storage {
-                disk_serial: BINDS_SERIAL.into(),
-                fstype: "ext4".into(),
+        binds: shared
+            .then(|| Storage {
+                fstype: "virtiofs".into(),
+                tag: SHARE_TAG.into(),
                 ..Default::default()
             })
             .into(),
@@ -593,20 +580,6 @@ fn build_rootfs_image(
     if !mounts.is_empty() {
         rootfs::unmount(rootfs_dir);
     }
-    Ok(built?)
-}
-
-/// Builds the binds disk `image` from the host bind mounts' content (see
-/// [`rootfs::stage_binds`]), staged under `staging` and removed after.
-fn build_binds_image(
-    binds: &[rootfs::HostBind],
-    staging: &Path,
-    image: &Path,
-) -> Result<Duration, ShimError> {
-    let _ = std::fs::remove_dir_all(staging);
-    let built =
-        rootfs::stage_binds(binds, staging).and_then(|_| rootfs::build_image(staging, image));
-    let _ = std::fs::remove_dir_all(staging);
     Ok(built?)
 }
 

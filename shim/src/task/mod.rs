@@ -72,6 +72,9 @@ pub struct Container {
     pub agent: Arc<AgentClient>,
     /// Files the shim made for it outside the sandbox state (the rootfs disk).
     pub files: Vec<PathBuf>,
+    /// The shared directory of its host bind mounts (virtiofsd), taken
+    /// down with the sandbox.
+    pub share: std::sync::Mutex<Option<hull_sandbox::share::Share>>,
     /// The pid reported to containerd for each of its processes: the
     /// sandbox's host process (the jailer's supervisor, or the VMM), never
     /// a pid the guest chose. containerd and Docker build
@@ -528,6 +531,10 @@ impl HullTask {
         container.network.unplug(&container.id);
         let state_dir = container.sandbox.state_dir().await;
         container.sandbox.shutdown().await;
+        let share = container.share.lock().ok().and_then(|mut s| s.take());
+        if let Some(share) = share {
+            let _ = tokio::task::spawn_blocking(move || drop(share)).await;
+        }
         remove_leftovers(&state_dir, &container.files, LEFTOVERS_WAIT).await;
         container.run_hooks("poststop", "stopped").await;
     }

@@ -1,0 +1,412 @@
+//! A sandbox's shared directory: the host files and directories its
+//! container bind-mounts, served to the guest live by virtiofsd over
+//! vhost-user (the VMM's virtio-fs device), instead of copied.
+//!
+//! Layout under [`SHARE_BASE`]`/<jail id>/` (never inside the state
+//! directory, which is removed recursively: this one holds the user's
+//! data, mounted):
+//! ```text
+//! root/0, root/1, ...  bind i of the container, bind-mounted from the host
+//!                      (read-only, nosuid, nodev and private, recursively,
+//!                      as asked); what virtiofsd shares
+//! virtiofsd.sock       its vhost-user socket (the VMM connects once)
+//! virtiofsd.sock.pid   virtiofsd's own pid file
+//! virtiofsd.pid        for the cleanup after a crashed shim
+//! virtiofsd.log        its stderr
+//! ```
+//! virtiofsd runs as root (it serves every guest uid's files) in its own
+//! namespace sandbox (`--sandbox namespace`: mount, PID and network
+//! namespaces, pivot_root into `root`) with its seccomp filter killing on
+//! anything unexpected, without file handles (`open_by_handle_at` is
+//! never used) and without CAP_MKNOD (a guest cannot make a device node
+//! on the host). It ends when the VMM's connection closes; [`Share`]'s drop
+//! (and [`remove_leftovers`] after a crash) kill it anyway, unmount the
+//! binds and remove the directory, only ever removing empty entries.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where shares live.
+pub const SHARE_BASE: &str = "/run/hull/shares";
+const ROOT: &str = "root";
+const SOCKET: &str = "virtiofsd.sock";
+/// The pid file virtiofsd keeps (and locks) beside its socket.
+const OWN_PIDFILE: &str = "virtiofsd.sock.pid";
+const PIDFILE: &str = "virtiofsd.pid";
+const LOG: &str = "virtiofsd.log";
+/// How long virtiofsd gets to listen on its socket.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// virtiofsd's cache mode: attributes and directory entries cached for a
+/// second, data cached while a file is open (see vmm/README.md, virtio-fs).
+const CACHE: &str = "auto";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("bind mount source {path}")]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "bind mount source {path}: only directories and regular files can be shared with the \
+         guest (this is a {kind})"
+    )]
+    NotShareable { path: PathBuf, kind: &'static str },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting virtiofsd ({binary})")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("virtiofsd did not listen on {socket} within {LISTEN_TIMEOUT:?}: {log}")]
+    NotListening { socket: PathBuf, log: String },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ShareError {
+    let path = path.to_path_buf();
+    move |source| ShareError::Io { what, path, source }
+}
+
+/// One host bind mount of the container: shared as `root/<index>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+/// The share directory of the sandbox whose state directory is `state_dir`.
+pub fn share_dir_for(state_dir: &Path) -> PathBuf {
+    Path::new(SHARE_BASE).join(crate::state::jail_id(state_dir))
+}
+
+/// A running share: the binds mounted, virtiofsd listening.
+pub struct Share {
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Share {
+    /// Mounts `binds` under `dir/root` and starts `virtiofsd` on it.
+    /// Whatever fails leaves nothing behind.
+    pub fn start(virtiofsd: &Path, dir: &Path, binds: &[HostBind]) -> Result<Self, ShareError> {
+        remove_leftovers(dir);
+        let mut share = Share {
+            dir: dir.to_path_buf(),
+            daemon: None,
+        };
+        let root = dir.join(ROOT);
+        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        for (index, bind) in binds.iter().enumerate() {
+            mount_bind(bind, &root.join(index.to_string()))?;
+        }
+        share.daemon = Some(spawn_virtiofsd(virtiofsd, dir)?);
+        let socket = share.socket();
+        let started = Instant::now();
+        while !socket.exists() {
+            let exited = share
+                .daemon
+                .as_mut()
+                .and_then(|d| d.try_wait().ok().flatten());
+            if exited.is_some() || started.elapsed() > LISTEN_TIMEOUT {
+                return Err(ShareError::NotListening {
+                    socket,
+                    log: std::fs::read_to_string(dir.join(LOG)).unwrap_or_default(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(share)
+    }
+
+    /// virtiofsd's vhost-user socket, for the VMM.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET)
+    }
+
+    /// Whether virtiofsd still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|d| matches!(d.try_wait(), Ok(None)))
+    }
+
+    /// virtiofsd's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        remove_leftovers(&self.dir);
+    }
+}
+
+/// `struct open_how` of openat2(2) (libc's cannot be built outside libc).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Bind-mounts `bind.source` (its real path, the one the policy checked)
+/// on `target`, a new empty directory or file, then makes the mount tree
+/// private, nosuid, nodev and (when asked) read-only. The real path is
+/// opened without following any symlink and mounted through that open
+/// file: a symlink swapped into it since the check is refused, not
+/// followed.
+fn mount_bind(bind: &HostBind, target: &Path) -> Result<(), ShareError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let source_err = |source| ShareError::Source {
+        path: bind.source.clone(),
+        source,
+    };
+    let real = std::fs::canonicalize(&bind.source).map_err(source_err)?;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL in a path");
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS,
+    };
+    let real_c = c(&real);
+    // SAFETY: a NUL-terminated path and an open_how of the size passed;
+    // the fd returned is owned right below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            real_c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(source_err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: openat2 returned a new fd nothing else owns.
+    let opened = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let meta = opened.metadata().map_err(source_err)?;
+    if meta.is_dir() {
+        std::fs::create_dir(target).map_err(io("creating", target))?;
+    } else if meta.is_file() {
+        File::create(target).map_err(io("creating", target))?;
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let kind = if t.is_socket() {
+            "socket"
+        } else if t.is_fifo() {
+            "fifo"
+        } else {
+            "device"
+        };
+        return Err(ShareError::NotShareable {
+            path: bind.source.clone(),
+            kind,
+        });
+    }
+    let src = c(Path::new(&format!("/proc/self/fd/{}", opened.as_raw_fd())));
+    let dst = c(target);
+    // SAFETY: two NUL-terminated paths, no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        let _ = std::fs::remove_dir(target).or_else(|_| std::fs::remove_file(target));
+        return Err(io("bind-mounting it on", target)(err));
+    }
+    let mut attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if bind.read_only {
+        attr_set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: a NUL-terminated path and a mount_attr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        unmount_detached(target);
+        return Err(io("setting ro/nosuid/nodev/private on", target)(err));
+    }
+    Ok(())
+}
+
+fn spawn_virtiofsd(virtiofsd: &Path, dir: &Path) -> Result<Child, ShareError> {
+    let log_path = dir.join(LOG);
+    let log = File::create(&log_path).map_err(io("creating", &log_path))?;
+    let child = Command::new(virtiofsd)
+        .arg("--shared-dir")
+        .arg(dir.join(ROOT))
+        .arg("--socket-path")
+        .arg(dir.join(SOCKET))
+        .args(["--sandbox", "namespace", "--seccomp", "kill"])
+        .args(["--cache", CACHE, "--inode-file-handles=never"])
+        // No device nodes: a guest root's mknod on a volume would make one
+        // on the host.
+        .arg("--modcaps=-mknod")
+        .args(["--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|source| ShareError::Spawn {
+            binary: virtiofsd.to_path_buf(),
+            source,
+        })?;
+    let pidfile = dir.join(PIDFILE);
+    if let Err(err) = std::fs::write(&pidfile, child.id().to_string()) {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(io("writing", &pidfile)(err));
+    }
+    Ok(child)
+}
+
+/// Removes what a share left: virtiofsd (by its pidfile, if it is still
+/// the virtiofsd of this share), the bind mounts, and the directory,
+/// removing only empty entries (a bind that cannot be unmounted stays,
+/// with a warning, and so does its directory).
+pub fn remove_leftovers(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    kill_listed_virtiofsd(dir);
+    let root = dir.join(ROOT);
+    let mut mounted = mounts_under(&root);
+    // Deepest first.
+    mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for target in &mounted {
+        unmount_detached(target);
+    }
+    let still = mounts_under(&root);
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if still.iter().any(|m| m.starts_with(&path)) {
+                log::warn!("{} is still mounted: left in place", path.display());
+                continue;
+            }
+            // Empty placeholders only: never a recursive removal here.
+            let _ = std::fs::remove_dir(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    let _ = std::fs::remove_dir(&root);
+    for name in [SOCKET, OWN_PIDFILE, PIDFILE, LOG] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn kill_listed_virtiofsd(dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(dir.join(PIDFILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let socket = dir.join(SOCKET);
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| {
+            cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == socket.as_os_str().as_bytes())
+        })
+        .unwrap_or(false);
+    if ours {
+        // SAFETY: a signal to a pid whose command line names this share.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn unmount_detached(target: &Path) {
+    let path = CString::new(target.as_os_str().as_bytes()).expect("no NUL in a path");
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        log::warn!(
+            "unmounting {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Mount points at or under `dir`, from this process's mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape(field)))
+        .filter(|point| point.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
+            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests;
