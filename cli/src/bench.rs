@@ -19,6 +19,7 @@
 //!    the report then carries QEMU's error instead of a ratio.
 
 mod console;
+pub mod io;
 mod kernel_cmdline;
 mod machine;
 pub mod net;
@@ -66,6 +67,9 @@ pub enum BenchCommand {
     /// latency from the host, and what the network adds to a start, hull
     /// against runc.
     Net(net::NetBenchArgs),
+    /// File I/O on a container's rootfs and on a volume (virtio-blk and
+    /// virtio-fs), hull against runc.
+    Io(io::IoBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -108,6 +112,8 @@ pub enum BenchError {
     Start(#[from] start::StartBenchError),
     #[error(transparent)]
     Net(#[from] net::NetBenchError),
+    #[error(transparent)]
+    Io(#[from] io::IoBenchError),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("hull boot {run} of {runs}")]
@@ -243,6 +249,14 @@ pub fn run(command: &BenchCommand, progress: &mut dyn FnMut(&str)) -> Result<Str
                 serde_json::to_string(&report).expect("the report serializes") + "\n"
             } else {
                 net::render(&report)
+            })
+        }
+        BenchCommand::Io(args) => {
+            let report = io::io_bench(args, progress)?;
+            Ok(if args.json {
+                serde_json::to_string(&report).expect("the report serializes") + "\n"
+            } else {
+                io::render(&report)
             })
         }
     }

@@ -169,6 +169,7 @@ fn check(args: CheckArgs) -> Result<u8, String> {
         };
         results.extend(check::host::run(&paths));
         results.extend(check::network::run());
+        results.extend(check::share::run(&args.config));
     }
     let source = match (args.bundle, args.task, args.docker) {
         (Some(dir), _, _) => Some(Source::Bundle(dir)),

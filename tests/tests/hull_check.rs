@@ -37,7 +37,12 @@ fn host_checks_match_this_machine() {
     prereq::require_kvm();
     let dir = test_dir();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "kernel = \"/x\"\n").unwrap();
+    let virtiofsd = prereq::virtiofsd();
+    std::fs::write(
+        &config,
+        format!("kernel = \"/x\"\nvirtiofsd = \"{}\"\n", virtiofsd.display()),
+    )
+    .unwrap();
     let (_, results) = hull_check(&["--config", config.to_str().unwrap()]);
     assert_eq!(
         verdicts(&results, "H1.1"),
@@ -58,6 +63,8 @@ fn host_checks_match_this_machine() {
     assert_eq!(verdicts(&results, "H2.3"), ["PASS"]);
     assert_eq!(verdicts(&results, "H2.4"), ["PASS"]);
     assert_eq!(verdicts(&results, "H3.1"), ["PASS"]);
+    // virtiofsd started for real, in its namespace sandbox, under seccomp.
+    assert_eq!(verdicts(&results, "H7.1"), ["PASS"], "{results:?}");
     for r in &results {
         assert!(
             r["id"].as_str().unwrap().starts_with('H'),
@@ -74,6 +81,14 @@ fn host_checks_match_this_machine() {
         verdicts(&results, "H2.4"),
         ["WARN"],
         "jail = false is flagged"
+    );
+
+    std::fs::write(&config, "virtiofsd = \"/nonexistent/virtiofsd\"\n").unwrap();
+    let (_, results) = hull_check(&["--config", config.to_str().unwrap()]);
+    assert_eq!(
+        verdicts(&results, "H7.1"),
+        ["FAIL"],
+        "a missing virtiofsd is flagged: {results:?}"
     );
 }
 

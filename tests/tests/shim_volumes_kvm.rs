@@ -1,19 +1,21 @@
 //! Host bind mounts shared live with the guest (virtio-fs, one virtiofsd
-//! per sandbox), through Docker 26: what a container writes under `-v`
+//! per sandbox), through Docker 26 and ctr: what a container writes under `-v`
 //! reaches the host while it runs, what the host writes reaches the
 //! container, `:ro` holds even against a privileged container that mounts
 //! the share itself, escape attempts from a privileged root find nothing
-//! of the host outside the share, and a named volume keeps its data across
-//! containers. Needs KVM, root, the extracted Docker, the shim and
+//! of the host outside the share, a named volume keeps its data across
+//! containers; `ctr run --mount` likewise, and either side of the share
+//! dying under a running container. Needs KVM, root, the extracted Docker, the shim and
 //! virtiofsd (hull_tests::docker, prereq::virtiofsd).
 
 use std::path::Path;
 use std::time::Duration;
 
-use hull_tests::containerd::stdout_ok;
+use hull_sandbox::share::SHARE_BASE;
+use hull_tests::containerd::{stdout_ok, Containerd, Engine};
 use hull_tests::docker::{Docker, DOCKER_IMAGE};
 use hull_tests::poll::try_poll_until;
-use hull_tests::{prereq, test_dir};
+use hull_tests::{leaks, prereq, test_dir};
 
 const SECRET: &str = "host secret outside the share";
 
@@ -187,4 +189,147 @@ fn docker_volumes_reach_the_host_live_kvm() {
         "docker volume rm",
     );
     docker.assert_nothing_left();
+}
+
+/// The virtiofsd processes of the one sandbox with binds running here
+/// (one suite runs at a time): in namespace mode, the monitor the shim
+/// started and the server it forked (returned second).
+fn virtiofsd_pids() -> (u32, u32) {
+    let found: Vec<u32> = leaks::processes_mentioning(Path::new(SHARE_BASE))
+        .into_iter()
+        .filter(|(pid, _)| leaks::process_name(*pid).as_deref() == Some("virtiofsd"))
+        .map(|(pid, _)| pid)
+        .collect();
+    let parent_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+            .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+    };
+    match found.as_slice() {
+        [a, b] if parent_of(*b) == Some(*a) => (*a, *b),
+        [a, b] if parent_of(*a) == Some(*b) => (*b, *a),
+        other => panic!("expected virtiofsd and its server, found {other:?}"),
+    }
+}
+
+/// Whether `pid` has exited (gone, or a zombie its parent has not reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) with a pid this test found; at worst it is gone.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// `ctr task exec` of a shell script in `id`: (exit code, stdout + stderr).
+fn ctr_exec(
+    containerd: &Containerd,
+    id: &str,
+    exec_id: &str,
+    script: &str,
+) -> (Option<i32>, String) {
+    let out = containerd.ctr(&["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// `ctr run --mount type=bind,...`: the container's write reaches the host
+/// while it runs. Then each side of the share dies under a running
+/// container: virtiofsd killed, the container gets I/O errors and the task
+/// can be killed and deleted; the VMM killed, virtiofsd ends by itself.
+/// Nothing is left either way.
+#[test]
+fn ctr_bind_mounts_and_a_dying_side_of_the_share_kvm() {
+    prereq::require_kvm();
+    prereq::virtiofsd();
+    let dir = test_dir();
+    let containerd = Containerd::start(Engine::Containerd17, dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        data.display()
+    );
+    let loop_script =
+        |name: &str| format!("echo {name} > /data/{name}; while true; do sleep 1; done");
+
+    // virtiofsd dies.
+    let script = loop_script("first");
+    stdout_ok(
+        &containerd.run_detached("vfs1", &["--mount", &mount], &["sh", "-c", &script]),
+        "ctr run -d --mount",
+    );
+    let wrote = try_poll_until(
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || match read(&data.join("first")) {
+            Some(text) if text == "first\n" => Ok(()),
+            other => Err(other),
+        },
+    );
+    assert!(
+        wrote.is_ok(),
+        "the guest's write through ctr --mount: {wrote:?}"
+    );
+    let (_, server) = virtiofsd_pids();
+    sigkill(server);
+    let (code, text) = ctr_exec(&containerd, "vfs1", "e1", "echo x > /data/after-kill");
+    assert!(
+        code != Some(0) && text.contains("I/O error"),
+        "a write after virtiofsd died: exit {code:?}, {text}"
+    );
+    assert!(!data.join("after-kill").exists());
+    stdout_ok(
+        &containerd.ctr(&["task", "kill", "-s", "SIGKILL", "vfs1"]),
+        "ctr task kill",
+    );
+    containerd.wait_task_stopped_and_delete("vfs1");
+    stdout_ok(
+        &containerd.ctr(&["container", "rm", "vfs1"]),
+        "ctr container rm",
+    );
+    containerd.assert_nothing_left();
+
+    // The VMM dies.
+    let script = loop_script("second");
+    stdout_ok(
+        &containerd.run_detached("vfs2", &["--mount", &mount], &["sh", "-c", &script]),
+        "ctr run -d --mount (second)",
+    );
+    let wrote = try_poll_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        read(&data.join("second")).ok_or(())
+    });
+    assert!(wrote.is_ok(), "the second container's write");
+    let (monitor, server) = virtiofsd_pids();
+    let vmm = containerd
+        .vmm_pid("vfs2")
+        .expect("the second container's VMM");
+    sigkill(vmm);
+    let ended = try_poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        if exited(monitor) && exited(server) {
+            Ok(())
+        } else {
+            Err((monitor, server))
+        }
+    });
+    assert!(ended.is_ok(), "virtiofsd outlived the VMM it served");
+    containerd.wait_task_stopped_and_delete("vfs2");
+    stdout_ok(
+        &containerd.ctr(&["container", "rm", "vfs2"]),
+        "ctr container rm",
+    );
+    containerd.assert_nothing_left();
+    assert_eq!(read(&data.join("first")).as_deref(), Some("first\n"));
 }

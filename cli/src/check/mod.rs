@@ -8,6 +8,7 @@
 pub mod container;
 pub mod host;
 pub mod network;
+pub mod share;
 
 use serde::Serialize;
 
