@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -108,7 +108,9 @@ pub fn io_bench(
 ) -> Result<IoBenchReport, IoBenchError> {
     if let Some(tar) = &args.target.image_tar {
         let tar = tar.display().to_string();
-        let out = ctr_command(args)
+        let out = args
+            .target
+            .command()
             .args(["image", "import", &tar])
             .output()
             .map_err(|source| IoBenchError::Io {
@@ -169,15 +171,6 @@ fn write_cold_file(path: &Path, mib: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn ctr_command(args: &IoBenchArgs) -> Command {
-    let mut cmd = Command::new(&args.target.ctr);
-    cmd.arg("-a")
-        .arg(&args.target.address)
-        .arg("-n")
-        .arg(&args.target.namespace);
-    cmd
-}
-
 /// Runs the script in one container; the time of each step, ms (the
 /// rootfs's steps, then the volume's).
 fn run_steps(
@@ -192,7 +185,7 @@ fn run_steps(
         volume.display()
     );
     let script = format!("MIB={}; FILES={}; {SCRIPT}", args.mib, args.files);
-    let mut cmd = ctr_command(args);
+    let mut cmd = args.target.command();
     cmd.args(["run", "--rm", "--runtime", runtime, "--mount", &mount]);
     if let (Some(config), true) = (&args.target.config, runtime.contains("hull")) {
         cmd.arg("--runtime-config-path").arg(config);

@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -134,18 +134,11 @@ pub fn net_bench(
     })
 }
 
-fn ctr_command(args: &NetBenchArgs) -> Command {
-    let mut cmd = Command::new(&args.target.ctr);
-    cmd.arg("-a")
-        .arg(&args.target.address)
-        .arg("-n")
-        .arg(&args.target.namespace);
-    cmd
-}
-
 fn ctr(args: &NetBenchArgs, ctr_args: &[&str]) -> Result<String, NetBenchError> {
     let what = format!("ctr {}", ctr_args.join(" "));
-    let out = ctr_command(args)
+    let out = args
+        .target
+        .command()
         .args(ctr_args)
         .output()
         .map_err(|source| NetBenchError::Spawn {
@@ -170,7 +163,7 @@ fn spawn_run(
     id: &str,
     script: &str,
 ) -> Result<Child, NetBenchError> {
-    let mut cmd = ctr_command(args);
+    let mut cmd = args.target.command();
     cmd.args(["run", "--rm", "--runtime", runtime]);
     if cni {
         cmd.arg("--cni");

@@ -39,6 +39,18 @@ pub struct CtrTarget {
     pub ctr: PathBuf,
 }
 
+impl CtrTarget {
+    /// `ctr -a ADDRESS -n NAMESPACE`, for the arguments to follow.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.ctr);
+        cmd.arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(&self.namespace);
+        cmd
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartBenchArgs {
     #[command(flatten)]

@@ -29,26 +29,31 @@ pub fn expected_output(input: &[u8], dev: &str) -> Vec<u8> {
 }
 
 /// A step that had to work and did not.
-struct StepError {
+pub struct StepError {
     step: &'static str,
     errno: Errno,
 }
 
-fn at(step: &'static str) -> impl FnOnce(Errno) -> StepError {
+pub fn at(step: &'static str) -> impl FnOnce(Errno) -> StepError {
     move |errno| StepError { step, errno }
 }
 
-/// Check `/dev/<dev>` and report the outcome.
-pub fn probe(dev: &str, report: &mut Report) {
-    let line = match check(dev) {
+/// Reports a check's line, or `<what> error step=... errno=...`.
+pub fn report_check(what: &str, result: Result<String, StepError>, report: &mut Report) {
+    let line = match result {
         Ok(result) => result,
         Err(e) => format!(
-            "blk {dev} error step={} errno={}",
+            "{what} error step={} errno={}",
             e.step,
             errno_name(e.errno.raw_os_error())
         ),
     };
     report.line(&line);
+}
+
+/// Check `/dev/<dev>` and report the outcome.
+pub fn probe(dev: &str, report: &mut Report) {
+    report_check(&format!("blk {dev}"), check(dev), report);
 }
 
 fn check(dev: &str) -> Result<String, StepError> {
@@ -80,7 +85,7 @@ fn check(dev: &str) -> Result<String, StepError> {
 /// Read `in.txt`; then the outcome of writing `out.txt` (a failure here is
 /// a result: the drive may be read-only).
 fn read_and_write(dev: &str) -> Result<(usize, Result<(), Errno>), StepError> {
-    let input = read_file(&format!("{MOUNT_POINT}/in.txt")).map_err(at("read"))?;
+    let input = read_file(&format!("{MOUNT_POINT}/in.txt"), MAX_INPUT).map_err(at("read"))?;
     let output = expected_output(&input, dev);
     Ok((
         input.len(),
@@ -88,9 +93,10 @@ fn read_and_write(dev: &str) -> Result<(usize, Result<(), Errno>), StepError> {
     ))
 }
 
-fn read_file(path: &str) -> Result<Vec<u8>, Errno> {
+/// Up to `max` bytes of `path`.
+pub fn read_file(path: &str, max: usize) -> Result<Vec<u8>, Errno> {
     let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-    let mut data = vec![0u8; MAX_INPUT];
+    let mut data = vec![0u8; max];
     let mut len = 0;
     while let Some(rest) = data.get_mut(len..).filter(|r| !r.is_empty()) {
         match rustix::io::read(&fd, rest)? {
@@ -102,7 +108,7 @@ fn read_file(path: &str) -> Result<Vec<u8>, Errno> {
     Ok(data)
 }
 
-fn write_synced(path: &str, data: &[u8]) -> Result<(), Errno> {
+pub fn write_synced(path: &str, data: &[u8]) -> Result<(), Errno> {
     let fd: OwnedFd = rustix::fs::open(
         path,
         OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
