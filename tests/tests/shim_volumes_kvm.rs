@@ -287,7 +287,7 @@ fn ctr_bind_mounts_and_a_dying_side_of_the_share_kvm() {
     sigkill(server);
     let (code, text) = ctr_exec(&containerd, "vfs1", "e1", "echo x > /data/after-kill");
     assert!(
-        code != Some(0) && text.contains("I/O error"),
+        code != Some(0) && text.contains("Input/output error"),
         "a write after virtiofsd died: exit {code:?}, {text}"
     );
     assert!(!data.join("after-kill").exists());
