@@ -245,8 +245,8 @@ fn ctr_exec(
     (out.status.code(), text)
 }
 
-/// `ctr run --mount type=bind,...`: the container's write reaches the host
-/// while it runs. Then each side of the share dies under a running
+/// `ctr run --mount type=bind,...`: a socket is refused by name; the
+/// container's write reaches the host while it runs. Then each side of the share dies under a running
 /// container: virtiofsd killed, the container gets I/O errors and the task
 /// can be killed and deleted; the VMM killed, virtiofsd ends by itself.
 /// Nothing is left either way.
@@ -264,6 +264,24 @@ fn ctr_bind_mounts_and_a_dying_side_of_the_share_kvm() {
     );
     let loop_script =
         |name: &str| format!("echo {name} > /data/{name}; while true; do sleep 1; done");
+
+    // Bad input: a socket cannot be shared, and the error names it; no VM
+    // is started and nothing is left.
+    let socket = dir.path().join("app.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let bad = format!(
+        "type=bind,src={},dst=/app.sock,options=rbind:rw",
+        socket.display()
+    );
+    let out = containerd.run("vfs0", &["--mount", &bad], &["true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("app.sock")
+            && stderr.contains("only directories and regular files can be shared"),
+        "sharing a socket: {out:?}"
+    );
+    containerd.assert_nothing_left();
 
     // virtiofsd dies.
     let script = loop_script("first");

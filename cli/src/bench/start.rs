@@ -122,7 +122,8 @@ pub const PHASES: &[(&str, &str)] = &[
     ("create", "ctr, containerd, shim start"),
     ("spec", "config, spec, policy, VM size"),
     ("hooks", "network namespace, host hooks (Docker's)"),
-    ("disks", "rootfs and binds disks"),
+    ("disks", "rootfs disk"),
+    ("share", "shared directory (virtiofsd), with binds"),
     ("template", "template found (or built)"),
     ("agent", "VM restored or booted, agent answers"),
     ("clone", "clone prepared (time, entropy)"),
@@ -671,7 +672,7 @@ mod tests {
             first_ns: 8_200 * ms,
         };
         let phases = phase_durations(&marks, &timed);
-        assert_eq!(phases, [100, 2, 8, 40, 1, 649, 0, 7_200, 100, 100]);
+        assert_eq!(phases, [100, 2, 8, 40, 0, 1, 649, 0, 7_200, 100, 100]);
         assert_eq!(phases.iter().sum::<u64>(), timed.first_ms);
     }
 
