@@ -103,10 +103,21 @@ impl Fs {
             if !queue.ready() {
                 continue;
             }
+            // Bounded like every device's turn: a guest that keeps a ring
+            // full cannot hold the event loop (requests answered here
+            // without a backend take no slot).
+            let mut served = 0;
             loop {
                 if self.backend.as_ref().is_some_and(|b| !b.queue.has_room()) {
                     break;
                 }
+                if served == usize::from(QUEUE_SIZE) {
+                    self.common.queue_evts[index]
+                        .write(1)
+                        .map_err(|e| FsError::Virtio(VirtioError::EventFd(e)))?;
+                    break;
+                }
+                served += 1;
                 let Some(chain) = queue.pop_descriptor_chain(mem) else {
                     break;
                 };
@@ -151,15 +162,16 @@ impl Fs {
             return Ok(());
         };
         let _ = backend.call.read();
-        let mem = match self.common.mem() {
-            Ok(mem) => mem.clone(),
-            // Reset while requests were in flight: their chains are gone.
-            Err(_) => {
-                let _ = backend.queue.abandon();
-                return Ok(());
-            }
+        let Ok(mem) = self.common.mem().cloned() else {
+            // Reset while requests were in flight: their chains are gone;
+            // the slots free as the backend returns them.
+            backend.queue.complete(None).map_err(FsError::Shadow)?;
+            return Ok(());
         };
-        let done = backend.queue.complete(&mem).map_err(FsError::Shadow)?;
+        let done = backend
+            .queue
+            .complete(Some(&mem))
+            .map_err(FsError::Shadow)?;
         self.give_back(&mem, done)?;
         self.process_queues()
     }
@@ -249,10 +261,9 @@ fn write_error(
     unique: u64,
     errno: i32,
 ) -> u32 {
-    let Some(&(addr, len)) = writable.first().filter(|(_, len)| *len >= OUT_HEADER_LEN) else {
+    let Some(&(addr, _)) = writable.first().filter(|(_, len)| *len >= OUT_HEADER_LEN) else {
         return 0;
     };
-    let _ = len;
     let mut header = [0u8; OUT_HEADER_LEN as usize];
     header[..4].copy_from_slice(&OUT_HEADER_LEN.to_le_bytes());
     header[4..8].copy_from_slice(&(-errno).to_le_bytes());

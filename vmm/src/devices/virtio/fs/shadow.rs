@@ -229,7 +229,13 @@ impl ShadowQueue {
     /// token and the bytes written, for the guest's used ring. A used
     /// entry naming no request in flight is skipped with a warning: the
     /// requests returned with it must still reach the guest.
-    pub fn complete(&mut self, guest: &GuestMemoryMmap) -> Result<Vec<(u32, u32)>, ShadowError> {
+    /// With no `guest` (the driver reset the device: the chains are gone),
+    /// the slots are freed and nothing is copied. A request's slot is free
+    /// only once the backend returned it: it may still be writing there.
+    pub fn complete(
+        &mut self,
+        guest: Option<&GuestMemoryMmap>,
+    ) -> Result<Vec<(u32, u32)>, ShadowError> {
         let used_idx: u16 = self.read_obj(USED_AT + 2)?;
         // The entries after the index the backend published them with.
         fence(Ordering::Acquire);
@@ -247,7 +253,11 @@ impl ShadowQueue {
                     continue;
                 }
             };
-            done.push((in_flight.token, self.copy_back(guest, &in_flight, len)?));
+            let written = match guest {
+                Some(guest) => self.copy_back(guest, &in_flight, len)?,
+                None => 0,
+            };
+            done.push((in_flight.token, written));
         }
         Ok(done)
     }

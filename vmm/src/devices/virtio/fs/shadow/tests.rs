@@ -111,7 +111,7 @@ fn a_request_crosses_and_its_answer_comes_back_into_the_guest() {
     ];
     queue.submit(&guest, 7, &chain).unwrap();
     assert_eq!(backend.serve(), [b"fuse-in:hello".to_vec()]);
-    assert_eq!(queue.complete(&guest).unwrap(), [(7, 13)]);
+    assert_eq!(queue.complete(Some(&guest)).unwrap(), [(7, 13)]);
     let mut out = [0u8; 13];
     guest
         .read_slice(&mut out[..6], GuestAddress(0x3000))
@@ -120,7 +120,10 @@ fn a_request_crosses_and_its_answer_comes_back_into_the_guest() {
         .read_slice(&mut out[6..], GuestAddress(0x4000))
         .unwrap();
     assert_eq!(&out, b"FUSE-IN:HELLO");
-    assert!(queue.complete(&guest).unwrap().is_empty(), "nothing new");
+    assert!(
+        queue.complete(Some(&guest)).unwrap().is_empty(),
+        "nothing new"
+    );
 }
 
 #[test]
@@ -131,7 +134,7 @@ fn a_request_without_an_answer_is_one_readable_descriptor() {
     let mut backend = Backend::of(&queue);
     queue.submit(&guest, 3, &[desc(0x1000, 6, 0)]).unwrap();
     assert_eq!(backend.serve(), [b"forget".to_vec()]);
-    assert_eq!(queue.complete(&guest).unwrap(), [(3, 0)]);
+    assert_eq!(queue.complete(Some(&guest)).unwrap(), [(3, 0)]);
 }
 
 #[test]
@@ -150,7 +153,7 @@ fn slots_run_out_and_come_back_around_the_ring() {
         ));
         assert_eq!(backend.serve().len(), 2);
         let heads: Vec<u32> = queue
-            .complete(&guest)
+            .complete(Some(&guest))
             .unwrap()
             .into_iter()
             .map(|(head, _)| head)
@@ -206,7 +209,7 @@ fn a_lying_backend_cannot_return_what_is_not_in_flight_or_overflow_the_guest() {
         .mem
         .write_obj(200u32, GuestAddress(entry + 4))
         .unwrap();
-    assert_eq!(queue.complete(&guest).unwrap(), [(1, 4)]);
+    assert_eq!(queue.complete(Some(&guest)).unwrap(), [(1, 4)]);
     let mut after = [0u8; 8];
     guest.read_slice(&mut after, GuestAddress(0x2000)).unwrap();
     assert_eq!(
@@ -219,7 +222,7 @@ fn a_lying_backend_cannot_return_what_is_not_in_flight_or_overflow_the_guest() {
     backend.push_used(3, 0);
     backend.push_used(2, 0);
     backend.serve();
-    assert_eq!(queue.complete(&guest).unwrap(), [(5, 0)]);
+    assert_eq!(queue.complete(Some(&guest)).unwrap(), [(5, 0)]);
 }
 
 /// Needs root and virtiofsd (`HULL_VIRTIOFSD`, else `virtiofsd` on PATH):
@@ -334,7 +337,7 @@ fn needs_root_virtiofsd_answers_through_the_shadow_queue() {
     kicks[1].write(1).unwrap();
     let mut done = Vec::new();
     for _ in 0..200 {
-        done = queue.complete(&guest).unwrap();
+        done = queue.complete(Some(&guest)).unwrap();
         if !done.is_empty() {
             break;
         }
@@ -373,4 +376,28 @@ fn abandoned_requests_come_back_with_their_head() {
     assert_eq!(abandoned[0].writable, [(GuestAddress(0x2000), 8)]);
     assert!(queue.has_room(), "abandoned slots are free again");
     assert!(queue.abandon().is_empty());
+}
+
+#[test]
+fn after_a_reset_slots_free_only_when_the_backend_returns_them() {
+    let guest = guest();
+    let mut queue = ShadowQueue::new(1, 0x100).unwrap();
+    let mut backend = Backend::of(&queue);
+    guest.write_slice(b"ping", GuestAddress(0x1000)).unwrap();
+    guest.write_slice(&[0xee; 4], GuestAddress(0x2000)).unwrap();
+    queue
+        .submit(&guest, 1, &[desc(0x1000, 4, 0), desc(0x2000, 4, W)])
+        .unwrap();
+    // Nothing returned yet: the slot stays the backend's.
+    assert!(queue.complete(None).unwrap().is_empty());
+    assert!(!queue.has_room());
+    backend.serve();
+    assert_eq!(queue.complete(None).unwrap(), [(1, 0)]);
+    assert!(queue.has_room());
+    let mut after = [0u8; 4];
+    guest.read_slice(&mut after, GuestAddress(0x2000)).unwrap();
+    assert_eq!(
+        after, [0xee; 4],
+        "nothing copied into a reset guest's buffer"
+    );
 }
