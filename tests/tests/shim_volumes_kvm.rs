@@ -1,12 +1,13 @@
 //! Host bind mounts shared live with the guest (virtio-fs, one virtiofsd
-//! per sandbox), through Docker 26 and ctr: what a container writes under `-v`
-//! reaches the host while it runs, what the host writes reaches the
-//! container, `:ro` holds even against a privileged container that mounts
+//! per sandbox), through Docker 26 and ctr: what a container writes under
+//! `-v` reaches the host while it runs, what the host writes reaches the
+//! container (a directory or a file), a `--tmpfs` stays in the guest, `:ro`
+//! holds even against a privileged container that remounts it or mounts
 //! the share itself, escape attempts from a privileged root find nothing
 //! of the host outside the share, a named volume keeps its data across
 //! containers; `ctr run --mount` likewise, and either side of the share
-//! dying under a running container. Needs KVM, root, the extracted Docker, the shim and
-//! virtiofsd (hull_tests::docker, prereq::virtiofsd).
+//! dying under a running container. Needs KVM, root, the extracted Docker,
+//! the shim and virtiofsd (hull_tests::docker, prereq::virtiofsd).
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,6 +50,9 @@ fn docker_volumes_reach_the_host_live_kvm() {
     std::fs::write(&outside, SECRET).unwrap();
     let data_volume = format!("{}:/data", data.display());
     let ro_volume = format!("{}:/ro:ro", ro.display());
+    let conf = dir.path().join("app.conf");
+    std::fs::write(&conf, "setting=1\n").unwrap();
+    let conf_volume = format!("{}:/etc/app.conf", conf.display());
 
     let out = docker.docker(&[
         "run",
@@ -64,6 +68,10 @@ fn docker_volumes_reach_the_host_live_kvm() {
         &data_volume,
         "-v",
         &ro_volume,
+        "-v",
+        &conf_volume,
+        "--tmpfs",
+        "/scratch",
         DOCKER_IMAGE,
         "sh",
         "-c",
@@ -100,19 +108,41 @@ fn docker_volumes_reach_the_host_live_kvm() {
     );
     assert!(seen.is_ok(), "the host's write in the container: {seen:?}");
 
-    // `:ro` refuses writes, also through the share mounted again by a
-    // privileged container (the host's bind is read-only itself).
-    let (code, text) = exec(&docker, "echo x > /ro/new.txt");
-    assert_ne!(code, Some(0), "a write to a :ro volume: {text}");
-    let (_, text) = exec(
+    // A file bind, both ways; a tmpfs mount stays in the guest.
+    let (code, text) = exec(
         &docker,
-        "mkdir -p /mnt/share && mount -t virtiofs hull-share /mnt/share && \
-         for d in /mnt/share /mnt/share/*; do if [ -f $d/keep.txt ]; then echo found; \
-         echo x > $d/new.txt && echo wrote; fi; done",
+        "cat /etc/app.conf && echo setting=2 > /etc/app.conf",
+    );
+    assert_eq!(
+        (code, text.as_str()),
+        (Some(0), "setting=1\n"),
+        "the file bind"
+    );
+    assert_eq!(read(&conf).as_deref(), Some("setting=2\n"));
+    let (code, text) = exec(
+        &docker,
+        "echo t > /scratch/t && grep ' /scratch ' /proc/mounts",
     );
     assert!(
-        text.contains("found") && !text.contains("wrote"),
-        "a write to the :ro bind through the share mounted again: {text}"
+        code == Some(0) && text.starts_with("tmpfs /scratch tmpfs"),
+        "--tmpfs in the guest: {text}"
+    );
+
+    // `:ro` refuses writes.
+    let (code, text) = exec(&docker, "echo x > /ro/new.txt");
+    assert_ne!(code, Some(0), "a write to a :ro volume: {text}");
+    // The guest's own read-only flag is not what holds it: remounted
+    // read-write by the privileged container, the bind stays read-only on
+    // the host, and the share mounted again by its tag gives nothing more.
+    let (_, text) = exec(
+        &docker,
+        "mount -o remount,rw /ro && echo remounted; echo x > /ro/new.txt && echo wrote; \
+         mkdir -p /mnt/share && mount -t virtiofs hull-share /mnt/share && echo share-mounted; \
+         for f in $(find /mnt/share -name keep.txt); do echo x > ${f%keep.txt}new.txt && echo wrote; done",
+    );
+    assert!(
+        text.contains("remounted") && text.contains("share-mounted") && !text.contains("wrote"),
+        "writes to the :ro bind after a read-write remount: {text}"
     );
     assert!(
         !ro.join("new.txt").exists(),
