@@ -19,6 +19,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use hull_sandbox::share::SHARE_BASE;
+use hull_sandbox::state::SANDBOX_STATE_BASE;
 
 use crate::leaks;
 use crate::poll::try_poll_until;
@@ -702,6 +703,23 @@ impl Drop for Containerd {
                 let _ = std::fs::remove_dir(&path);
             } else {
                 let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        // Sandboxes whose ids this harness never saw (dockerd named them):
+        // those whose VM config names this test's directory.
+        let needle = self.dir.to_string_lossy().into_owned();
+        for sandbox in crate::dir_entries(Path::new(SANDBOX_STATE_BASE)) {
+            let state = Path::new(SANDBOX_STATE_BASE).join(&sandbox);
+            let config = std::fs::read_to_string(state.join("vmm.json")).unwrap_or_default();
+            if config.contains(&needle) {
+                let _ = std::fs::remove_dir_all(&state);
+                for controller in ["memory", "pids", "cpu", ""] {
+                    let cgroup = Path::new("/sys/fs/cgroup")
+                        .join(controller)
+                        .join("hull")
+                        .join(&sandbox);
+                    let _ = std::fs::remove_dir(cgroup);
+                }
             }
         }
     }
