@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::machine::{utc_now, Machine};
-use super::start::CtrTarget;
+use super::start::{CtrError, CtrTarget};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IoBenchArgs {
@@ -42,6 +42,8 @@ pub struct IoBenchArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoBenchError {
+    #[error(transparent)]
+    Ctr(#[from] CtrError),
     #[error("{what}")]
     Io {
         what: String,
@@ -106,24 +108,7 @@ pub fn io_bench(
     args: &IoBenchArgs,
     progress: &mut dyn FnMut(&str),
 ) -> Result<IoBenchReport, IoBenchError> {
-    if let Some(tar) = &args.target.image_tar {
-        let tar = tar.display().to_string();
-        let out = args
-            .target
-            .command()
-            .args(["image", "import", &tar])
-            .output()
-            .map_err(|source| IoBenchError::Io {
-                what: "running ctr image import".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(IoBenchError::Failed {
-                what: "ctr image import".into(),
-                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-    }
+    args.target.import_image()?;
     let mut runs = Vec::new();
     for (label, runtime) in RUNTIMES {
         progress(&format!("{label}: rootfs and volume"));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::machine::{utc_now, Machine};
-use super::start::{median, CtrTarget};
+use super::start::{median, CtrError, CtrTarget};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetBenchArgs {
@@ -42,6 +42,8 @@ pub struct NetBenchArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetBenchError {
+    #[error(transparent)]
+    Ctr(#[from] CtrError),
     #[error("running {what}")]
     Spawn {
         what: String,
@@ -89,10 +91,7 @@ pub fn net_bench(
     args: &NetBenchArgs,
     progress: &mut dyn FnMut(&str),
 ) -> Result<NetBenchReport, NetBenchError> {
-    if let Some(tar) = &args.target.image_tar {
-        let tar = tar.display().to_string();
-        ctr(args, &["image", "import", &tar])?;
-    }
+    args.target.import_image()?;
     let mut runs = Vec::new();
     for (label, runtime) in RUNTIMES {
         progress(&format!("{label}: throughput and latency"));
@@ -132,26 +131,6 @@ pub fn net_bench(
         round_trips: args.round_trips,
         runs,
     })
-}
-
-fn ctr(args: &NetBenchArgs, ctr_args: &[&str]) -> Result<String, NetBenchError> {
-    let what = format!("ctr {}", ctr_args.join(" "));
-    let out = args
-        .target
-        .command()
-        .args(ctr_args)
-        .output()
-        .map_err(|source| NetBenchError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(NetBenchError::Failed {
-            what,
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `ctr run --rm [--cni] --runtime RUNTIME IMAGE ID sh -c SCRIPT`, its

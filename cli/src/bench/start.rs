@@ -39,15 +39,56 @@ pub struct CtrTarget {
     pub ctr: PathBuf,
 }
 
+/// A `ctr` call that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtrError {
+    #[error("running {what}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {stderr}")]
+    Failed { what: String, stderr: String },
+}
+
 impl CtrTarget {
     /// `ctr -a ADDRESS -n NAMESPACE`, for the arguments to follow.
-    pub fn command(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(&self.ctr);
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.ctr);
         cmd.arg("-a")
             .arg(&self.address)
             .arg("-n")
             .arg(&self.namespace);
         cmd
+    }
+
+    /// `ctr ARGS`, which must succeed: its stdout.
+    pub fn run(&self, args: &[&str]) -> Result<String, CtrError> {
+        let what = format!("ctr {}", args.join(" "));
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .map_err(|source| CtrError::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(CtrError::Failed {
+                what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Imports `--image-tar`, when given, into the bench's namespace.
+    pub fn import_image(&self) -> Result<(), CtrError> {
+        if let Some(tar) = &self.image_tar {
+            self.run(&["image", "import", &tar.display().to_string()])?;
+        }
+        Ok(())
     }
 }
 
@@ -75,6 +116,8 @@ pub struct StartBenchArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartBenchError {
+    #[error(transparent)]
+    Ctr(#[from] CtrError),
     #[error("running {what}")]
     Spawn {
         what: String,
@@ -212,31 +255,11 @@ struct Ctr<'a> {
 
 impl Ctr<'_> {
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.args.target.ctr);
-        cmd.arg("-a")
-            .arg(&self.args.target.address)
-            .arg("-n")
-            .arg(&self.args.target.namespace);
-        cmd
+        self.args.target.command()
     }
 
     fn run(&self, args: &[&str]) -> Result<String, StartBenchError> {
-        let what = format!("ctr {}", args.join(" "));
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .map_err(|source| StartBenchError::Spawn {
-                what: what.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(StartBenchError::Failed {
-                what,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(self.args.target.run(args)?)
     }
 
     fn runtime_args(&self, variant: &Variant) -> Vec<String> {
@@ -503,9 +526,7 @@ pub fn start_bench(
     })?;
     let phase_log = scratch.path().join("phases.jsonl");
     let ctr = Ctr { args };
-    if let Some(tar) = &args.target.image_tar {
-        ctr.run(&["image", "import", &tar.display().to_string()])?;
-    }
+    args.target.import_image()?;
     let hull = "io.containerd.hull.v2";
     let mut variants = vec![Variant {
         label: "hull, template",
