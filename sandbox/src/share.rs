@@ -131,6 +131,11 @@ impl Share {
         Ok(share)
     }
 
+    /// The directory virtiofsd shares (the binds are its entries).
+    pub fn root(&self) -> PathBuf {
+        self.dir.join(ROOT)
+    }
+
     /// virtiofsd's vhost-user socket, for the VMM.
     pub fn socket(&self) -> PathBuf {
         self.dir.join(SOCKET)
