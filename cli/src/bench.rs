@@ -282,7 +282,7 @@ pub fn boot_bench(
         snapshot_file: None,
         restore_from: None,
         network: None,
-        fs: None,
+        fs: Vec::new(),
     };
     let timeout = Duration::from_secs(args.timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -382,7 +382,7 @@ fn compare(
         snapshot_file: None,
         restore_from: None,
         network: None,
-        fs: None,
+        fs: Vec::new(),
         ..spec.clone()
     };
     let cmdline = kernel_cmdline::probe(

@@ -216,7 +216,7 @@ fn boot(args: BootArgs) -> Result<(), String> {
         snapshot_file: None,
         restore_from: None,
         network: None,
-        fs: None,
+        fs: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -97,8 +97,11 @@ pub struct FsConfig {
     pub socket: Option<PathBuf>,
 }
 
-/// The tag of the one share hull gives a sandbox.
+/// The tag of a sandbox's share of host bind mounts (volumes).
 pub const SHARE_TAG: &str = "hull-share";
+/// The tag of a sandbox's shared rootfs (the container's root directory on
+/// the host, served with its own cache policy).
+pub const ROOTFS_TAG: &str = "hull-rootfs";
 
 /// What happens on a syscall outside a VMM thread's seccomp list.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,9 +158,10 @@ pub struct VmConfig {
     /// A virtio-net device on a tap, after the drives and vsock.
     #[serde(default)]
     pub net: Option<NetConfig>,
-    /// A virtio-fs device, after the network device.
+    /// virtio-fs devices, after the network device, in this order; tags
+    /// are unique.
     #[serde(default)]
-    pub fs: Option<FsConfig>,
+    pub fs: Vec<FsConfig>,
     /// The control socket (status, pause, resume, shutdown).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -199,7 +203,7 @@ impl VmConfig {
             drives: Vec::new(),
             vsock: None,
             net: None,
-            fs: None,
+            fs: Vec::new(),
             api_socket: None,
             seccomp: SeccompMode::Enforce,
             snapshot_file: None,
@@ -241,10 +245,16 @@ mod tests {
             tap: TapConfig::Fd(3),
             mac: Some("02:00:00:00:00:01".into()),
         });
-        config.fs = Some(FsConfig {
-            tag: SHARE_TAG.into(),
-            socket: Some("/run/vfs.sock".into()),
-        });
+        config.fs = vec![
+            FsConfig {
+                tag: ROOTFS_TAG.into(),
+                socket: Some("/run/rootfs.sock".into()),
+            },
+            FsConfig {
+                tag: SHARE_TAG.into(),
+                socket: Some("/run/vfs.sock".into()),
+            },
+        ];
         config.console = Console::File("/run/console.log".into());
         config.seccomp = SeccompMode::Log;
         let back: VmConfig = serde_json::from_str(&config.to_json()).unwrap();

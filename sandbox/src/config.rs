@@ -50,8 +50,14 @@ pub struct ShimConfig {
     pub kernel_smp: PathBuf,
     /// The agent initramfs.
     pub initramfs: PathBuf,
-    /// virtiofsd, which serves a sandbox's host bind mounts to its guest.
+    /// virtiofsd, which serves a sandbox's rootfs and host bind mounts to
+    /// its guest.
     pub virtiofsd: PathBuf,
+    /// How the container's rootfs reaches the guest: `virtio-fs` (shared
+    /// live from the host, no copy) or `block` (copied into an ext4 disk
+    /// at each start). A snapshot that already is a disk (blockfile,
+    /// devmapper) is attached as it is either way.
+    pub rootfs: RootfsMode,
     /// vCPUs when the spec sets no CPU limit.
     pub vcpus: u8,
     /// Guest RAM when the spec sets no memory limit.
@@ -87,6 +93,15 @@ pub struct ShimConfig {
     pub policy: PolicySection,
 }
 
+/// See [`ShimConfig::rootfs`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum RootfsMode {
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    #[serde(rename = "block")]
+    Block,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySection {
@@ -103,6 +118,7 @@ impl Default for ShimConfig {
             kernel_smp: "/usr/local/share/hull/vmlinux".into(),
             initramfs: "/usr/local/share/hull/initramfs.cpio".into(),
             virtiofsd: "/usr/local/bin/virtiofsd".into(),
+            rootfs: RootfsMode::VirtioFs,
             vcpus: 1,
             memory_mib: 256,
             memory_overhead_mib: 96,
@@ -199,6 +215,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.vcpus, 2);
         assert_eq!(config.memory_mib, 256);
+        assert_eq!(config.rootfs, RootfsMode::VirtioFs);
+        let block = ShimConfig::parse("rootfs = \"block\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(block.rootfs, RootfsMode::Block);
         assert!(config.jail);
         assert_eq!(
             config.policy().allowed_host_paths,
@@ -227,6 +246,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("seccomp"), "{err}");
+        let err = ShimConfig::parse("rootfs = \"nfs\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rootfs") && err.contains("virtio-fs"), "{err}");
         let err = ShimConfig::load(Some(Path::new("/nonexistent/hull.toml")))
             .unwrap_err()
             .to_string();

@@ -1,14 +1,19 @@
-//! A sandbox's shared directory: the host files and directories its
-//! container bind-mounts, served to the guest live by virtiofsd over
-//! vhost-user (the VMM's virtio-fs device), instead of copied.
+//! A sandbox's shared directories, served to the guest live by virtiofsd
+//! over vhost-user (the VMM's virtio-fs devices), instead of copied: the
+//! host files and directories its container bind-mounts, and the
+//! container's rootfs (a share of its own, cached as only the guest
+//! changes it).
 //!
-//! Layout under [`SHARE_BASE`]`/<jail id>/` (never inside the state
-//! directory, which is removed recursively: this one holds the user's
-//! data, mounted):
+//! Layout under [`SHARE_BASE`]`/<jail id>/` (binds) and
+//! `<jail id>.rootfs/` (never inside the state directory, which is removed
+//! recursively: these hold the user's data, mounted):
 //! ```text
 //! root/0, root/1, ...  bind i of the container, bind-mounted from the host
 //!                      (read-only, nosuid, nodev and private, recursively,
 //!                      as asked); what virtiofsd shares
+//! root                 (rootfs share) the container's rootfs mounted on it
+//!                      (containerd's snapshot, Docker's rootfs), sealed
+//!                      private, nosuid and nodev
 //! virtiofsd.sock       its vhost-user socket (the VMM connects once)
 //! virtiofsd.sock.pid   virtiofsd's own pid file
 //! virtiofsd.pid        for the cleanup after a crashed shim
@@ -40,9 +45,6 @@ const PIDFILE: &str = "virtiofsd.pid";
 const LOG: &str = "virtiofsd.log";
 /// How long virtiofsd gets to listen on its socket.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// virtiofsd's cache mode: attributes and directory entries cached for a
-/// second, data cached while a file is open (see vmm/README.md, virtio-fs).
-const CACHE: &str = "auto";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
@@ -87,12 +89,41 @@ pub struct HostBind {
     pub read_only: bool,
 }
 
-/// The share directory of the sandbox whose state directory is `state_dir`.
+/// The share directory of the host bind mounts of the sandbox whose state
+/// directory is `state_dir`.
 pub fn share_dir_for(state_dir: &Path) -> PathBuf {
     Path::new(SHARE_BASE).join(crate::state::jail_id(state_dir))
 }
 
-/// A running share: the binds mounted, virtiofsd listening.
+/// The share directory of that sandbox's rootfs (a share of its own: it is
+/// served with another cache policy).
+pub fn rootfs_share_dir_for(state_dir: &Path) -> PathBuf {
+    Path::new(SHARE_BASE).join(format!("{}.rootfs", crate::state::jail_id(state_dir)))
+}
+
+/// How virtiofsd lets the guest cache what it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Attributes and entries for a second, data while a file is open: the
+    /// host's own writes show within a second (volumes).
+    Auto,
+    /// Everything kept: only the guest changes the files (a container's
+    /// rootfs); an exec costs what it does from ext4 instead of ×3.2.
+    Always,
+}
+
+impl Cache {
+    fn arg(self) -> &'static str {
+        match self {
+            Cache::Auto => "auto",
+            Cache::Always => "always",
+        }
+    }
+}
+
+/// A share: what it serves mounted under its root, then virtiofsd
+/// listening. Dropped, it is taken down (virtiofsd killed, unmounted,
+/// its empty directories removed).
 pub struct Share {
     dir: PathBuf,
     daemon: Option<Child>,
@@ -102,36 +133,66 @@ impl Share {
     /// Mounts `binds` under `dir/root` and starts `virtiofsd` on it.
     /// Whatever fails leaves nothing behind.
     pub fn start(virtiofsd: &Path, dir: &Path, binds: &[HostBind]) -> Result<Self, ShareError> {
+        let mut share = Share::create(dir)?;
+        share.add_binds(binds)?;
+        share.serve(virtiofsd, Cache::Auto)?;
+        Ok(share)
+    }
+
+    /// An empty share at `dir` (whatever an earlier one left there is
+    /// removed first); its root is an empty directory to mount on.
+    pub fn create(dir: &Path) -> Result<Self, ShareError> {
         remove_leftovers(dir);
-        let mut share = Share {
+        let share = Share {
             dir: dir.to_path_buf(),
             daemon: None,
         };
-        let root = dir.join(ROOT);
+        let root = share.root();
         std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        Ok(share)
+    }
+
+    /// Mounts each of `binds` at `root/<index>` (see [`mount_bind`]).
+    pub fn add_binds(&mut self, binds: &[HostBind]) -> Result<(), ShareError> {
+        let root = self.root();
         for (index, bind) in binds.iter().enumerate() {
             mount_bind(bind, &root.join(index.to_string()))?;
         }
-        share.daemon = Some(spawn_virtiofsd(virtiofsd, dir)?);
-        let socket = share.socket();
+        Ok(())
+    }
+
+    /// After something was mounted on the root itself (a container's
+    /// rootfs): makes that mount tree private, nosuid and nodev (what the
+    /// guest writes is never a set-uid program or a device on the host),
+    /// read-only when `read_only`.
+    pub fn seal_root(&self, read_only: bool) -> Result<(), ShareError> {
+        set_mount_attrs(&self.root(), read_only)
+    }
+
+    /// Starts virtiofsd on the root with `cache`, and waits until it
+    /// listens.
+    pub fn serve(&mut self, virtiofsd: &Path, cache: Cache) -> Result<(), ShareError> {
+        self.daemon = Some(spawn_virtiofsd(virtiofsd, &self.dir, cache)?);
+        let socket = self.socket();
         let started = Instant::now();
         while !socket.exists() {
-            let exited = share
+            let exited = self
                 .daemon
                 .as_mut()
                 .and_then(|d| d.try_wait().ok().flatten());
             if exited.is_some() || started.elapsed() > LISTEN_TIMEOUT {
                 return Err(ShareError::NotListening {
                     socket,
-                    log: std::fs::read_to_string(dir.join(LOG)).unwrap_or_default(),
+                    log: std::fs::read_to_string(self.dir.join(LOG)).unwrap_or_default(),
                 });
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(share)
+        Ok(())
     }
 
-    /// The directory virtiofsd shares (the binds are its entries).
+    /// The directory virtiofsd shares (the binds are its entries, or a
+    /// rootfs is mounted on it).
     pub fn root(&self) -> PathBuf {
         self.dir.join(ROOT)
     }
@@ -245,8 +306,18 @@ fn mount_bind(bind: &HostBind, target: &Path) -> Result<(), ShareError> {
         let _ = std::fs::remove_dir(target).or_else(|_| std::fs::remove_file(target));
         return Err(io("bind-mounting it on", target)(err));
     }
+    if let Err(err) = set_mount_attrs(target, bind.read_only) {
+        unmount_detached(target);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Makes the mount tree at `target` private, nosuid, nodev and (when
+/// `read_only`) read-only, recursively.
+fn set_mount_attrs(target: &Path, read_only: bool) -> Result<(), ShareError> {
     let mut attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    if bind.read_only {
+    if read_only {
         attr_set |= libc::MOUNT_ATTR_RDONLY;
     }
     let attr = libc::mount_attr {
@@ -255,6 +326,7 @@ fn mount_bind(bind: &HostBind, target: &Path) -> Result<(), ShareError> {
         propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
+    let dst = CString::new(target.as_os_str().as_bytes()).expect("no NUL in a path");
     // SAFETY: a NUL-terminated path and a mount_attr of the size passed.
     let rc = unsafe {
         libc::syscall(
@@ -268,13 +340,12 @@ fn mount_bind(bind: &HostBind, target: &Path) -> Result<(), ShareError> {
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        unmount_detached(target);
         return Err(io("setting ro/nosuid/nodev/private on", target)(err));
     }
     Ok(())
 }
 
-fn spawn_virtiofsd(virtiofsd: &Path, dir: &Path) -> Result<Child, ShareError> {
+fn spawn_virtiofsd(virtiofsd: &Path, dir: &Path, cache: Cache) -> Result<Child, ShareError> {
     let log_path = dir.join(LOG);
     let log = File::create(&log_path).map_err(io("creating", &log_path))?;
     let child = Command::new(virtiofsd)
@@ -283,7 +354,7 @@ fn spawn_virtiofsd(virtiofsd: &Path, dir: &Path) -> Result<Child, ShareError> {
         .arg("--socket-path")
         .arg(dir.join(SOCKET))
         .args(["--sandbox", "namespace", "--seccomp", "kill"])
-        .args(["--cache", CACHE, "--inode-file-handles=never"])
+        .args(["--cache", cache.arg(), "--inode-file-handles=never"])
         // No device nodes: a guest root's mknod on a volume would make one
         // on the host.
         .arg("--modcaps=-mknod")
@@ -323,6 +394,12 @@ pub fn remove_leftovers(dir: &Path) {
         unmount_detached(target);
     }
     let still = mounts_under(&root);
+    if still.iter().any(|m| m == &root) {
+        // A rootfs still mounted on the root itself: its entries are the
+        // container's files, never removed here.
+        log::warn!("{} is still mounted: left in place", root.display());
+        return;
+    }
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let path = entry.path();

@@ -34,8 +34,16 @@ pub async fn remove_leftovers(state_dir: &Path, files: &[PathBuf], limit: Durati
         let _ = std::fs::remove_file(file);
     }
     let _ = std::fs::remove_dir_all(state_dir);
-    let share = crate::share::share_dir_for(state_dir);
-    let _ = tokio::task::spawn_blocking(move || crate::share::remove_leftovers(&share)).await;
+    let shares = [
+        crate::share::share_dir_for(state_dir),
+        crate::share::rootfs_share_dir_for(state_dir),
+    ];
+    let _ = tokio::task::spawn_blocking(move || {
+        shares
+            .iter()
+            .for_each(|s| crate::share::remove_leftovers(s))
+    })
+    .await;
     let jail = jail_id(state_dir);
     if jail.is_empty() {
         return;

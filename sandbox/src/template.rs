@@ -16,12 +16,14 @@
 //! The template VM has the device layout every restored sandbox gets: one
 //! disk (serial `rootfs`, read-write, empty while the template boots, so
 //! its kernel caches nothing of it), vsock, a network device on a tap in a
-//! namespace of the template's own, and a shared-directory device
-//! (virtio-fs) with no backend, which the template's guest never mounts. A
-//! restored sandbox puts its own file in the disk slot (the guest learns
-//! its size from a configuration interrupt), its own tap, made by its
-//! jailer in its own namespace, behind the network device, and its own
-//! virtiofsd behind the shared-directory device.
+//! namespace of the template's own, and two shared-directory devices
+//! (virtio-fs: the rootfs's and the volumes', [`fs_slots`]) with no
+//! backend, which the template's guest never mounts. A restored sandbox
+//! puts its own file in the disk slot (the guest learns its size from a
+//! configuration interrupt; an empty file when its rootfs is shared), its
+//! own tap, made by its jailer in its own namespace, behind the network
+//! device, and its own virtiofsd processes behind the shared-directory
+//! devices.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -36,15 +38,16 @@ use crate::vm::{wait_for_agent, SandboxError};
 use crate::vmm_process::{
     host_memory_bytes, Drive, FsConfig, NetworkSpec, VmmProcess, VmmProcessError, VmmSpec,
 };
-use hull_protocol::vmm_config::SHARE_TAG;
+use hull_protocol::vmm_config::{ROOTFS_TAG, SHARE_TAG};
 
 /// Where templates are kept unless the config says otherwise.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/hull/templates";
 /// The disk serials of a template's (and every restored sandbox's) slots.
 pub const ROOTFS_SERIAL: &str = "rootfs";
 /// Bumped when the template VM's devices change (2: the network device;
-/// 3: the shared directory instead of the binds disk).
-const LAYOUT_VERSION: u32 = 3;
+/// 3: the shared directory instead of the binds disk; 4: a second shared
+/// directory, the rootfs's).
+const LAYOUT_VERSION: u32 = 4;
 /// The smallest memory class; classes double from here.
 pub const MIN_MEMORY_CLASS_MIB: u32 = 256;
 const SNAPSHOT: &str = "snapshot.bin";
@@ -113,17 +116,26 @@ pub fn sandbox_spec(config: &crate::config::ShimConfig, memory_mib: Option<u32>)
         snapshot_file: None,
         restore_from: None,
         network: Some(NetworkSpec::default()),
-        fs: Some(share_slot()),
+        fs: fs_slots(None, None),
     }
 }
 
-/// The shared-directory device of a VM whose container has no host bind
-/// mounts: there (every sandbox has the template's layout), serving nothing.
-pub fn share_slot() -> FsConfig {
-    FsConfig {
-        tag: SHARE_TAG.into(),
-        socket: None,
-    }
+/// The shared-directory devices every sandbox has (the template's
+/// layout), rootfs first: the container's rootfs (served with `always`
+/// caching) and the host bind mounts (`auto`), each behind its virtiofsd's
+/// socket, or serving nothing (the template's, a container without
+/// volumes, a rootfs on a disk).
+pub fn fs_slots(rootfs: Option<PathBuf>, binds: Option<PathBuf>) -> Vec<FsConfig> {
+    vec![
+        FsConfig {
+            tag: ROOTFS_TAG.into(),
+            socket: rootfs,
+        },
+        FsConfig {
+            tag: SHARE_TAG.into(),
+            socket: binds,
+        },
+    ]
 }
 
 /// What a template is made from, by content.
@@ -375,7 +387,7 @@ async fn boot_and_save(
         restore_from: None,
         // Never the sandbox's own namespace: the template is everyone's.
         network: Some(NetworkSpec::default()),
-        fs: Some(share_slot()),
+        fs: fs_slots(None, None),
         jail: spec.jail.clone().map(|mut jail| {
             jail.id = jail_id(&state_dir);
             jail.memory_bytes = jail.memory_bytes.map(|_| host_memory_bytes(key.memory_mib));

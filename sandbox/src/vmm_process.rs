@@ -110,9 +110,9 @@ pub struct VmmSpec {
     /// A network device and the namespace the VMM lives in; `None`: no
     /// device (the VMM still gets an empty namespace when jailed).
     pub network: Option<NetworkSpec>,
-    /// The shared-directory device; its socket (virtiofsd's) is handed to
-    /// the jail.
-    pub fs: Option<FsConfig>,
+    /// The shared-directory devices, in order; their sockets (virtiofsd's)
+    /// are handed to the jail.
+    pub fs: Vec<FsConfig>,
 }
 
 impl VmmSpec {
@@ -363,7 +363,7 @@ fn jailer_command(spec: &VmmSpec, jail: &JailSpec, state_dir: &Path) -> Command 
     if let Some(snapshot) = &spec.restore_from {
         cmd.arg("--ro").arg(snapshot);
     }
-    if let Some(socket) = spec.fs.as_ref().and_then(|fs| fs.socket.as_ref()) {
+    for socket in spec.fs.iter().filter_map(|fs| fs.socket.as_ref()) {
         // Bind-mounted at its path and handed to the jail's uid, which
         // connects to it.
         cmd.arg("--socket").arg(socket);
@@ -493,7 +493,7 @@ mod tests {
             snapshot_file: None,
             restore_from: None,
             network: None,
-            fs: None,
+            fs: Vec::new(),
         };
         let state = Path::new("/run/hull/sandboxes/x");
         let config = spec.vm_config(state);

@@ -23,7 +23,7 @@ pub enum ShimError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("preparing the container's rootfs disk")]
+    #[error("preparing the container's rootfs")]
     Rootfs(#[from] RootfsError),
     #[error("sharing the container's bind mounts with the guest")]
     Share(#[from] ShareError),

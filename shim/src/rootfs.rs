@@ -1,14 +1,24 @@
-//! The container's root filesystem as a disk for the guest: containerd's
-//! rootfs mounts (an overlay of the image's layers, or a native snapshot)
-//! are mounted on the bundle's `rootfs`, copied into a sparse ext4 image
-//! with `mkfs.ext4 -d`, and unmounted again; the guest mounts the image.
-//! The image is the container's own copy, so it is attached read-write.
-//! Host bind mounts do not come here: they are shared live (virtio-fs,
-//! `hull_sandbox::share`).
+//! The container's root filesystem for the guest, one of three ways:
+//! - shared (virtio-fs, the default): containerd's rootfs mounts (an
+//!   overlay of the image's layers, or a native snapshot), or Docker's
+//!   mounted rootfs, are mounted on a share of their own that virtiofsd
+//!   serves; the container writes straight into its snapshot on the host
+//!   ([`share`]);
+//! - a snapshot that already is a disk (blockfile, devmapper) is attached
+//!   as it is ([`direct_disk`]);
+//! - copied (`rootfs = "block"`): the mounts are mounted on the bundle's
+//!   `rootfs`, copied into a sparse ext4 image with `mkfs.ext4 -d`, and
+//!   unmounted again; the image is the container's own copy, attached
+//!   read-write ([`build_image`]).
+//!
+//! Host bind mounts do not come here: they are shared live in a share of
+//! their own (`hull_sandbox::share`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use hull_sandbox::share::{Cache, Share, ShareError};
 
 /// Free space on top of the content (the container writes to its disk).
 pub const HEADROOM_BYTES: u64 = 256 << 20;
@@ -34,6 +44,8 @@ pub enum RootfsError {
     },
     #[error("mkfs.ext4 -d {from} failed: {stderr}")]
     Mkfs { from: PathBuf, stderr: String },
+    #[error("sharing the rootfs with the guest")]
+    Share(#[from] ShareError),
 }
 
 /// One mount from containerd's CreateTaskRequest.rootfs.
@@ -92,6 +104,57 @@ pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<bool, RootfsEr
         })?;
     }
     Ok(!mounts.is_empty())
+}
+
+/// The rootfs shared: `mounts` (containerd's snapshot) or, when there are
+/// none, the directory `dir` (Docker's rootfs, mounted by dockerd)
+/// bind-mounted, on a new share at `share_dir`, sealed (private, nosuid,
+/// nodev) and served by `virtiofsd` with caching on (only the guest
+/// changes it). Returns the share and whether the rootfs is read-only (a
+/// view snapshot: the guest then puts a tmpfs upper layer on it).
+/// Whatever fails leaves nothing mounted.
+pub fn share(
+    virtiofsd: &Path,
+    share_dir: &Path,
+    mounts: &[RootfsMount],
+    dir: &Path,
+) -> Result<(Share, bool), RootfsError> {
+    let mut share = Share::create(share_dir)?;
+    let root = share.root();
+    let bind_dir;
+    let mounts = if mounts.is_empty() {
+        bind_dir = [RootfsMount {
+            fs_type: "bind".into(),
+            source: dir.display().to_string(),
+            options: vec!["rbind".into(), "rw".into()],
+        }];
+        &bind_dir[..]
+    } else {
+        mounts
+    };
+    mount_all(mounts, &root)?;
+    let read_only = is_read_only(&root)?;
+    share.seal_root(read_only)?;
+    share.serve(virtiofsd, Cache::Always)?;
+    Ok((share, read_only))
+}
+
+/// Whether the file system at `path` is mounted read-only.
+fn is_read_only(path: &Path) -> Result<bool, RootfsError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and room for one statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(RootfsError::Io {
+            what: "statvfs",
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
 }
 
 /// Unmounts everything at or below `target` (lazily, so a busy mount does
@@ -224,6 +287,27 @@ mod tests {
         let one = mount("ext4", &file, &["loop"]);
         assert_eq!(direct_disk(&[one.clone(), one]), None);
         assert_eq!(direct_disk(&[]), None);
+    }
+
+    /// Needs root (mounts): a read-only bind (a snapshot view) is seen as
+    /// read-only, a read-write one is not.
+    #[test]
+    fn needs_root_a_read_only_snapshot_is_seen_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layer, target) = (dir.path().join("layer"), dir.path().join("root"));
+        std::fs::create_dir_all(&layer).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        for (options, read_only) in [(&["ro", "rbind"][..], true), (&["rw", "rbind"][..], false)] {
+            let view = RootfsMount {
+                fs_type: "bind".into(),
+                source: layer.display().to_string(),
+                options: options.iter().map(|o| o.to_string()).collect(),
+            };
+            assert!(mount_all(&[view], &target).unwrap());
+            let seen = is_read_only(&target);
+            unmount(&target);
+            assert_eq!(seen.unwrap(), read_only, "{options:?}");
+        }
     }
 
     #[test]

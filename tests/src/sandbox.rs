@@ -29,7 +29,7 @@ pub fn agent_spec() -> VmmSpec {
         snapshot_file: None,
         restore_from: None,
         network: None,
-        fs: None,
+        fs: Vec::new(),
     }
 }
 

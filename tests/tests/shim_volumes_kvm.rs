@@ -221,13 +221,15 @@ fn docker_volumes_reach_the_host_live_kvm() {
     docker.assert_nothing_left();
 }
 
-/// The virtiofsd processes of the one sandbox with binds running here
-/// (one suite runs at a time): in namespace mode, the monitor the shim
-/// started and the server it forked (returned second).
-fn virtiofsd_pids() -> (u32, u32) {
+/// The virtiofsd processes of the one sandbox running here (one suite
+/// runs at a time) serving its binds (`rootfs` false) or its rootfs: in
+/// namespace mode, the monitor the shim started and the server it forked
+/// (returned second).
+fn virtiofsd_pids(rootfs: bool) -> (u32, u32) {
     let found: Vec<u32> = leaks::processes_mentioning(Path::new(SHARE_BASE))
         .into_iter()
         .filter(|(pid, _)| leaks::process_name(*pid).as_deref() == Some("virtiofsd"))
+        .filter(|(_, cmdline)| cmdline.contains(".rootfs/") == rootfs)
         .map(|(pid, _)| pid)
         .collect();
     let parent_of = |pid: u32| {
@@ -241,6 +243,17 @@ fn virtiofsd_pids() -> (u32, u32) {
         [a, b] if parent_of(*a) == Some(*b) => (*b, *a),
         other => panic!("expected virtiofsd and its server, found {other:?}"),
     }
+}
+
+/// The upper directory of container `id`'s overlay snapshot, as
+/// `ctr snapshots mounts` gives it.
+fn snapshot_upper_dir(containerd: &Containerd, id: &str) -> std::path::PathBuf {
+    let out = containerd.ctr(&["snapshots", "mounts", "/mnt", id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split([',', ' '])
+        .find_map(|option| option.strip_prefix("upperdir="))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no upperdir in `ctr snapshots mounts`: {out:?}"))
 }
 
 /// Whether `pid` has exited (gone, or a zombie its parent has not reaped).
@@ -331,7 +344,18 @@ fn ctr_bind_mounts_and_a_dying_side_of_the_share_kvm() {
         wrote.is_ok(),
         "the guest's write through ctr --mount: {wrote:?}"
     );
-    let (_, server) = virtiofsd_pids();
+    // The rootfs is shared, not copied: what the container writes in it is
+    // in containerd's snapshot (its overlay upper directory) on the host.
+    let (code, text) = ctr_exec(&containerd, "vfs1", "e0", "echo r > /in-rootfs");
+    assert_eq!(code, Some(0), "a write in the rootfs: {text}");
+    let upper = snapshot_upper_dir(&containerd, "vfs1");
+    assert_eq!(
+        read(&upper.join("in-rootfs")).as_deref(),
+        Some("r\n"),
+        "the rootfs write in the snapshot's upper dir {}",
+        upper.display()
+    );
+    let (_, server) = virtiofsd_pids(false);
     sigkill(server);
     let (code, text) = ctr_exec(&containerd, "vfs1", "e1", "echo x > /data/after-kill");
     assert!(
@@ -360,16 +384,18 @@ fn ctr_bind_mounts_and_a_dying_side_of_the_share_kvm() {
         read(&data.join("second")).ok_or(())
     });
     assert!(wrote.is_ok(), "the second container's write");
-    let (monitor, server) = virtiofsd_pids();
+    let (monitor, server) = virtiofsd_pids(false);
+    let (rootfs_monitor, rootfs_server) = virtiofsd_pids(true);
     let vmm = containerd
         .vmm_pid("vfs2")
         .expect("the second container's VMM");
     sigkill(vmm);
     let ended = try_poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
-        if exited(monitor) && exited(server) {
+        let all = [monitor, server, rootfs_monitor, rootfs_server];
+        if all.into_iter().all(exited) {
             Ok(())
         } else {
-            Err((monitor, server))
+            Err(all)
         }
     });
     assert!(ended.is_ok(), "virtiofsd outlived the VMM it served");

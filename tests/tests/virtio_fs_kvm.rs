@@ -38,10 +38,10 @@ fn guest_shares_a_host_directory_through_virtiofsd_kvm() {
     config.initramfs = Some(prereq::probe_initramfs());
     config.console = Console::File(console.clone());
     config.kernel_args = vec![format!("HULL_PROBE_FS={TAG}")];
-    config.fs = Some(FsConfig {
+    config.fs = vec![FsConfig {
         tag: TAG.into(),
         socket: Some(socket.clone()),
-    });
+    }];
     let config_path = d.join("vm.json");
     std::fs::write(&config_path, config.to_json()).unwrap();
 

@@ -115,8 +115,14 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
     if let Some(net) = &config.net {
         validate_net(net)?;
     }
-    if let Some(fs) = &config.fs {
+    for (index, fs) in config.fs.iter().enumerate() {
         validate_fs(fs)?;
+        if config.fs[..index].iter().any(|other| other.tag == fs.tag) {
+            return Err(invalid(
+                "fs.tag",
+                format!("{:?} names two devices (tags are unique)", fs.tag),
+            ));
+        }
     }
     if let Some(api) = &config.api_socket {
         socket_path("api_socket", api, 0)?;
@@ -394,10 +400,10 @@ mod tests {
     fn fs_tags_and_sockets_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let with_fs = |tag: &str, socket: Option<PathBuf>| VmConfig {
-            fs: Some(FsConfig {
+            fs: vec![FsConfig {
                 tag: tag.into(),
                 socket,
-            }),
+            }],
             ..base(dir.path())
         };
         let field_of = |c: VmConfig| match validate(&c) {
@@ -413,6 +419,9 @@ mod tests {
             field_of(with_fs("t", Some(dir.path().join("no/such/dir/s")))),
             "fs.socket"
         );
+        let mut twice = with_fs("t", None);
+        twice.fs.push(twice.fs[0].clone());
+        assert_eq!(field_of(twice), "fs.tag");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! A container's root filesystem: the virtio-blk disk the VMM attached for
-//! it, found by its serial, mounted under the container's directory, with a
+//! A container's root filesystem: the host's directory shared by virtio-fs
+//! (found by its tag), or the virtio-blk disk the VMM attached for it
+//! (found by its serial), mounted under the container's directory, with a
 //! tmpfs overlay on top when the host asks for one.
 //!
-//! Layout under `<container dir>`: `disk` (the disk itself), and with an
-//! overlay `scratch` (a tmpfs holding `upper` and `work`); `rootfs` is the
-//! disk or the overlay; `binds` the shared directory (virtio-fs) the host
-//! bind mounts come from. [`Rootfs::unmount`] undoes it in reverse order.
+//! Layout under `<container dir>`: `disk` (the share or the disk itself),
+//! and with an overlay `scratch` (a tmpfs holding `upper` and `work`);
+//! `rootfs` is `disk` or the overlay; `binds` the shared directory
+//! (virtio-fs) the host bind mounts come from. [`Rootfs::unmount`] undoes
+//! it in reverse order.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ const MAX_TAG: usize = 36;
 pub enum RootfsError {
     #[error("{field}.disk_serial: {serial:?} is not a valid serial (1 to {MAX_SERIAL} bytes)")]
     BadSerial { field: &'static str, serial: String },
-    #[error("{field}.fstype: {fstype:?} is not supported (ext4 is)")]
+    #[error("{field}.fstype: {fstype:?} is not supported (ext4 and virtiofs are)")]
     BadFsType { field: &'static str, fstype: String },
     #[error("{field}.options: {option:?} is not a supported mount option")]
     BadOption { field: &'static str, option: String },
@@ -115,9 +117,13 @@ impl Drop for Rootfs {
     }
 }
 
-/// Checks the request for the disk in request field `field` (`rootfs`)
-/// without touching anything.
+/// Checks the request for the rootfs in request field `field` (`rootfs`:
+/// a disk, or a share with `fstype` virtiofs) without touching anything.
 pub fn check(storage: &Storage, field: &'static str) -> Result<MountFlags, RootfsError> {
+    if storage.fstype == "virtiofs" {
+        check_tag(storage, field)?;
+        return flags_of(storage, field);
+    }
     let serial = &storage.disk_serial;
     if serial.is_empty() || serial.len() > MAX_SERIAL {
         return Err(RootfsError::BadSerial {
@@ -144,6 +150,16 @@ pub fn check_share(storage: &Storage, field: &'static str) -> Result<MountFlags,
             storage.fstype
         )));
     }
+    check_tag(storage, field)?;
+    if storage.overlay {
+        return Err(bad("a share of binds has no overlay".into()));
+    }
+    flags_of(storage, field)
+}
+
+/// A share's tag, and nothing of a disk.
+fn check_tag(storage: &Storage, field: &'static str) -> Result<(), RootfsError> {
+    let bad = |reason: String| RootfsError::BadShare { field, reason };
     let tag = &storage.tag;
     if tag.is_empty()
         || tag.len() > MAX_TAG
@@ -153,10 +169,10 @@ pub fn check_share(storage: &Storage, field: &'static str) -> Result<MountFlags,
     {
         return Err(bad(format!("tag {tag:?} is not a virtiofs tag")));
     }
-    if !storage.disk_serial.is_empty() || storage.overlay {
-        return Err(bad("a share has no disk serial and no overlay".into()));
+    if !storage.disk_serial.is_empty() {
+        return Err(bad("a share has no disk serial".into()));
     }
-    flags_of(storage, field)
+    Ok(())
 }
 
 fn flags_of(storage: &Storage, field: &'static str) -> Result<MountFlags, RootfsError> {
@@ -239,11 +255,19 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
     }
 }
 
-/// Mounts the disk `storage` names under `dir` (which exists), with an
-/// overlay if asked. On error nothing stays mounted.
+/// Mounts the share or disk `storage` names under `dir` (which exists),
+/// with an overlay if asked. On error nothing stays mounted.
 pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     let flags = check(storage, "rootfs")?;
-    let device = find_disk(&storage.disk_serial)?;
+    let (source, fstype, what) = if storage.fstype == "virtiofs" {
+        (
+            PathBuf::from(&storage.tag),
+            "virtiofs",
+            "the shared rootfs (virtiofs)",
+        )
+    } else {
+        (find_disk(&storage.disk_serial)?, "ext4", "the rootfs disk")
+    };
     let disk = dir.join("disk");
     let mut rootfs = Rootfs {
         path: disk.clone(),
@@ -256,9 +280,9 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     } else {
         flags
     };
-    rustix::mount::mount(&device, &disk, "ext4", disk_flags, None).map_err(|errno| {
+    rustix::mount::mount(&source, &disk, fstype, disk_flags, None).map_err(|errno| {
         RootfsError::Mount {
-            what: "the rootfs disk",
+            what,
             target: disk.clone(),
             errno,
         }
@@ -364,7 +388,7 @@ mod tests {
         xfs.fstype = "xfs".into();
         assert_eq!(
             check(&xfs, "rootfs").unwrap_err().to_string(),
-            "rootfs.fstype: \"xfs\" is not supported (ext4 is)"
+            "rootfs.fstype: \"xfs\" is not supported (ext4 and virtiofs are)"
         );
         let mut opts = storage("a");
         opts.options = vec!["noatime".into(), "bogus".into()];
@@ -400,6 +424,14 @@ mod tests {
         let mut with_disk = share("t");
         with_disk.disk_serial = "binds".into();
         assert!(check_share(&with_disk, "binds").is_err());
+        assert!(check(&with_disk, "rootfs").is_err());
+        let mut overlaid = share("hull-rootfs");
+        overlaid.overlay = true;
+        overlaid.readonly = true;
+        assert!(check_share(&overlaid, "binds").is_err());
+        assert_eq!(check(&overlaid, "rootfs").unwrap(), MountFlags::RDONLY);
+        let err = check(&share("a b"), "rootfs").unwrap_err();
+        assert!(err.to_string().starts_with("rootfs: tag"), "{err}");
         let mut ro = share("t");
         ro.readonly = true;
         assert_eq!(check_share(&ro, "binds").unwrap(), MountFlags::RDONLY);

@@ -1,6 +1,6 @@
 //! Creating a container, as a recipe: load the config and the spec, check
-//! the policy, size the VM, prepare the rootfs disk and the shared
-//! directory (the host bind mounts, served by virtiofsd), start the
+//! the policy, size the VM, prepare the rootfs (shared by virtiofsd, or a
+//! disk) and the shared directory of the host bind mounts, start the
 //! sandbox (restored from a template when there is one, else booted),
 //! create the container in the guest. One [`CreateUndo`] guard takes back whatever the steps
 //! before a failure made.
@@ -15,14 +15,13 @@ use containerd_shim::protos::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::MessageField;
 use hull_jailer::cgroup::{SandboxCgroup, DEFAULT_PARENT};
 use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneRequest, Storage};
-use hull_protocol::vmm_config::SHARE_TAG;
-use hull_sandbox::share::{share_dir_for, HostBind, Share};
+use hull_protocol::vmm_config::{ROOTFS_TAG, SHARE_TAG};
+use hull_sandbox::config::RootfsMode;
+use hull_sandbox::share::{rootfs_share_dir_for, share_dir_for, HostBind, Share};
 use hull_sandbox::spec::{self, Spec, VmSize};
 use hull_sandbox::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use hull_sandbox::vm::RPC_TIMEOUT;
-use hull_sandbox::vmm_process::{
-    host_memory_bytes, Drive, FsConfig, JailSpec, NetworkSpec, VmmSpec,
-};
+use hull_sandbox::vmm_process::{host_memory_bytes, Drive, JailSpec, NetworkSpec, VmmSpec};
 use hull_sandbox::{policy, template, Sandbox};
 use tokio::sync::Mutex;
 
@@ -82,15 +81,15 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         .as_deref()
         .is_some_and(super::dns::names_embedded_dns);
     phases.mark("hooks");
-    let disks = prepare_disks(req, &bundle, &spec, &mut undo)?;
+    let disks = prepare_rootfs(req, &bundle, &spec, &config, &state_dir, &mut undo)?;
     phases.mark("disks");
     let share = start_share(&req.id, &config, &state_dir, host_binds).await?;
     phases.mark("share");
     let boot = Duration::from_secs(config.boot_timeout_secs);
-    let fs = FsConfig {
-        tag: SHARE_TAG.into(),
-        socket: share.as_ref().map(Share::socket),
-    };
+    let fs = template::fs_slots(
+        disks.shared.as_ref().map(|(share, _)| share.socket()),
+        share.as_ref().map(Share::socket),
+    );
     let vmm_spec = vmm_spec(&config, &size, &disks, &state_dir, early.spec.clone(), fs);
     let sandbox = start_sandbox(&config, &vmm_spec, &state_dir, boot, &mut phases).await?;
     let host_pid = sandbox.pid().await;
@@ -119,6 +118,11 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     }
     phases.mark("created");
     undo.disarm();
+    let shares = disks
+        .shared
+        .map(|(share, _)| share)
+        .into_iter()
+        .chain(share);
     let agent = sandbox.agent();
     let processes = HashMap::from([(String::new(), Arc::new(Process::new("", stdio, None)))]);
     Ok(Container {
@@ -127,7 +131,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         sandbox,
         agent,
         files: disks.files,
-        share: std::sync::Mutex::new(share),
+        shares: std::sync::Mutex::new(shares.collect()),
         host_pid,
         processes: Mutex::new(processes),
         paused: AtomicBool::new(false),
@@ -271,22 +275,29 @@ fn size_the_vm(id: &str, spec: &Spec, config: &ShimConfig) -> Result<VmSize, Shi
     Ok(size)
 }
 
-/// The disks a container's VM gets.
+/// The container's rootfs as its VM gets it.
 struct Disks {
+    /// The file in the rootfs disk slot: the rootfs, or an empty
+    /// placeholder when the rootfs is shared.
     rootfs: RootfsDisk,
+    /// The rootfs's share and whether it is read-only, when shared.
+    shared: Option<(Share, bool)>,
     /// The files the shim built (removed with the container).
     files: Vec<PathBuf>,
 }
 
-/// The rootfs disk, from containerd's mounts (or a prepared rootfs dir).
+/// The rootfs, from containerd's mounts (or a prepared rootfs dir).
 /// containerd hands over the snapshot as mounts for `<bundle>/rootfs`;
 /// Docker mounts its graph driver's rootfs itself and names it in
 /// root.path. A snapshot that already is a disk goes to the guest as it
-/// is; anything else is copied into a new ext4 image.
-fn prepare_disks(
+/// is; anything else is shared (virtio-fs), or copied into a new ext4
+/// image with `rootfs = "block"`.
+fn prepare_rootfs(
     req: &CreateTaskRequest,
     bundle: &Path,
     spec: &Spec,
+    config: &ShimConfig,
+    state_dir: &Path,
     undo: &mut CreateUndo,
 ) -> Result<Disks, ShimError> {
     let rootfs_dir = if req.rootfs.is_empty() {
@@ -304,28 +315,52 @@ fn prepare_disks(
             options: m.options.clone(),
         })
         .collect();
-    let rootfs = match rootfs::direct_disk(&mounts) {
-        Some(disk) => {
+    if let Some(disk) = rootfs::direct_disk(&mounts) {
+        log::info!(
+            "{}: the rootfs snapshot {} is a disk: attached as it is",
+            req.id,
+            disk.path.display()
+        );
+        return Ok(Disks {
+            rootfs: disk,
+            shared: None,
+            files: Vec::new(),
+        });
+    }
+    let image = image_for(bundle);
+    undo.files.push(image.clone());
+    let shared = match config.rootfs {
+        RootfsMode::VirtioFs => {
+            let started = std::time::Instant::now();
+            let share_dir = rootfs_share_dir_for(state_dir);
+            let shared = rootfs::share(&config.virtiofsd, &share_dir, &mounts, &rootfs_dir)?;
+            // The disk slot every sandbox has (the template's layout)
+            // holds nothing.
+            std::fs::File::create(&image).map_err(|source| ShimError::Io {
+                what: format!("creating {}", image.display()),
+                source,
+            })?;
             log::info!(
-                "{}: the rootfs snapshot {} is a disk: attached as it is",
+                "{}: rootfs shared{} (virtiofsd pid {}) in {} ms",
                 req.id,
-                disk.path.display()
+                if shared.1 { " read-only" } else { "" },
+                shared.0.pid().unwrap_or_default(),
+                started.elapsed().as_millis()
             );
-            disk
+            Some(shared)
         }
-        None => {
-            let image = image_for(bundle);
-            undo.files.push(image.clone());
+        RootfsMode::Block => {
             let took = build_rootfs_image(&mounts, &rootfs_dir, &image)?;
             log::info!("{}: rootfs disk built in {} ms", req.id, took.as_millis());
-            RootfsDisk {
-                path: image,
-                read_only: false,
-            }
+            None
         }
     };
     Ok(Disks {
-        rootfs,
+        rootfs: RootfsDisk {
+            path: image,
+            read_only: false,
+        },
+        shared,
         files: undo.files.clone(),
     })
 }
@@ -367,7 +402,7 @@ fn vmm_spec(
     disks: &Disks,
     state_dir: &Path,
     network: NetworkSpec,
-    fs: FsConfig,
+    fs: Vec<hull_sandbox::vmm_process::FsConfig>,
 ) -> VmmSpec {
     let rootfs = Drive {
         path: disks.rootfs.path.clone(),
@@ -395,7 +430,7 @@ fn vmm_spec(
         snapshot_file: None,
         restore_from: None,
         network: Some(network),
-        fs: Some(fs),
+        fs,
     }
 }
 
@@ -514,8 +549,9 @@ async fn prepare_clone(sandbox: &Sandbox) -> Result<(), ShimError> {
     Ok(())
 }
 
-/// `CreateContainer` in the guest, with the rootfs disk by serial and the
-/// shared directory (when `shared`) by tag.
+/// `CreateContainer` in the guest, with the rootfs (a disk by serial or a
+/// share by tag) and the shared directory of the binds (when `shared`) by
+/// tag.
 async fn create_in_guest(
     id: &str,
     sandbox: &Sandbox,
@@ -531,15 +567,7 @@ async fn create_in_guest(
             what: "the OCI spec",
             source,
         })?,
-        rootfs: MessageField::some(Storage {
-            disk_serial: ROOTFS_SERIAL.into(),
-            fstype: "ext4".into(),
-            // A read-only snapshot still gives the container a writable
-            // root: a tmpfs upper layer in the guest.
-            readonly: disks.rootfs.read_only,
-            overlay: disks.rootfs.read_only,
-            ..Default::default()
-        }),
+        rootfs: MessageField::some(rootfs_storage(disks)),
         binds: shared
             .then(|| Storage {
                 fstype: "virtiofs".into(),
@@ -561,6 +589,27 @@ async fn create_in_guest(
         .map_err(agent_err("CreateContainer"))?;
     log::debug!("{id}: container init is guest pid {}", response.pid);
     Ok(())
+}
+
+/// What the agent mounts as the rootfs. A read-only snapshot still gives
+/// the container a writable root: a tmpfs upper layer in the guest.
+fn rootfs_storage(disks: &Disks) -> Storage {
+    match &disks.shared {
+        Some((_, read_only)) => Storage {
+            fstype: "virtiofs".into(),
+            tag: ROOTFS_TAG.into(),
+            readonly: *read_only,
+            overlay: *read_only,
+            ..Default::default()
+        },
+        None => Storage {
+            disk_serial: ROOTFS_SERIAL.into(),
+            fstype: "ext4".into(),
+            readonly: disks.rootfs.read_only,
+            overlay: disks.rootfs.read_only,
+            ..Default::default()
+        },
+    }
 }
 
 /// Mounts containerd's rootfs mounts on `rootfs_dir` (unless containerd

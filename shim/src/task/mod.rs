@@ -72,9 +72,9 @@ pub struct Container {
     pub agent: Arc<AgentClient>,
     /// Files the shim made for it outside the sandbox state (the rootfs disk).
     pub files: Vec<PathBuf>,
-    /// The shared directory of its host bind mounts (virtiofsd), taken
-    /// down with the sandbox.
-    pub share: std::sync::Mutex<Option<hull_sandbox::share::Share>>,
+    /// Its shared directories (the rootfs, the host bind mounts; each
+    /// with its virtiofsd), taken down with the sandbox.
+    pub shares: std::sync::Mutex<Vec<hull_sandbox::share::Share>>,
     /// The pid reported to containerd for each of its processes: the
     /// sandbox's host process (the jailer's supervisor, or the VMM), never
     /// a pid the guest chose. containerd and Docker build
@@ -531,10 +531,12 @@ impl HullTask {
         container.network.unplug(&container.id);
         let state_dir = container.sandbox.state_dir().await;
         container.sandbox.shutdown().await;
-        let share = container.share.lock().ok().and_then(|mut s| s.take());
-        if let Some(share) = share {
-            let _ = tokio::task::spawn_blocking(move || drop(share)).await;
-        }
+        let shares = container
+            .shares
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || drop(shares)).await;
         remove_leftovers(&state_dir, &container.files, LEFTOVERS_WAIT).await;
         container.run_hooks("poststop", "stopped").await;
     }

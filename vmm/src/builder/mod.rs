@@ -558,7 +558,7 @@ fn attach_devices(
     if let Some(net) = &config.net {
         virtio.attach(Arc::new(Mutex::new(net_device(net)?)))?;
     }
-    if let Some(fs) = &config.fs {
+    for fs in &config.fs {
         virtio.attach(Arc::new(Mutex::new(fs_device(fs)?)))?;
     }
     let slots = std::mem::take(&mut virtio.slots);
