@@ -1,6 +1,8 @@
 //! A privileged container, root in its guest, doing what would hurt a host
 //! under runc: crash the kernel through sysrq, load a module, read a raw
-//! disk through mknod, write kernel sysctls, mount things. Under hull only
+//! disk through mknod (its only disk is the empty rootfs slot; a device
+//! node in the shared rootfs is refused), write kernel sysctls, mount
+//! things. Under hull only
 //! its own VM suffers: the host's kernel, files and mounts and a second
 //! container stay as they were, and the task's exit is reported. Needs KVM,
 //! containerd and the shim.
@@ -15,10 +17,13 @@ fn host_hostname() -> String {
         .to_owned()
 }
 
-/// The host's mount points, but for those containerd makes under the test's
-/// own directory.
+/// The host's mounts, but those of the test (under `dir`) and of the
+/// running sandboxes' shares (their rootfs; the leak checks see them go).
 fn mounts_outside(dir: &std::path::Path) -> Vec<String> {
-    let under: Vec<String> = mounts_under(dir);
+    let mut under: Vec<String> = mounts_under(dir);
+    under.extend(mounts_under(std::path::Path::new(
+        hull_sandbox::share::SHARE_BASE,
+    )));
     let mut all: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -47,7 +52,8 @@ fn privileged_container_hurts_only_its_guest_kvm() {
 
     let script = "\
         insmod /bin/busybox; echo insmod=$?; \
-        mknod /tmp/disk b 254 0 && dd if=/tmp/disk bs=1024 skip=1 count=1 2>/dev/null | od -An -tx1 -j56 -N2 | tr -d ' \\n'; echo; \
+        mknod /dev/disk b 254 0 && echo disk=$(cat /sys/block/vda/size) bytes=$(wc -c < /dev/disk); \
+        mknod /tmp/null c 1 3; echo rootfs-mknod=$?; \
         echo pwned > /proc/sys/kernel/hostname; echo hostname=$(cat /proc/sys/kernel/hostname); \
         mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo mounted; \
         echo 1 > /proc/sys/kernel/panic_on_oops; echo sysctl=$?";
@@ -58,9 +64,18 @@ fn privileged_container_hurts_only_its_guest_kvm() {
         text.contains("insmod=") && !text.contains("insmod=0"),
         "insmod: {text}"
     );
-    // The raw disk it can read is its own image (ext4 magic 0xef53, little
-    // endian), never a host disk.
-    assert!(text.contains("53ef"), "reading the guest's disk: {text}");
+    // The only disk it can reach is the guest's rootfs slot, empty: the
+    // rootfs is shared (virtio-fs), and no host disk is attached.
+    assert!(
+        text.contains("disk=0 bytes=0"),
+        "reading the guest's disk: {text}"
+    );
+    // A device node in the shared rootfs would be one on the host (in the
+    // snapshot): virtiofsd has no CAP_MKNOD.
+    assert!(
+        text.contains("rootfs-mknod=") && !text.contains("rootfs-mknod=0"),
+        "mknod in the shared rootfs: {text}"
+    );
     assert!(
         text.contains("hostname=pwned") && text.contains("mounted"),
         "{text}"
