@@ -8,9 +8,11 @@ entries): the same busybox gives the same image digest.
 
 Usage: busybox-image.py OUT.tar [--name docker.io/library/busybox:hull]
                                 [--busybox /bin/busybox] [--symlink PATH=TARGET ...]
+                                [--filler-mib N]
 
 --symlink adds symlinks to the layer (tests use it to build hostile images,
-e.g. `--symlink opt/job=/etc/cron.d`).
+e.g. `--symlink opt/job=/etc/cron.d`). --filler-mib adds N files of 1 MiB
+under /opt/filler (a large image for `hull bench io --large-image-tar`).
 """
 
 import argparse
@@ -55,7 +57,7 @@ def applets(busybox):
     return sorted(set(line.strip() for line in out.stdout.splitlines() if line.strip()))
 
 
-def build_layer(busybox, symlinks=()):
+def build_layer(busybox, symlinks=(), filler_mib=0):
     with open(busybox, "rb") as f:
         binary = f.read()
     buf = io.BytesIO()
@@ -77,6 +79,13 @@ def build_layer(busybox, symlinks=()):
         for spec in symlinks:
             path, target = spec.split("=", 1)
             tar_entry(tar, path.strip("/"), kind=tarfile.SYMTYPE, link=target)
+        if filler_mib:
+            tar_entry(tar, "opt", mode=0o755, kind=tarfile.DIRTYPE)
+            tar_entry(tar, "opt/filler", mode=0o755, kind=tarfile.DIRTYPE)
+        for i in range(filler_mib):
+            # Different bytes per file, the same in every build.
+            block = hashlib.sha256(str(i).encode()).digest() * 128
+            tar_entry(tar, f"opt/filler/f{i:05d}", block * 256)
     return buf.getvalue()
 
 
@@ -92,11 +101,12 @@ def main():
     parser.add_argument("--name", default="docker.io/library/busybox:hull")
     parser.add_argument("--busybox", default="/bin/busybox")
     parser.add_argument("--symlink", action="append", default=[], metavar="PATH=TARGET")
+    parser.add_argument("--filler-mib", type=int, default=0, metavar="N")
     args = parser.parse_args()
     if not os.path.exists(args.busybox):
         sys.exit(f"busybox-image: {args.busybox} not found (apt-get install busybox-static)")
 
-    layer = build_layer(args.busybox, args.symlink)
+    layer = build_layer(args.busybox, args.symlink, args.filler_mib)
     layer_digest = hashlib.sha256(layer).hexdigest()
     config = {
         "architecture": "amd64",

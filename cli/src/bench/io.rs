@@ -1,16 +1,20 @@
 //! `hull bench io`: file I/O in a container, on its rootfs and on a
 //! volume, hull against runc in one run on the same containerd and image.
-//! hull's rootfs is a virtio-blk disk (ext4 in the guest), its volume a
-//! host directory shared through virtio-fs (virtiofsd); runc's are the
-//! snapshotter's overlay and a bind mount of the same kind of directory.
+//! hull runs twice: its rootfs shared (virtio-fs, the default) and copied
+//! into a disk (`rootfs = "block"`, ext4 on virtio-blk in the guest); its
+//! volume is a host directory shared through virtio-fs either way. runc's
+//! are the snapshotter's overlay and a bind mount of the same kind of
+//! directory.
 //!
-//! One container per runtime runs every workload in a row (busybox
+//! One container per variant runs every workload in a row (busybox
 //! builtins and one process per step, so the guest's process start is not
 //! what is measured) and prints a marker after each; this process times the
 //! markers as they arrive. Workloads, per location: a sequential write
 //! ending in fsync; a cold sequential read of a file the host wrote before
 //! the start (volume only: nothing in the image is large); create, stat
-//! (`ls -l`) and unlink of many small files.
+//! (`ls -l`) and unlink of many small files. With `--large-image-tar`,
+//! also the start of a large image and the disk each container of it
+//! takes ([`large`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,9 @@ use serde::Serialize;
 
 use super::machine::{utc_now, Machine};
 use super::start::{CtrError, CtrTarget};
+
+mod large;
+pub use large::{LargeImage, LargeRun};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IoBenchArgs {
@@ -35,6 +42,14 @@ pub struct IoBenchArgs {
     /// Where the volume's host directory is made (removed after).
     #[arg(long, default_value = "/var/tmp")]
     pub scratch: PathBuf,
+    /// A large image's tar (`scripts/busybox-image.py OUT --name NAME
+    /// --filler-mib 512`): its start and disk use per container, hull's
+    /// shared rootfs against the copied disk and runc.
+    #[arg(long)]
+    pub large_image_tar: Option<PathBuf>,
+    /// The large image's name.
+    #[arg(long, default_value = "docker.io/library/busybox:large")]
+    pub large_image: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -63,13 +78,14 @@ pub const STEPS: [&str; 5] = [
     "unlink files",
 ];
 
-/// One runtime's figures, ms per step; `None` where a step does not
-/// apply (the rootfs has no cold file).
+/// One variant's figures, ms per step; `None` where a step does not
+/// apply (the rootfs has no cold file); no volume figures for hull's
+/// copied-disk variant (its volume is the shared variant's).
 #[derive(Debug, Clone, Serialize)]
 pub struct IoRuntime {
     pub runtime: String,
     pub rootfs_ms: Vec<Option<f64>>,
-    pub volume_ms: Vec<Option<f64>>,
+    pub volume_ms: Option<Vec<Option<f64>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,16 +95,57 @@ pub struct IoBenchReport {
     pub mib: u32,
     pub files: u32,
     pub steps: Vec<String>,
+    /// hull with its rootfs shared, hull with it copied, runc.
     pub runs: Vec<IoRuntime>,
+    pub large: Option<LargeImage>,
 }
 
-const RUNTIMES: [(&str, &str); 2] = [
-    ("hull", "io.containerd.hull.v2"),
-    ("runc", "io.containerd.runc.v2"),
-];
+/// One way of running the bench's container.
+pub(super) struct Variant {
+    pub label: &'static str,
+    pub runtime: &'static str,
+    /// hull's config; none for runc.
+    pub config: Option<PathBuf>,
+}
 
-/// The container's script: `$1` MiB, `$2` files. Each location's steps
-/// print a marker when done; `go` before the first.
+impl Variant {
+    /// `--runtime R [--runtime-config-path C]`.
+    pub fn runtime_args(&self) -> Vec<String> {
+        let mut args = vec!["--runtime".to_owned(), self.runtime.to_owned()];
+        if let Some(config) = &self.config {
+            args.push("--runtime-config-path".into());
+            args.push(config.display().to_string());
+        }
+        args
+    }
+}
+
+/// hull with its rootfs shared, hull with it copied into a disk, runc.
+fn variants(target: &CtrTarget, dir: &Path) -> Result<Vec<Variant>, CtrError> {
+    let hull = "io.containerd.hull.v2";
+    let config = |name, mode: &str| target.hull_config(dir, name, &[("rootfs", mode.into())]);
+    Ok(vec![
+        Variant {
+            label: "hull fs",
+            runtime: hull,
+            config: Some(config("hull-fs.toml", "virtio-fs")?),
+        },
+        Variant {
+            label: "hull blk",
+            runtime: hull,
+            config: Some(config("hull-blk.toml", "block")?),
+        },
+        Variant {
+            label: "runc",
+            runtime: "io.containerd.runc.v2",
+            config: None,
+        },
+    ])
+}
+
+/// The container's script: `MIB` MiB, `FILES` files, the volume's steps
+/// when `VOL` is 1. Each location's steps print a marker when done; `go`
+/// before the first.
 const SCRIPT: &str = r#"
 steps() {
   d=$1; mkdir -p $d; echo go
@@ -100,7 +157,7 @@ steps() {
   rm -f $d/seq
 }
 steps /bench-rootfs
-steps /vol/bench
+if [ "$VOL" = 1 ]; then steps /vol/bench; fi
 echo end
 "#;
 
@@ -109,9 +166,21 @@ pub fn io_bench(
     progress: &mut dyn FnMut(&str),
 ) -> Result<IoBenchReport, IoBenchError> {
     args.target.import_image()?;
+    let configs = tempfile::tempdir().map_err(|source| IoBenchError::Io {
+        what: "making a directory for hull's configs".into(),
+        source,
+    })?;
+    let variants = variants(&args.target, configs.path())?;
     let mut runs = Vec::new();
-    for (label, runtime) in RUNTIMES {
-        progress(&format!("{label}: rootfs and volume"));
+    for variant in &variants {
+        // The copied-disk variant's volume is the same share as the shared
+        // variant's: measured once.
+        let volume_too = variant.label != "hull blk";
+        progress(&format!(
+            "{}: rootfs{}",
+            variant.label,
+            if volume_too { " and volume" } else { "" }
+        ));
         let volume = tempfile::Builder::new()
             .prefix("hull-bench-io")
             .tempdir_in(&args.scratch)
@@ -126,16 +195,20 @@ pub fn io_bench(
                 what: "writing the volume's cold file".into(),
                 source,
             })?;
-        let times = run_steps(args, label, runtime, volume.path())?;
+        let times = run_steps(args, variant, volume.path(), volume_too)?;
         let (rootfs, vol) = times.split_at(STEPS.len());
         let mut rootfs_ms: Vec<Option<f64>> = rootfs.iter().copied().map(Some).collect();
         rootfs_ms[1] = None;
         runs.push(IoRuntime {
-            runtime: label.to_owned(),
+            runtime: variant.label.to_owned(),
             rootfs_ms,
-            volume_ms: vol.iter().copied().map(Some).collect(),
+            volume_ms: volume_too.then(|| vol.iter().copied().map(Some).collect()),
         });
     }
+    let large = match &args.large_image_tar {
+        Some(tar) => Some(large::measure(args, tar, &variants, progress)?),
+        None => None,
+    };
     Ok(IoBenchReport {
         machine: Machine::this(),
         date: utc_now(),
@@ -143,6 +216,7 @@ pub fn io_bench(
         files: args.files,
         steps: STEPS.iter().map(|s| (*s).to_owned()).collect(),
         runs,
+        large,
     })
 }
 
@@ -160,21 +234,24 @@ fn write_cold_file(path: &Path, mib: u32) -> std::io::Result<()> {
 /// rootfs's steps, then the volume's).
 fn run_steps(
     args: &IoBenchArgs,
-    label: &str,
-    runtime: &str,
+    variant: &Variant,
     volume: &Path,
+    volume_too: bool,
 ) -> Result<Vec<f64>, IoBenchError> {
-    let id = format!("hull-bench-io-{label}");
+    let id = format!("hull-bench-io-{}", variant.label.replace(' ', "-"));
     let mount = format!(
         "type=bind,src={},dst=/vol,options=rbind:rw",
         volume.display()
     );
-    let script = format!("MIB={}; FILES={}; {SCRIPT}", args.mib, args.files);
+    let script = format!(
+        "MIB={}; FILES={}; VOL={}; {SCRIPT}",
+        args.mib,
+        args.files,
+        u8::from(volume_too)
+    );
     let mut cmd = args.target.command();
-    cmd.args(["run", "--rm", "--runtime", runtime, "--mount", &mount]);
-    if let (Some(config), true) = (&args.target.config, runtime.contains("hull")) {
-        cmd.arg("--runtime-config-path").arg(config);
-    }
+    cmd.args(["run", "--rm", "--mount", &mount])
+        .args(variant.runtime_args());
     let mut child = cmd
         .arg(&args.target.image)
         .arg(&id)
@@ -208,13 +285,13 @@ fn run_steps(
             what: format!("waiting for ctr run {id}"),
             source,
         })?;
-    if !out.status.success() || times.len() != 2 * STEPS.len() {
+    let expected = if volume_too { 2 } else { 1 } * STEPS.len();
+    if !out.status.success() || times.len() != expected {
         return Err(IoBenchError::Failed {
             what: format!("ctr run {id}"),
             reason: format!(
-                "{} steps timed of {}; {}",
+                "{} steps timed of {expected}; {}",
                 times.len(),
-                2 * STEPS.len(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         });
@@ -226,8 +303,8 @@ pub fn render(report: &IoBenchReport) -> String {
     let m = &report.machine;
     let mut out = format!(
         "hull bench io — machine: {} ({} cores), host Linux {}, {} — {}\n\
-         {} MiB sequential, {} small files; hull: rootfs virtio-blk (ext4), volume virtio-fs \
-         (virtiofsd); runc: overlay, bind mount\n\n",
+         {} MiB sequential, {} small files; hull fs: rootfs and volume virtio-fs (virtiofsd); \
+         hull blk: rootfs copied to virtio-blk (ext4); runc: overlay, bind mount\n\n",
         m.cpu_model,
         m.cores,
         m.host_kernel,
@@ -236,32 +313,53 @@ pub fn render(report: &IoBenchReport) -> String {
         report.mib,
         report.files
     );
-    let [hull, runc] = report.runs.as_slice() else {
+    let [fs, blk, runc] = report.runs.as_slice() else {
         return out;
     };
-    out.push_str(&format!(
-        "{:<18} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>12}\n",
-        "ms", "hull blk", "hull fs", "runc rootfs", "runc vol", "blk/runc", "fs/runc", "fs/blk"
-    ));
     let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("x{:.1}", a / b),
         _ => "-".to_owned(),
     };
+    out.push_str(&format!(
+        "{:<18} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}\n",
+        "rootfs, ms", "hull fs", "hull blk", "runc", "fs/runc", "blk/runc", "fs/blk"
+    ));
     for (i, step) in report.steps.iter().enumerate() {
-        let (hb, hf) = (hull.rootfs_ms[i], hull.volume_ms[i]);
-        let (rb, rf) = (runc.rootfs_ms[i], runc.volume_ms[i]);
+        let (f, b, r) = (fs.rootfs_ms[i], blk.rootfs_ms[i], runc.rootfs_ms[i]);
+        if f.is_none() && b.is_none() && r.is_none() {
+            continue;
+        }
         out.push_str(&format!(
-            "{:<18} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10} {:>12}\n",
+            "{:<18} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}\n",
             step,
-            cell(hb),
-            cell(hf),
-            cell(rb),
-            cell(rf),
-            ratio(hb, rb),
-            ratio(hf, rf),
-            ratio(hf, hb)
+            cell(f),
+            cell(b),
+            cell(r),
+            ratio(f, r),
+            ratio(b, r),
+            ratio(f, b)
         ));
+    }
+    if let (Some(f), Some(r)) = (&fs.volume_ms, &runc.volume_ms) {
+        out.push_str(&format!(
+            "\n{:<18} {:>11} {:>11} {:>9} {:>11}\n",
+            "volume, ms", "hull fs", "runc", "fs/runc", "vol/blk"
+        ));
+        for (i, step) in report.steps.iter().enumerate() {
+            out.push_str(&format!(
+                "{:<18} {:>11} {:>11} {:>9} {:>11}\n",
+                step,
+                cell(f[i]),
+                cell(r[i]),
+                ratio(f[i], r[i]),
+                ratio(f[i], blk.rootfs_ms[i])
+            ));
+        }
+    }
+    if let Some(large) = &report.large {
+        out.push('\n');
+        out.push_str(&large::render(large));
     }
     out
 }
@@ -272,10 +370,10 @@ mod tests {
 
     #[test]
     fn the_table_has_a_row_per_step_and_ratios() {
-        let runtime = |name: &str, ms: f64| IoRuntime {
+        let runtime = |name: &str, ms: f64, volume: bool| IoRuntime {
             runtime: name.into(),
             rootfs_ms: vec![Some(ms), None, Some(ms), Some(ms), Some(ms)],
-            volume_ms: vec![Some(2.0 * ms); 5],
+            volume_ms: volume.then(|| vec![Some(2.0 * ms); 5]),
         };
         let report = IoBenchReport {
             machine: Machine::this(),
@@ -283,15 +381,29 @@ mod tests {
             mib: 1,
             files: 2,
             steps: STEPS.iter().map(|s| (*s).to_owned()).collect(),
-            runs: vec![runtime("hull", 100.0), runtime("runc", 1.0)],
+            runs: vec![
+                runtime("hull fs", 100.0, true),
+                runtime("hull blk", 50.0, false),
+                runtime("runc", 1.0, true),
+            ],
+            large: None,
         };
         let text = render(&report);
         let row = text
             .lines()
             .find(|l| l.starts_with("create files"))
             .unwrap();
-        assert!(row.contains("x100.0") && row.contains("x2.0"), "{row}");
-        let cold = text.lines().find(|l| l.starts_with("seq read")).unwrap();
-        assert!(cold.contains(" - "), "{cold}");
+        // fs/runc, blk/runc, fs/blk
+        assert!(
+            row.contains("x100.0") && row.contains("x50.0") && row.contains("x2.0"),
+            "{row}"
+        );
+        assert!(
+            !text.lines().take_while(|l| !l.starts_with("volume")).any(|l| l.starts_with("seq read")),
+            "no cold read on the rootfs: {text}"
+        );
+        let volume: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("volume")).collect();
+        let cold = volume.iter().find(|l| l.starts_with("seq read")).unwrap();
+        assert!(cold.contains("200.0") && cold.contains("x100.0"), "{cold}");
     }
 }

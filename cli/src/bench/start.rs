@@ -1,14 +1,17 @@
 //! `hull bench start`: `ctr run` latency to the container's first output,
 //! hull against runc in the same run on the same containerd and image, and
-//! the memory one running container costs (PSS of the shim, the jailer and
-//! the VMM, the VMM's including the guest RAM the guest actually touched;
-//! for runc the shim and the container's process).
+//! the memory one running container costs (PSS of the shim, the jailer,
+//! the VMM and its virtiofsd processes, the VMM's including the guest RAM
+//! the guest actually touched; for runc the shim and the container's
+//! process).
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_sandbox::share::SHARE_BASE;
+use hull_sandbox::state::{jail_id, state_dir_for};
 use serde::Serialize;
 
 use super::machine::{utc_now, Machine};
@@ -50,6 +53,18 @@ pub enum CtrError {
     },
     #[error("{what} failed: {stderr}")]
     Failed { what: String, stderr: String },
+    #[error("{path} is not a valid hull config")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{what}")]
+    Write {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CtrTarget {
@@ -81,6 +96,44 @@ impl CtrTarget {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// hull's config (`--config`, else /etc/hull/config.toml when there is
+    /// one) with `overrides`, written as `dir/name` for a variant to pass
+    /// as `--runtime-config-path`.
+    pub fn hull_config(
+        &self,
+        dir: &Path,
+        name: &str,
+        overrides: &[(&str, toml::Value)],
+    ) -> Result<PathBuf, CtrError> {
+        let base = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/hull/config.toml"));
+        let text = match std::fs::read_to_string(&base) {
+            Ok(text) => text,
+            Err(_) if self.config.is_none() => String::new(),
+            Err(source) => {
+                return Err(CtrError::Write {
+                    what: format!("reading {}", base.display()),
+                    source,
+                })
+            }
+        };
+        let mut table: toml::Table = text.parse().map_err(|source| CtrError::Config {
+            path: base.clone(),
+            source: Box::new(source),
+        })?;
+        for (key, value) in overrides {
+            table.insert((*key).into(), value.clone());
+        }
+        let config = dir.join(name);
+        std::fs::write(&config, table.to_string()).map_err(|source| CtrError::Write {
+            what: format!("writing {}", config.display()),
+            source,
+        })?;
+        Ok(config)
     }
 
     /// Imports `--image-tar`, when given, into the bench's namespace.
@@ -128,12 +181,6 @@ pub enum StartBenchError {
     Failed { what: String, stderr: String },
     #[error("{what}: no {process} process found")]
     NoProcess { what: String, process: &'static str },
-    #[error("{path} is not a valid hull config")]
-    Config {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -421,6 +468,12 @@ fn running_cost(
             for (pid, name) in processes_with(&format!("/{id}/rootfs.img")) {
                 add(pid, name, &mut cost);
             }
+            // Its virtiofsd processes (the rootfs's share and the binds'),
+            // named by the sandbox's jail id.
+            let jail = jail_id(&state_dir_for(&ctr.args.target.namespace, id));
+            for (pid, name) in processes_with(&format!("{SHARE_BASE}/{jail}")) {
+                add(pid, name, &mut cost);
+            }
             if cost.len() == before {
                 return Err(StartBenchError::NoProcess {
                     what: format!("{} container {id}", variant.label),
@@ -589,41 +642,20 @@ pub fn start_bench(
 /// when it exists, else the defaults) with `phase_log` and `templates` set.
 fn bench_config(
     args: &StartBenchArgs,
-    dir: &std::path::Path,
-    log: &std::path::Path,
+    dir: &Path,
+    log: &Path,
     templates: bool,
 ) -> Result<PathBuf, StartBenchError> {
-    let base = args
-        .target
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/etc/hull/config.toml"));
-    let text = match std::fs::read_to_string(&base) {
-        Ok(text) => text,
-        Err(_) if args.target.config.is_none() => String::new(),
-        Err(source) => {
-            return Err(StartBenchError::Spawn {
-                what: format!("reading {}", base.display()),
-                source,
-            })
-        }
-    };
-    let mut table: toml::Table = text.parse().map_err(|source| StartBenchError::Config {
-        path: base.clone(),
-        source: Box::new(source),
-    })?;
-    table.insert("phase_log".into(), log.display().to_string().into());
-    table.insert("templates".into(), templates.into());
-    let config = dir.join(if templates {
+    let name = if templates {
         "hull-template.toml"
     } else {
         "hull-cold.toml"
-    });
-    std::fs::write(&config, table.to_string()).map_err(|source| StartBenchError::Spawn {
-        what: format!("writing {}", config.display()),
-        source,
-    })?;
-    Ok(config)
+    };
+    let overrides = [
+        ("phase_log", log.display().to_string().into()),
+        ("templates", templates.into()),
+    ];
+    Ok(args.target.hull_config(dir, name, &overrides)?)
 }
 
 pub fn render(r: &StartBenchReport) -> String {
