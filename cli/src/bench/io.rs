@@ -399,10 +399,16 @@ mod tests {
             "{row}"
         );
         assert!(
-            !text.lines().take_while(|l| !l.starts_with("volume")).any(|l| l.starts_with("seq read")),
+            !text
+                .lines()
+                .take_while(|l| !l.starts_with("volume"))
+                .any(|l| l.starts_with("seq read")),
             "no cold read on the rootfs: {text}"
         );
-        let volume: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("volume")).collect();
+        let volume: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("volume"))
+            .collect();
         let cold = volume.iter().find(|l| l.starts_with("seq read")).unwrap();
         assert!(cold.contains("200.0") && cold.contains("x100.0"), "{cold}");
     }

@@ -154,7 +154,12 @@ pub(super) fn render(large: &LargeImage) -> String {
         let ms = median(&run.run_ms);
         let vs_runc = runc
             .filter(|r| r.runtime != run.runtime)
-            .map(|r| format!(" (x{:.1} runc)", ms as f64 / median(&r.run_ms).max(1) as f64))
+            .map(|r| {
+                format!(
+                    " (x{:.1} runc)",
+                    ms as f64 / median(&r.run_ms).max(1) as f64
+                )
+            })
             .unwrap_or_default();
         out.push_str(&format!(
             "{:<10} {:>8} ms{:<16} {:>9.1} MiB\n",
@@ -190,10 +195,17 @@ mod tests {
         let text = render(&LargeImage {
             image: "big".into(),
             tar_bytes: 512 << 20,
-            runs: vec![run("hull fs", 1000, 0), run("hull blk", 4000, 700), run("runc", 100, 0)],
+            runs: vec![
+                run("hull fs", 1000, 0),
+                run("hull blk", 4000, 700),
+                run("runc", 100, 0),
+            ],
         });
         assert!(text.contains("(512 MiB tar)"), "{text}");
         let blk = text.lines().find(|l| l.starts_with("hull blk")).unwrap();
-        assert!(blk.contains("x40.0 runc") && blk.contains("700.0 MiB"), "{blk}");
+        assert!(
+            blk.contains("x40.0 runc") && blk.contains("700.0 MiB"),
+            "{blk}"
+        );
     }
 }
