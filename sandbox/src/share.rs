@@ -8,10 +8,14 @@
 //! `<jail id>.rootfs/` (never inside the state directory, which is removed
 //! recursively: these hold the user's data, mounted):
 //! ```text
-//! root/0, root/1, ...  bind i of the container, bind-mounted from the host
+//! root                 what virtiofsd shares: bound on itself and shared
+//!                      (propagation), so that what is mounted under it
+//!                      after virtiofsd started reaches virtiofsd's mount
+//!                      namespace (a pod's later containers)
+//! root/<c>/0, /1, ...  bind i of container c, bind-mounted from the host
 //!                      (read-only, nosuid, nodev and private, recursively,
-//!                      as asked); what virtiofsd shares
-//! root                 (rootfs share) the container's rootfs mounted on it
+//!                      as asked)
+//! root/<c>             (rootfs share) container c's rootfs mounted on it
 //!                      (containerd's snapshot, Docker's rootfs), sealed
 //!                      private, nosuid and nodev
 //! virtiofsd.sock       its vhost-user socket (the VMM connects once)
@@ -74,6 +78,8 @@ pub enum ShareError {
     },
     #[error("virtiofsd did not listen on {socket} within {LISTEN_TIMEOUT:?}: {log}")]
     NotListening { socket: PathBuf, log: String },
+    #[error("{name:?} cannot name a directory of a share (one path component)")]
+    BadName { name: String },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ShareError {
@@ -134,13 +140,14 @@ impl Share {
     /// Whatever fails leaves nothing behind.
     pub fn start(virtiofsd: &Path, dir: &Path, binds: &[HostBind]) -> Result<Self, ShareError> {
         let mut share = Share::create(dir)?;
-        share.add_binds(binds)?;
+        share.add_binds("", binds)?;
         share.serve(virtiofsd, Cache::Auto)?;
         Ok(share)
     }
 
     /// An empty share at `dir` (whatever an earlier one left there is
-    /// removed first); its root is an empty directory to mount on.
+    /// removed first); its root is an empty directory, a shared mount, to
+    /// mount on.
     pub fn create(dir: &Path) -> Result<Self, ShareError> {
         remove_leftovers(dir);
         let share = Share {
@@ -149,24 +156,56 @@ impl Share {
         };
         let root = share.root();
         std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        make_shared_mount(&root)?;
         Ok(share)
     }
 
-    /// Mounts each of `binds` at `root/<index>` (see [`mount_bind`]).
-    pub fn add_binds(&mut self, binds: &[HostBind]) -> Result<(), ShareError> {
-        let root = self.root();
+    /// The directory of `name` (a container) in the share, made; the
+    /// share's root for "".
+    pub fn subdir(&self, name: &str) -> Result<PathBuf, ShareError> {
+        let path = self.root().join(name);
+        if name.is_empty() {
+            return Ok(path);
+        }
+        let one_component = matches!(
+            Path::new(name).components().collect::<Vec<_>>().as_slice(),
+            [std::path::Component::Normal(n)] if n.len() == name.len()
+        );
+        if !one_component {
+            return Err(ShareError::BadName { name: name.into() });
+        }
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(io("creating", &path)(e))
+            }
+            _ => Ok(path),
+        }
+    }
+
+    /// Mounts each of `binds` at `<subdir>/<index>` (see [`mount_bind`]).
+    pub fn add_binds(&mut self, subdir: &str, binds: &[HostBind]) -> Result<(), ShareError> {
+        let dir = self.subdir(subdir)?;
         for (index, bind) in binds.iter().enumerate() {
-            mount_bind(bind, &root.join(index.to_string()))?;
+            mount_bind(bind, &dir.join(index.to_string()))?;
         }
         Ok(())
     }
 
-    /// After something was mounted on the root itself (a container's
+    /// After something was mounted on `subdir` itself (a container's
     /// rootfs): makes that mount tree private, nosuid and nodev (what the
     /// guest writes is never a set-uid program or a device on the host),
     /// read-only when `read_only`.
-    pub fn seal_root(&self, read_only: bool) -> Result<(), ShareError> {
-        set_mount_attrs(&self.root(), read_only)
+    pub fn seal(&self, subdir: &str, read_only: bool) -> Result<(), ShareError> {
+        set_mount_attrs(&self.subdir(subdir)?, read_only)
+    }
+
+    /// Takes `subdir` (a container that left the pod) out of the share:
+    /// unmounts what is under it and removes its empty entries, never
+    /// the user's files.
+    pub fn remove_subdir(&self, subdir: &str) -> Result<(), ShareError> {
+        let dir = self.subdir(subdir)?;
+        unmount_and_remove_empty(&dir);
+        Ok(())
     }
 
     /// Starts virtiofsd on the root with `cache`, and waits until it
@@ -313,6 +352,42 @@ fn mount_bind(bind: &HostBind, target: &Path) -> Result<(), ShareError> {
     Ok(())
 }
 
+/// Binds `dir` on itself and makes it a shared mount: a peer group of its
+/// own, whose later submounts propagate to virtiofsd's namespace (virtiofsd
+/// makes its copy a slave).
+fn make_shared_mount(dir: &Path) -> Result<(), ShareError> {
+    let c = CString::new(dir.as_os_str().as_bytes()).expect("no NUL in a path");
+    // SAFETY: NUL-terminated paths, no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            c.as_ptr(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io("binding on itself", dir)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a NUL-terminated path; only the propagation changes.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SHARED,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        unmount_detached(dir);
+        return Err(io("making a shared mount of", dir)(err));
+    }
+    Ok(())
+}
+
 /// Makes the mount tree at `target` private, nosuid, nodev and (when
 /// `read_only`) read-only, recursively.
 fn set_mount_attrs(target: &Path, read_only: bool) -> Result<(), ShareError> {
@@ -386,36 +461,50 @@ pub fn remove_leftovers(dir: &Path) {
         return;
     }
     kill_listed_virtiofsd(dir);
-    let root = dir.join(ROOT);
-    let mut mounted = mounts_under(&root);
-    // Deepest first.
-    mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for target in &mounted {
-        unmount_detached(target);
-    }
-    let still = mounts_under(&root);
-    if still.iter().any(|m| m == &root) {
-        // A rootfs still mounted on the root itself: its entries are the
-        // container's files, never removed here.
-        log::warn!("{} is still mounted: left in place", root.display());
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if still.iter().any(|m| m.starts_with(&path)) {
-                log::warn!("{} is still mounted: left in place", path.display());
-                continue;
-            }
-            // Empty placeholders only: never a recursive removal here.
-            let _ = std::fs::remove_dir(&path).or_else(|_| std::fs::remove_file(&path));
-        }
-    }
-    let _ = std::fs::remove_dir(&root);
+    unmount_and_remove_empty(&dir.join(ROOT));
     for name in [SOCKET, OWN_PIDFILE, PIDFILE, LOG] {
         let _ = std::fs::remove_file(dir.join(name));
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// Unmounts everything at and under `top` (deepest first), then removes
+/// the empty directories and placeholder files left, bottom up. Whatever
+/// is still mounted stays, with a warning, and so does everything above
+/// it: never a recursive removal of what a mount might show.
+fn unmount_and_remove_empty(top: &Path) {
+    let mut mounted = mounts_under(top);
+    mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for target in &mounted {
+        unmount_detached(target);
+    }
+    let still = mounts_under(top);
+    if !still.is_empty() {
+        log::warn!("{still:?} still mounted: left in place");
+    }
+    remove_empty(top, &still);
+}
+
+/// Removes `path` if it is an empty directory (after its empty
+/// subdirectories) or an empty placeholder file, unless a mount in `still`
+/// is at or under it.
+fn remove_empty(path: &Path, still: &[PathBuf]) {
+    if still.iter().any(|m| m.starts_with(path)) {
+        return;
+    }
+    let Ok(meta) = path.symlink_metadata() else {
+        return;
+    };
+    if meta.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                remove_empty(&entry.path(), still);
+            }
+        }
+        let _ = std::fs::remove_dir(path);
+    } else if meta.is_file() && meta.len() == 0 {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn kill_listed_virtiofsd(dir: &Path) {

@@ -106,21 +106,22 @@ pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<bool, RootfsEr
     Ok(!mounts.is_empty())
 }
 
-/// The rootfs shared: `mounts` (containerd's snapshot) or, when there are
-/// none, the directory `dir` (Docker's rootfs, mounted by dockerd)
-/// bind-mounted, on a new share at `share_dir`, sealed (private, nosuid,
-/// nodev) and served by `virtiofsd` with caching on (only the guest
-/// changes it). Returns the share and whether the rootfs is read-only (a
-/// view snapshot: the guest then puts a tmpfs upper layer on it).
-/// Whatever fails leaves nothing mounted.
+/// The rootfs of container `id` shared: `mounts` (containerd's snapshot)
+/// or, when there are none, the directory `dir` (Docker's rootfs, mounted
+/// by dockerd) bind-mounted, at `<id>` in a new share at `share_dir`,
+/// sealed (private, nosuid, nodev) and served by `virtiofsd` with caching
+/// on (only the guest changes it). Returns the share and whether the
+/// rootfs is read-only (a view snapshot: the guest then puts a tmpfs upper
+/// layer on it). Whatever fails leaves nothing mounted.
 pub fn share(
     virtiofsd: &Path,
     share_dir: &Path,
+    id: &str,
     mounts: &[RootfsMount],
     dir: &Path,
 ) -> Result<(Share, bool), RootfsError> {
     let mut share = Share::create(share_dir)?;
-    let root = share.root();
+    let root = share.subdir(id)?;
     let bind_dir;
     let mounts = if mounts.is_empty() {
         bind_dir = [RootfsMount {
@@ -134,7 +135,7 @@ pub fn share(
     };
     mount_all(mounts, &root)?;
     let read_only = is_read_only(&root)?;
-    share.seal_root(read_only)?;
+    share.seal(id, read_only)?;
     share.serve(virtiofsd, Cache::Always)?;
     Ok((share, read_only))
 }

@@ -428,11 +428,9 @@ impl Containers {
             armed: true,
         };
 
-        let mut rootfs = rootfs::mount(storage, &dir).map_err(rootfs_error)?;
+        let rootfs = rootfs::mount(storage, &dir).map_err(rootfs_error)?;
         let mounted = begun.elapsed();
-        let binds_dir = binds
-            .map(|binds| rootfs::mount_binds(binds, &dir, &mut rootfs))
-            .transpose();
+        let binds_dir = binds.map(rootfs::mount_binds).transpose();
         let root = rootfs.path().to_owned();
         cleanup.rootfs = Some(rootfs);
         let binds_dir = binds_dir.map_err(rootfs_error)?;

@@ -3,11 +3,13 @@
 //! (found by its serial), mounted under the container's directory, with a
 //! tmpfs overlay on top when the host asks for one.
 //!
-//! Layout under `<container dir>`: `disk` (the share or the disk itself),
-//! and with an overlay `scratch` (a tmpfs holding `upper` and `work`);
-//! `rootfs` is `disk` or the overlay; `binds` the shared directory
-//! (virtio-fs) the host bind mounts come from. [`Rootfs::unmount`] undoes
-//! it in reverse order.
+//! Layout under `<container dir>`: `disk` (the container's directory of
+//! the share, bound, or the disk itself), and with an overlay `scratch` (a
+//! tmpfs holding `upper` and `work`); `rootfs` is `disk` or the overlay.
+//! [`Rootfs::unmount`] undoes it in reverse order. Shares (the rootfs's,
+//! the host bind mounts') are mounted once per guest, at
+//! [`SHARES`]`/<tag>`, and stay: every container of a pod has its own
+//! directory in them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ const SYS_BLOCK: &str = "/sys/block";
 const MAX_SERIAL: usize = 20;
 /// The longest virtio-fs tag (virtio 1.2, 5.11.4).
 const MAX_TAG: usize = 36;
+/// Where the guest mounts the host's shares, by tag.
+pub const SHARES: &str = "/run/hull/shares";
 
 #[derive(Debug, Error)]
 pub enum RootfsError {
@@ -157,9 +161,17 @@ pub fn check_share(storage: &Storage, field: &'static str) -> Result<MountFlags,
     flags_of(storage, field)
 }
 
-/// A share's tag, and nothing of a disk.
+/// A share's tag and subdirectory, and nothing of a disk.
 fn check_tag(storage: &Storage, field: &'static str) -> Result<(), RootfsError> {
     let bad = |reason: String| RootfsError::BadShare { field, reason };
+    let subdir = &storage.subdir;
+    let one_component = matches!(
+        Path::new(subdir).components().collect::<Vec<_>>().as_slice(),
+        [std::path::Component::Normal(name)] if name.len() == subdir.len()
+    );
+    if !subdir.is_empty() && !one_component {
+        return Err(bad(format!("subdir {subdir:?} is not one path component")));
+    }
     let tag = &storage.tag;
     if tag.is_empty()
         || tag.len() > MAX_TAG
@@ -259,15 +271,11 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
 /// with an overlay if asked. On error nothing stays mounted.
 pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     let flags = check(storage, "rootfs")?;
-    let (source, fstype, what) = if storage.fstype == "virtiofs" {
-        (
-            PathBuf::from(&storage.tag),
-            "virtiofs",
-            "the shared rootfs (virtiofs)",
-        )
-    } else {
-        (find_disk(&storage.disk_serial)?, "ext4", "the rootfs disk")
-    };
+    if storage.fstype == "virtiofs" {
+        let share = mount_share(storage, MountFlags::empty())?;
+        return mount_shared_rootfs(storage, flags, &share.join(&storage.subdir), dir);
+    }
+    let device = find_disk(&storage.disk_serial)?;
     let disk = dir.join("disk");
     let mut rootfs = Rootfs {
         path: disk.clone(),
@@ -280,9 +288,9 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     } else {
         flags
     };
-    rustix::mount::mount(&source, &disk, fstype, disk_flags, None).map_err(|errno| {
+    rustix::mount::mount(&device, &disk, "ext4", disk_flags, None).map_err(|errno| {
         RootfsError::Mount {
-            what,
+            what: "the rootfs disk",
             target: disk.clone(),
             errno,
         }
@@ -291,6 +299,54 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     if !storage.overlay {
         return Ok(rootfs);
     }
+    overlay(storage, dir, rootfs)
+}
+
+/// The container's directory `source` of the mounted rootfs share, bound
+/// on `dir/disk` (read-only as `flags` say), with an overlay if asked.
+fn mount_shared_rootfs(
+    storage: &Storage,
+    flags: MountFlags,
+    source: &Path,
+    dir: &Path,
+) -> Result<Rootfs, RootfsError> {
+    let disk = dir.join("disk");
+    let mut rootfs = Rootfs {
+        path: disk.clone(),
+        mounts: Vec::new(),
+    };
+    mkdir(&disk)?;
+    let mount_err = |what| {
+        let target = disk.clone();
+        move |errno| RootfsError::Mount {
+            what,
+            target,
+            errno,
+        }
+    };
+    rustix::mount::mount_bind(source, &disk).map_err(mount_err("the shared rootfs (virtiofs)"))?;
+    rootfs.mounts.push(disk.clone());
+    let read_only = flags.contains(MountFlags::RDONLY) || storage.overlay;
+    if read_only || !flags.is_empty() {
+        let remount = flags
+            | if read_only {
+                MountFlags::RDONLY
+            } else {
+                MountFlags::empty()
+            };
+        rustix::mount::mount_remount(&disk, remount | MountFlags::BIND, "")
+            .map_err(mount_err("the shared rootfs, read-only"))?;
+    }
+    if !storage.overlay {
+        return Ok(rootfs);
+    }
+    overlay(storage, dir, rootfs)
+}
+
+/// An overlay on `rootfs` (mounted at `dir/disk`) whose upper layer is a
+/// tmpfs: the container's root becomes `dir/rootfs`.
+fn overlay(storage: &Storage, dir: &Path, mut rootfs: Rootfs) -> Result<Rootfs, RootfsError> {
+    let disk = dir.join("disk");
 
     let scratch = dir.join("scratch");
     mkdir(&scratch)?;
@@ -339,28 +395,40 @@ pub fn mount(storage: &Storage, dir: &Path) -> Result<Rootfs, RootfsError> {
     Ok(rootfs)
 }
 
-/// Mounts the shared directory holding the container's host bind mounts
-/// (`binds` in the request: a virtio-fs tag) at `dir/binds`, unmounted
-/// with `rootfs`; returns where. Every bind mount's source is a path in it.
-pub fn mount_binds(
-    storage: &Storage,
-    dir: &Path,
-    rootfs: &mut Rootfs,
-) -> Result<PathBuf, RootfsError> {
-    let flags = check_share(storage, "binds")?;
-    let target = dir.join("binds");
-    mkdir(&target)?;
-    let flags = flags | MountFlags::NOSUID | MountFlags::NODEV;
+/// The share `storage` names, mounted once per guest at
+/// [`SHARES`]`/<tag>` with `flags`: where it is.
+fn mount_share(storage: &Storage, flags: MountFlags) -> Result<PathBuf, RootfsError> {
+    let target = Path::new(SHARES).join(&storage.tag);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|point| Path::new(point) == target);
+    if mounted {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&target).map_err(|source| RootfsError::CreateDir {
+        path: target.clone(),
+        source,
+    })?;
     rustix::mount::mount(&storage.tag, &target, "virtiofs", flags, None).map_err(|errno| {
         RootfsError::Mount {
-            what: "the shared directory (virtiofs)",
+            what: "a shared directory (virtiofs)",
             target: target.clone(),
             errno,
         }
     })?;
-    // Unmounted first: nothing else is mounted on it.
-    rootfs.mounts.push(target.clone());
     Ok(target)
+}
+
+/// The container's directory of the shared directory holding its host
+/// bind mounts (`binds` in the request: a virtio-fs tag and the
+/// container's subdirectory); the share is mounted nosuid and nodev once
+/// per guest. Every bind mount's source is a path in that directory.
+pub fn mount_binds(storage: &Storage) -> Result<PathBuf, RootfsError> {
+    let flags = check_share(storage, "binds")?;
+    let share = mount_share(storage, flags | MountFlags::NOSUID | MountFlags::NODEV)?;
+    Ok(share.join(&storage.subdir))
 }
 
 #[cfg(test)]
@@ -432,6 +500,17 @@ mod tests {
         assert_eq!(check(&overlaid, "rootfs").unwrap(), MountFlags::RDONLY);
         let err = check(&share("a b"), "rootfs").unwrap_err();
         assert!(err.to_string().starts_with("rootfs: tag"), "{err}");
+        for subdir in ["c1", "pod-container_2"] {
+            let mut ok = share("t");
+            ok.subdir = subdir.into();
+            check(&ok, "rootfs").unwrap();
+        }
+        for subdir in ["..", ".", "a/b", "/abs", "a/"] {
+            let mut bad = share("t");
+            bad.subdir = subdir.into();
+            let err = check(&bad, "rootfs").unwrap_err();
+            assert!(err.to_string().contains("subdir"), "{subdir:?}: {err}");
+        }
         let mut ro = share("t");
         ro.readonly = true;
         assert_eq!(check_share(&ro, "binds").unwrap(), MountFlags::RDONLY);

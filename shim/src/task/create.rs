@@ -17,7 +17,9 @@ use hull_jailer::cgroup::{SandboxCgroup, DEFAULT_PARENT};
 use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneRequest, Storage};
 use hull_protocol::vmm_config::{ROOTFS_TAG, SHARE_TAG};
 use hull_sandbox::config::RootfsMode;
-use hull_sandbox::share::{rootfs_share_dir_for, share_dir_for, HostBind, Share};
+use hull_sandbox::share::{
+    rootfs_share_dir_for, share_dir_for, Cache, HostBind, Share, ShareError,
+};
 use hull_sandbox::spec::{self, Spec, VmSize};
 use hull_sandbox::state::{jail_id, state_dir_for, SANDBOX_STATE_BASE};
 use hull_sandbox::vm::RPC_TIMEOUT;
@@ -333,7 +335,8 @@ fn prepare_rootfs(
         RootfsMode::VirtioFs => {
             let started = std::time::Instant::now();
             let share_dir = rootfs_share_dir_for(state_dir);
-            let shared = rootfs::share(&config.virtiofsd, &share_dir, &mounts, &rootfs_dir)?;
+            let shared =
+                rootfs::share(&config.virtiofsd, &share_dir, &req.id, &mounts, &rootfs_dir)?;
             // The disk slot every sandbox has (the template's layout)
             // holds nothing.
             std::fs::File::create(&image).map_err(|source| ShimError::Io {
@@ -380,12 +383,18 @@ async fn start_share(
     let (virtiofsd, dir) = (config.virtiofsd.clone(), share_dir_for(state_dir));
     let started = std::time::Instant::now();
     let count = binds.len();
-    let share = tokio::task::spawn_blocking(move || Share::start(&virtiofsd, &dir, &binds))
-        .await
-        .map_err(|e| ShimError::Io {
-            what: "starting the shared directory".into(),
-            source: std::io::Error::other(e),
-        })??;
+    let subdir = id.to_owned();
+    let share = tokio::task::spawn_blocking(move || {
+        let mut share = Share::create(&dir)?;
+        share.add_binds(&subdir, &binds)?;
+        share.serve(&virtiofsd, Cache::Auto)?;
+        Ok::<_, ShareError>(share)
+    })
+    .await
+    .map_err(|e| ShimError::Io {
+        what: "starting the shared directory".into(),
+        source: std::io::Error::other(e),
+    })??;
     log::info!(
         "{id}: {count} bind mount(s) shared (virtiofsd pid {}) in {} ms",
         share.pid().unwrap_or_default(),
@@ -567,11 +576,12 @@ async fn create_in_guest(
             what: "the OCI spec",
             source,
         })?,
-        rootfs: MessageField::some(rootfs_storage(disks)),
+        rootfs: MessageField::some(rootfs_storage(id, disks)),
         binds: shared
             .then(|| Storage {
                 fstype: "virtiofs".into(),
                 tag: SHARE_TAG.into(),
+                subdir: id.to_owned(),
                 ..Default::default()
             })
             .into(),
@@ -593,11 +603,12 @@ async fn create_in_guest(
 
 /// What the agent mounts as the rootfs. A read-only snapshot still gives
 /// the container a writable root: a tmpfs upper layer in the guest.
-fn rootfs_storage(disks: &Disks) -> Storage {
+fn rootfs_storage(id: &str, disks: &Disks) -> Storage {
     match &disks.shared {
         Some((_, read_only)) => Storage {
             fstype: "virtiofs".into(),
             tag: ROOTFS_TAG.into(),
+            subdir: id.to_owned(),
             readonly: *read_only,
             overlay: *read_only,
             ..Default::default()

@@ -1,5 +1,6 @@
 //! The large-image part of `hull bench io`: how long `ctr run --rm IMAGE
-//! true` takes and how much disk one running container of the image takes,
+//! true` takes (against the same with the bench's small image) and how
+//! much disk one running container of the image takes,
 //! for hull's shared rootfs (nothing copied: the snapshot's upper
 //! directory), hull's copied disk (`rootfs.img` in the bundle, plus the
 //! upper directory) and runc (the upper directory). The image is built
@@ -23,6 +24,8 @@ pub struct LargeRun {
     pub runtime: String,
     /// `ctr run --rm IMAGE ID true`, start to exit, each run.
     pub run_ms: Vec<u64>,
+    /// The same with the small image (`--image`).
+    pub small_run_ms: Vec<u64>,
     /// Bytes allocated on the host for one running container beyond the
     /// image's shared layers.
     pub disk_bytes: u64,
@@ -54,25 +57,32 @@ pub(super) fn measure(
     let mut runs = Vec::new();
     for variant in variants {
         let tag = variant.label.replace(' ', "-");
-        let mut run_ms = Vec::new();
-        for run in 0..RUNS {
-            let id = format!("hull-bench-large-{tag}-{run}");
-            let started = Instant::now();
-            let mut call = vec!["run".to_owned(), "--rm".to_owned()];
-            call.extend(variant.runtime_args());
-            call.extend([args.large_image.clone(), id, "true".into()]);
-            target.run(&call.iter().map(String::as_str).collect::<Vec<_>>())?;
-            run_ms.push(started.elapsed().as_millis() as u64);
-        }
+        let timed = |image: &str, size: &str| -> Result<Vec<u64>, IoBenchError> {
+            let mut ms = Vec::new();
+            for run in 0..RUNS {
+                let id = format!("hull-bench-{size}-{tag}-{run}");
+                let started = Instant::now();
+                let mut call = vec!["run".to_owned(), "--rm".to_owned()];
+                call.extend(variant.runtime_args());
+                call.extend([image.to_owned(), id, "true".into()]);
+                target.run(&call.iter().map(String::as_str).collect::<Vec<_>>())?;
+                ms.push(started.elapsed().as_millis() as u64);
+            }
+            Ok(ms)
+        };
+        let small_run_ms = timed(&target.image, "small")?;
+        let run_ms = timed(&args.large_image, "large")?;
         let disk_bytes = running_disk_use(args, variant, &format!("hull-bench-large-{tag}-d"))?;
         progress(&format!(
-            "{}: large image runs {run_ms:?} ms, {} MiB of disk per container",
+            "{}: large image runs {run_ms:?} ms (small {small_run_ms:?}), {} MiB of disk per \
+             container",
             variant.label,
             disk_bytes >> 20
         ));
         runs.push(LargeRun {
             runtime: variant.label.to_owned(),
             run_ms,
+            small_run_ms,
             disk_bytes,
         });
     }
@@ -144,8 +154,8 @@ fn allocated(path: &Path) -> u64 {
 
 pub(super) fn render(large: &LargeImage) -> String {
     let mut out = format!(
-        "large image {} ({} MiB tar), ctr run --rm true (median of {RUNS}) and disk per \
-         running container:\n",
+        "large image {} ({} MiB tar): ctr run --rm true (median of {RUNS}), against the small \
+         image, and disk per running container:\n",
         large.image,
         large.tar_bytes >> 20
     );
@@ -161,11 +171,14 @@ pub(super) fn render(large: &LargeImage) -> String {
                 )
             })
             .unwrap_or_default();
+        let small = median(&run.small_run_ms);
         out.push_str(&format!(
-            "{:<10} {:>8} ms{:<16} {:>9.1} MiB\n",
+            "{:<10} {:>8} ms{:<16} small {:>6} ms (large x{:.2}) {:>9.1} MiB\n",
             run.runtime,
             ms,
             vs_runc,
+            small,
+            ms as f64 / small.max(1) as f64,
             run.disk_bytes as f64 / f64::from(1 << 20)
         ));
     }
@@ -190,6 +203,7 @@ mod tests {
         let run = |name: &str, ms: u64, mib: u64| LargeRun {
             runtime: name.into(),
             run_ms: vec![ms, ms],
+            small_run_ms: vec![ms / 2, ms / 2],
             disk_bytes: mib << 20,
         };
         let text = render(&LargeImage {
@@ -204,7 +218,7 @@ mod tests {
         assert!(text.contains("(512 MiB tar)"), "{text}");
         let blk = text.lines().find(|l| l.starts_with("hull blk")).unwrap();
         assert!(
-            blk.contains("x40.0 runc") && blk.contains("700.0 MiB"),
+            blk.contains("x40.0 runc") && blk.contains("large x2.00") && blk.contains("700.0 MiB"),
             "{blk}"
         );
     }
