@@ -8,11 +8,13 @@ entries): the same busybox gives the same image digest.
 
 Usage: busybox-image.py OUT.tar [--name docker.io/library/busybox:hull]
                                 [--busybox /bin/busybox] [--symlink PATH=TARGET ...]
-                                [--filler-mib N]
+                                [--filler-mib N] [--cmd JSON]
 
 --symlink adds symlinks to the layer (tests use it to build hostile images,
 e.g. `--symlink opt/job=/etc/cron.d`). --filler-mib adds N files of 1 MiB
 under /opt/filler (a large image for `hull bench io --large-image-tar`).
+--cmd sets the image's command (a JSON list; the tests' pod sandbox image:
+`--cmd '["sleep", "2147483647"]'`).
 """
 
 import argparse
@@ -102,6 +104,7 @@ def main():
     parser.add_argument("--busybox", default="/bin/busybox")
     parser.add_argument("--symlink", action="append", default=[], metavar="PATH=TARGET")
     parser.add_argument("--filler-mib", type=int, default=0, metavar="N")
+    parser.add_argument("--cmd", default='["sh"]', metavar="JSON")
     args = parser.parse_args()
     if not os.path.exists(args.busybox):
         sys.exit(f"busybox-image: {args.busybox} not found (apt-get install busybox-static)")
@@ -113,7 +116,7 @@ def main():
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": json.loads(args.cmd),
         },
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
         "history": [{"created_by": "hull scripts/busybox-image.py"}],

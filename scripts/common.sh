@@ -17,6 +17,8 @@ HULL_APT_PACKAGES=(
   libcap-ng-dev
   # networking: ip/tc in sandbox namespaces, Docker's bridge NAT, CNI
   iproute2 iptables containernetworking-plugins
+  # the tests' CRI client (k8s-cri) generates its gRPC code with protoc
+  protobuf-compiler
 )
 
 install_deps() {

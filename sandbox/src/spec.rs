@@ -113,6 +113,47 @@ impl VmSize {
     }
 }
 
+/// containerd's CRI annotations of a pod's resources on its sandbox
+/// container: the sum of the pod's container limits plus its overhead, as
+/// the kubelet passes them in the PodSandboxConfig.
+pub const POD_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+pub const POD_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const POD_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+
+impl VmSize {
+    /// The VM of a Kubernetes pod: sized for the whole pod from the CRI's
+    /// annotations ([`POD_MEMORY`], [`POD_CPU_QUOTA`], [`POD_CPU_PERIOD`])
+    /// as Kata does, the sandbox container's own limits (or the defaults)
+    /// where the pod names none. Each container's own limits are its
+    /// cgroup's in the guest.
+    pub fn of_pod(spec: &Spec, defaults: &VmDefaults) -> Result<VmSize, SpecError> {
+        let mut size = VmSize::of(spec, defaults)?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let number = |key: &'static str| -> Result<Option<i64>, SpecError> {
+            annotations
+                .get(key)
+                .map(|v| {
+                    v.trim().parse::<i64>().map_err(|_| SpecError::Invalid {
+                        field: key,
+                        reason: format!("{v:?} is not a number"),
+                    })
+                })
+                .transpose()
+        };
+        if let Some(bytes) = number(POD_MEMORY)?.filter(|b| *b > 0) {
+            size.memory_mib = memory_mib(bytes as u64, defaults)?;
+        }
+        let period = number(POD_CPU_PERIOD)?.filter(|p| *p > 0).map(|p| p as u64);
+        if let Some((quota, period)) = cpu_limit(number(POD_CPU_QUOTA)?, period)? {
+            size.cpu = Some((quota, period));
+            size.vcpus = u8::try_from(quota.div_ceil(period))
+                .unwrap_or(u8::MAX)
+                .clamp(1, MAX_VCPUS);
+        }
+        Ok(size)
+    }
+}
+
 /// The CPU bandwidth limit: `None` without a positive quota (unlimited).
 fn cpu_limit(quota: Option<i64>, period: Option<u64>) -> Result<Option<(u64, u64)>, SpecError> {
     let Some(quota) = quota.filter(|q| *q > 0) else {
@@ -244,6 +285,32 @@ mod tests {
         assert_eq!(size(json!({"quota": -1, "period": 100_000})).cpu, None);
         assert_eq!(size(json!({"quota": 50_000})).cpu, Some((50_000, 100_000)));
         assert_eq!(size(json!({"quota": 6_400_000})).vcpus, MAX_VCPUS);
+    }
+
+    #[test]
+    fn a_pod_is_sized_from_the_cri_annotations() {
+        let pod = spec(json!({"annotations": {
+            POD_MEMORY: "536870912",
+            POD_CPU_QUOTA: "150000",
+            POD_CPU_PERIOD: "100000",
+        }}));
+        assert_eq!(
+            VmSize::of_pod(&pod, &DEFAULTS).unwrap(),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 512 + 96,
+                cpu: Some((150_000, 100_000))
+            }
+        );
+        // No pod resources ("0", no quota): the defaults.
+        let unlimited = spec(json!({"annotations": {POD_MEMORY: "0", POD_CPU_QUOTA: "0"}}));
+        assert_eq!(
+            VmSize::of_pod(&unlimited, &DEFAULTS).unwrap(),
+            VmSize::of(&unlimited, &DEFAULTS).unwrap()
+        );
+        let bad = spec(json!({"annotations": {POD_MEMORY: "lots"}}));
+        let err = VmSize::of_pod(&bad, &DEFAULTS).unwrap_err().to_string();
+        assert!(err.contains(POD_MEMORY) && err.contains("lots"), "{err}");
     }
 
     #[test]

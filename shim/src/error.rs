@@ -39,6 +39,14 @@ pub enum ShimError {
     VmGone(String),
     #[error("no container {0} in this shim")]
     NoContainer(String),
+    #[error("container {id} is of pod sandbox {sandbox}, which this shim does not run")]
+    NoPod { id: String, sandbox: String },
+    #[error(
+        "a pod's containers join its VM through its shared rootfs: the pod's sandbox was created \
+         with rootfs = \"block\" or a snapshot that is a disk; use rootfs = \"virtio-fs\" (the default) \
+         and an overlay or native snapshotter"
+    )]
+    PodRootfsNotShared,
     #[error("no process {exec_id:?} in container {id}")]
     NoProcess { id: String, exec_id: String },
     #[error("process {0:?} exists already")]
@@ -73,7 +81,10 @@ impl ShimError {
             ShimError::Share(ShareError::Source { .. } | ShareError::NotShareable { .. }) => {
                 Code::INVALID_ARGUMENT
             }
-            ShimError::NoContainer(_) | ShimError::NoProcess { .. } => Code::NOT_FOUND,
+            ShimError::NoContainer(_) | ShimError::NoProcess { .. } | ShimError::NoPod { .. } => {
+                Code::NOT_FOUND
+            }
+            ShimError::PodRootfsNotShared => Code::FAILED_PRECONDITION,
             ShimError::ProcessExists(_) | ShimError::ContainerExists(_) => Code::ALREADY_EXISTS,
             ShimError::WrongState(_) => Code::FAILED_PRECONDITION,
             ShimError::VmGone(_)

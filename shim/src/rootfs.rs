@@ -121,6 +121,20 @@ pub fn share(
     dir: &Path,
 ) -> Result<(Share, bool), RootfsError> {
     let mut share = Share::create(share_dir)?;
+    let read_only = mount_into(&share, id, mounts, dir)?;
+    share.serve(virtiofsd, Cache::Always)?;
+    Ok((share, read_only))
+}
+
+/// Container `id`'s rootfs (`mounts`, or the directory `dir` bound) at
+/// `<id>` in `share`, sealed; returns whether it is read-only. A pod's
+/// later containers come in this way, the share already served.
+pub fn mount_into(
+    share: &Share,
+    id: &str,
+    mounts: &[RootfsMount],
+    dir: &Path,
+) -> Result<bool, RootfsError> {
     let root = share.subdir(id)?;
     let bind_dir;
     let mounts = if mounts.is_empty() {
@@ -136,8 +150,7 @@ pub fn share(
     mount_all(mounts, &root)?;
     let read_only = is_read_only(&root)?;
     share.seal(id, read_only)?;
-    share.serve(virtiofsd, Cache::Always)?;
-    Ok((share, read_only))
+    Ok(read_only)
 }
 
 /// Whether the file system at `path` is mounted read-only.

@@ -1,8 +1,9 @@
 //! The shim process itself (containerd's `start`, `delete` and serve
 //! modes), on containerd-shim 0.11's async `Shim` trait.
 //!
-//! `start` forks the serving shim (grouped by container id) and prints its
-//! socket address; `delete` is how containerd cleans up after a shim that
+//! `start` forks the serving shim (one per container, or per Kubernetes
+//! pod: a pod's containers are grouped under its sandbox id, so they reach
+//! the shim that runs the pod's VM) and prints its socket address; `delete` is how containerd cleans up after a shim that
 //! died: it removes whatever that shim's container left on the host.
 
 use std::path::PathBuf;
@@ -53,9 +54,10 @@ impl Shim for HullShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // One shim (and one VM) per container for now; a pod would group
-        // its containers under the sandbox id here.
-        let grouping = opts.id.clone();
+        // One shim (and one VM) per container, or per pod: the CRI names a
+        // pod's containers' sandbox, whose shim then serves them too (the
+        // new shim finds the address in use and hands back that one).
+        let grouping = grouping_of(&self.bundle, &opts.id);
         let address = spawn(opts, &grouping, Vec::new()).await?;
         // The serving shim removes the socket named here when it shuts
         // down; `delete` removes it after a shim that died.
@@ -72,8 +74,13 @@ impl Shim for HullShim {
         let state_dir = state_dir_for(&self.namespace, &self.id);
         kill_processes_naming(&state_dir);
         if let Ok(address) = std::fs::read_to_string(self.bundle.join("address")) {
+            // A pod's shim serves its other containers still: containerd
+            // runs `delete` for each of its tasks whose connection closed.
+            // Only a socket nobody answers on is a dead shim's.
             let path = address.trim().trim_start_matches("unix://");
-            let _ = std::fs::remove_file(path);
+            if std::os::unix::net::UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
         }
         crate::rootfs::unmount(&self.bundle.join("rootfs"));
         // SIGKILL only queues their end: the host cgroups cannot be removed
@@ -113,6 +120,17 @@ impl Shim for HullShim {
         let task = HullTask::new(&self.namespace, publisher, self.exit.clone());
         let _ = self.task.set(task.clone());
         task
+    }
+}
+
+/// The shim a container belongs to: its pod sandbox's id for a CRI pod's
+/// container, else its own.
+fn grouping_of(bundle: &std::path::Path, id: &str) -> String {
+    let role = hull_sandbox::spec::load(&bundle.join("config.json"))
+        .map(|spec| crate::task::pod::Role::of(&spec));
+    match role {
+        Ok(crate::task::pod::Role::PodMember(sandbox)) => sandbox,
+        _ => id.to_owned(),
     }
 }
 

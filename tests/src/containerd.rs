@@ -85,7 +85,7 @@ pub struct Containerd {
     shares_before: Vec<String>,
     /// The containers started through [`Self::run`] and friends: their
     /// sandbox state directories and host cgroups must be gone at the end.
-    ids: Mutex<Vec<String>>,
+    ids: Mutex<Vec<(String, String)>>,
 }
 
 impl Containerd {
@@ -116,6 +116,25 @@ impl Containerd {
             scratch.display()
         );
         Self::start_with(Engine::Containerd17, dir, &plugin)
+    }
+
+    /// containerd 1.7 as [`Self::start`], with its CRI plugin set up as a
+    /// Kubernetes node's: runtime handlers `runc` and `hull` (`runtime_type
+    /// = "io.containerd.hull.v2"`), the pod sandbox image `sandbox_image`,
+    /// CNI from /etc/cni/net.d (`install_cni`). The CRI answers on
+    /// containerd's own socket ([`Self::socket`]).
+    pub fn start_cri(dir: &Path, sandbox_image: &str) -> Self {
+        let cri = format!(
+            "  sandbox_image = \"{sandbox_image}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  \
+             runtime_type = \"io.containerd.runc.v2\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n  \
+             runtime_type = \"{RUNTIME}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/opt/cni/bin\"\n  \
+             conf_dir = \"/etc/cni/net.d\"\n"
+        );
+        Self::start_with(Engine::Containerd17, dir, &cri)
     }
 
     /// [`Self::start`] with `extra` appended to containerd's config.
@@ -288,7 +307,34 @@ impl Containerd {
     /// test's: the leak checks then look at its shim socket only, not at
     /// those of tests running beside it.
     pub fn own(&self, id: &str) {
-        self.ids.lock().expect("ids lock").push(id.to_owned());
+        self.own_in(NAMESPACE, id);
+    }
+
+    /// [`Self::own`] for a container of containerd namespace `namespace`
+    /// (the CRI's `k8s.io`).
+    pub fn own_in(&self, namespace: &str, id: &str) {
+        let key = (namespace.to_owned(), id.to_owned());
+        self.ids.lock().expect("ids lock").push(key);
+    }
+
+    /// `ctr -a SOCK -n NAMESPACE ARGS...`, bounded by [`CTR_TIMEOUT`].
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
+        let mut command = Command::new(self.engine.ctr());
+        command
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(namespace)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = command.spawn().expect("run ctr");
+        wait_output(
+            child,
+            CTR_TIMEOUT,
+            &format!("ctr -n {namespace} {}", args.join(" ")),
+        )
     }
 
     /// Runs `ctr -a SOCK -n hull-test ARGS...`, bounded by [`CTR_TIMEOUT`].
@@ -414,7 +460,7 @@ impl Containerd {
         extra: &[&'a str],
         cmd: &[&'a str],
     ) -> Vec<&'a str> {
-        self.ids.lock().expect("ids lock").push(id.to_owned());
+        self.own(id);
         let config = self.config.to_str().expect("utf-8 path");
         let mut args = vec![
             "run",
@@ -588,8 +634,8 @@ impl Containerd {
     fn own_shim_sockets(&self) -> BTreeSet<String> {
         let ids = self.ids.lock().expect("ids lock").clone();
         ids.iter()
-            .map(|id| {
-                let key = self.socket.join(NAMESPACE).join(id);
+            .map(|(namespace, id)| {
+                let key = self.socket.join(namespace).join(id);
                 format!("{:x}", Sha256::digest(key.as_os_str().as_encoded_bytes()))
             })
             .collect()
@@ -642,8 +688,8 @@ impl Containerd {
     fn sandbox_leftovers(&self) -> Vec<PathBuf> {
         let ids = self.ids.lock().expect("ids lock").clone();
         ids.iter()
-            .flat_map(|id| {
-                let state = hull_sandbox::state::state_dir_for(NAMESPACE, id);
+            .flat_map(|(namespace, id)| {
+                let state = hull_sandbox::state::state_dir_for(namespace, id);
                 let name = state.file_name().expect("a sandbox name").to_owned();
                 let cgroups = ["memory", "pids", "cpu", ""]
                     .map(|controller| Path::new("/sys/fs/cgroup").join(controller).join("hull"))

@@ -16,6 +16,7 @@ pub mod console;
 pub mod containerd;
 pub mod containers;
 pub mod control;
+pub mod cri;
 pub mod docker;
 pub mod ext4;
 pub mod leaks;

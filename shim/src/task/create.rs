@@ -15,6 +15,7 @@ use containerd_shim::protos::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::MessageField;
 use hull_jailer::cgroup::{SandboxCgroup, DEFAULT_PARENT};
 use hull_protocol::agent_api::agent::{CreateContainerRequest, PrepareCloneRequest, Storage};
+use hull_protocol::agent_api::agent_ttrpc::AgentClient;
 use hull_protocol::vmm_config::{ROOTFS_TAG, SHARE_TAG};
 use hull_sandbox::config::RootfsMode;
 use hull_sandbox::share::{
@@ -29,6 +30,7 @@ use tokio::sync::Mutex;
 
 use super::network::SandboxNetwork;
 use super::phases::Phases;
+use super::pod::{Pod, Role};
 use super::process::Process;
 use super::{agent_err, stdio_options, Container};
 use crate::config::{config_path_from_options, ShimConfig};
@@ -36,6 +38,8 @@ use crate::error::ShimError;
 use crate::guest_spec::for_the_guest;
 use crate::hooks::{self, Stage};
 use crate::rootfs::{self, RootfsDisk, RootfsMount};
+
+mod member;
 use crate::stdio::StdioPaths;
 
 /// The serial of the rootfs disk, by which the agent finds it.
@@ -56,7 +60,9 @@ pub fn bundle_files(bundle: &Path) -> [PathBuf; 1] {
     [image_for(bundle)]
 }
 
-pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
+/// Creates the container `req` names: in a new sandbox, or, for a pod's
+/// container, in its sandbox among `pods` (the sandboxes this shim runs).
+pub async fn create(req: &CreateTaskRequest, pods: &[Arc<Pod>]) -> Result<Container, ShimError> {
     let mut phases = Phases::begin(&req.id);
     let config = load_config(req)?;
     phases.log_to(config.phase_log.clone());
@@ -64,6 +70,18 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     let mut spec = spec::load(&bundle.join("config.json"))?;
     policy::enforce(&spec, &config.policy()).map_err(ShimError::Policy)?;
     hooks::refuse_guest_hooks(&spec)?;
+    let role = Role::of(&spec);
+    if let Role::PodMember(sandbox_id) = &role {
+        let pod = pods
+            .iter()
+            .find(|p| &p.id == sandbox_id && p.is_pod)
+            .cloned()
+            .ok_or_else(|| ShimError::NoPod {
+                id: req.id.clone(),
+                sandbox: sandbox_id.clone(),
+            })?;
+        return member::create(req, &config, spec, pod, phases).await;
+    }
     let created_hooks = hooks::of_stage(&spec, Stage::Created);
     let later_hooks: Vec<_> = hooks::of_stage(&spec, Stage::Poststart)
         .into_iter()
@@ -72,7 +90,7 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     let network = network_of(&spec);
     let resolv_conf = super::dns::resolv_conf_source(&spec);
     let host_binds = for_the_guest(&mut spec);
-    let size = size_the_vm(&req.id, &spec, &config)?;
+    let size = size_the_vm(&req.id, &spec, &config, role == Role::PodSandbox)?;
     phases.mark("spec");
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let mut undo = CreateUndo::new(state_dir.clone());
@@ -85,7 +103,9 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
     phases.mark("hooks");
     let disks = prepare_rootfs(req, &bundle, &spec, &config, &state_dir, &mut undo)?;
     phases.mark("disks");
-    let share = start_share(&req.id, &config, &state_dir, host_binds).await?;
+    // A pod's later containers may bring binds: its share is always there.
+    let is_pod = role == Role::PodSandbox;
+    let share = start_share(&req.id, &config, &state_dir, host_binds, is_pod).await?;
     phases.mark("share");
     let boot = Duration::from_secs(config.boot_timeout_secs);
     let fs = template::fs_slots(
@@ -112,33 +132,50 @@ pub async fn create(req: &CreateTaskRequest) -> Result<Container, ShimError> {
         stderr: req.stderr.clone(),
         terminal: req.terminal,
     };
-    let shared = share.is_some();
-    if let Err(err) = create_in_guest(&req.id, &sandbox, &spec, &disks, shared, &stdio, boot).await
-    {
-        sandbox.shutdown().await;
-        return Err(err);
-    }
+    let binds = share.is_some().then_some(req.id.as_str());
+    let agent = sandbox.agent();
+    let created = create_in_guest(
+        &req.id,
+        &agent,
+        &spec,
+        rootfs_storage(&req.id, &disks),
+        binds,
+        &stdio,
+        boot,
+    )
+    .await;
+    let guest_pid = match created {
+        Ok(pid) => pid,
+        Err(err) => {
+            sandbox.shutdown().await;
+            return Err(err);
+        }
+    };
     phases.mark("created");
     undo.disarm();
-    let shares = disks
-        .shared
-        .map(|(share, _)| share)
-        .into_iter()
-        .chain(share);
-    let agent = sandbox.agent();
+    let (rootfs_share, _) = disks.shared.unzip();
+    let pod = Pod::new(
+        &req.id,
+        sandbox,
+        host_pid,
+        network,
+        rootfs_share,
+        share,
+        is_pod,
+    );
+    pod.set_first_guest_pid(guest_pid);
     let processes = HashMap::from([(String::new(), Arc::new(Process::new("", stdio, None)))]);
     Ok(Container {
         id: req.id.clone(),
         bundle,
-        sandbox,
+        pod: Arc::new(pod),
+        owns_pod: true,
         agent,
         files: disks.files,
-        shares: std::sync::Mutex::new(shares.collect()),
         host_pid,
         processes: Mutex::new(processes),
         paused: AtomicBool::new(false),
         phases: std::sync::Mutex::new(Some(phases)),
-        network,
         hooks: later_hooks,
     })
 }
@@ -262,9 +299,14 @@ fn load_config(req: &CreateTaskRequest) -> Result<ShimConfig, ShimError> {
     Ok(ShimConfig::load(path.as_deref())?)
 }
 
-/// The VM's size from the spec's limits, with the vCPUs this host can run.
-fn size_the_vm(id: &str, spec: &Spec, config: &ShimConfig) -> Result<VmSize, ShimError> {
-    let mut size = VmSize::of(spec, &config.vm_defaults())?;
+/// The VM's size from the spec's limits (a pod's from its resources), with
+/// the vCPUs this host can run.
+fn size_the_vm(id: &str, spec: &Spec, config: &ShimConfig, pod: bool) -> Result<VmSize, ShimError> {
+    let mut size = if pod {
+        VmSize::of_pod(spec, &config.vm_defaults())?
+    } else {
+        VmSize::of(spec, &config.vm_defaults())?
+    };
     let vcpus = spec::vcpus_this_host_runs(size.vcpus);
     if vcpus != size.vcpus {
         log::warn!(
@@ -288,6 +330,31 @@ struct Disks {
     files: Vec<PathBuf>,
 }
 
+/// Where the rootfs comes from: containerd's mounts, else (Docker, a
+/// prepared bundle) the spec's root directory.
+pub(super) fn rootfs_source(
+    req: &CreateTaskRequest,
+    bundle: &Path,
+    spec: &Spec,
+) -> (PathBuf, Vec<RootfsMount>) {
+    let rootfs_dir = if req.rootfs.is_empty() {
+        let root = spec.root().as_ref().map(|r| r.path().clone());
+        bundle.join(root.unwrap_or_else(|| "rootfs".into()))
+    } else {
+        bundle.join("rootfs")
+    };
+    let mounts = req
+        .rootfs
+        .iter()
+        .map(|m| RootfsMount {
+            fs_type: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    (rootfs_dir, mounts)
+}
+
 /// The rootfs, from containerd's mounts (or a prepared rootfs dir).
 /// containerd hands over the snapshot as mounts for `<bundle>/rootfs`;
 /// Docker mounts its graph driver's rootfs itself and names it in
@@ -302,21 +369,7 @@ fn prepare_rootfs(
     state_dir: &Path,
     undo: &mut CreateUndo,
 ) -> Result<Disks, ShimError> {
-    let rootfs_dir = if req.rootfs.is_empty() {
-        let root = spec.root().as_ref().map(|r| r.path().clone());
-        bundle.join(root.unwrap_or_else(|| "rootfs".into()))
-    } else {
-        bundle.join("rootfs")
-    };
-    let mounts: Vec<RootfsMount> = req
-        .rootfs
-        .iter()
-        .map(|m| RootfsMount {
-            fs_type: m.type_.clone(),
-            source: m.source.clone(),
-            options: m.options.clone(),
-        })
-        .collect();
+    let (rootfs_dir, mounts) = rootfs_source(req, bundle, spec);
     if let Some(disk) = rootfs::direct_disk(&mounts) {
         log::info!(
             "{}: the rootfs snapshot {} is a disk: attached as it is",
@@ -370,14 +423,15 @@ fn prepare_rootfs(
 
 /// The shared directory of the container's host bind mounts, served by
 /// its own virtiofsd; none without binds (the VM's shared-directory device
-/// then serves nothing).
+/// then serves nothing) unless `always` (a pod's).
 async fn start_share(
     id: &str,
     config: &ShimConfig,
     state_dir: &Path,
     binds: Vec<HostBind>,
+    always: bool,
 ) -> Result<Option<Share>, ShimError> {
-    if binds.is_empty() {
+    if binds.is_empty() && !always {
         return Ok(None);
     }
     let (virtiofsd, dir) = (config.virtiofsd.clone(), share_dir_for(state_dir));
@@ -558,30 +612,30 @@ async fn prepare_clone(sandbox: &Sandbox) -> Result<(), ShimError> {
     Ok(())
 }
 
-/// `CreateContainer` in the guest, with the rootfs (a disk by serial or a
-/// share by tag) and the shared directory of the binds (when `shared`) by
-/// tag.
-async fn create_in_guest(
+/// `CreateContainer` in the guest, with the `rootfs` and the directory
+/// `binds` of the shared directory of the binds (when there are binds);
+/// returns the container's init's guest pid.
+pub(super) async fn create_in_guest(
     id: &str,
-    sandbox: &Sandbox,
+    agent: &AgentClient,
     spec: &Spec,
-    disks: &Disks,
-    shared: bool,
+    rootfs: Storage,
+    binds: Option<&str>,
     stdio: &StdioPaths,
     boot: Duration,
-) -> Result<(), ShimError> {
+) -> Result<u32, ShimError> {
     let request = CreateContainerRequest {
         container_id: id.to_owned(),
         oci_spec: serde_json::to_vec(spec).map_err(|source| ShimError::Json {
             what: "the OCI spec",
             source,
         })?,
-        rootfs: MessageField::some(rootfs_storage(id, disks)),
-        binds: shared
-            .then(|| Storage {
+        rootfs: MessageField::some(rootfs),
+        binds: binds
+            .map(|subdir| Storage {
                 fstype: "virtiofs".into(),
                 tag: SHARE_TAG.into(),
-                subdir: id.to_owned(),
+                subdir: subdir.to_owned(),
                 ..Default::default()
             })
             .into(),
@@ -592,13 +646,12 @@ async fn create_in_guest(
     // container) runs as slowly as its boot on a loaded host: it gets the
     // configured boot budget, not the limit of one quick call.
     let ctx = ttrpc::context::with_timeout(boot.max(RPC_TIMEOUT).as_nanos() as i64);
-    let response = sandbox
-        .agent()
+    let response = agent
         .create_container(ctx, &request)
         .await
         .map_err(agent_err("CreateContainer"))?;
     log::debug!("{id}: container init is guest pid {}", response.pid);
-    Ok(())
+    Ok(response.pid)
 }
 
 /// What the agent mounts as the rootfs. A read-only snapshot still gives

@@ -2,14 +2,17 @@
 //! every call is a thin wrapper over a `do_*` method that works on the
 //! shim's containers; errors map to ttrpc codes in `crate::error`.
 //!
-//! One VM per container for now: `create` starts the sandbox and creates
-//! the container in it, `delete` of the init process stops it.
+//! One VM per container, or per Kubernetes pod ([`pod`]): `create` starts
+//! the sandbox and creates the container in it (a pod's later containers
+//! go into its running VM), `delete` of the init process of the container
+//! that made the sandbox stops it.
 
 pub mod create;
 pub mod dns;
 mod guest_events;
 pub mod network;
 pub mod phases;
+pub mod pod;
 pub mod process;
 
 use std::collections::HashMap;
@@ -52,7 +55,6 @@ use ttrpc::context;
 
 use hull_sandbox::state::remove_leftovers;
 use hull_sandbox::vm::RPC_TIMEOUT;
-use hull_sandbox::Sandbox;
 
 use crate::error::ShimError;
 use crate::stdio::{StdioCopies, StdioPaths};
@@ -68,13 +70,14 @@ const LEFTOVERS_WAIT: Duration = Duration::from_secs(2);
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
-    pub sandbox: Sandbox,
+    /// Its sandbox: the VM, its network and shares (a pod's containers
+    /// share one).
+    pub pod: Arc<pod::Pod>,
+    /// Whether its create made the sandbox (its removal stops the VM).
+    pub owns_pod: bool,
     pub agent: Arc<AgentClient>,
     /// Files the shim made for it outside the sandbox state (the rootfs disk).
     pub files: Vec<PathBuf>,
-    /// Its shared directories (the rootfs, the host bind mounts; each
-    /// with its virtiofsd), taken down with the sandbox.
-    pub shares: std::sync::Mutex<Vec<hull_sandbox::share::Share>>,
     /// The pid reported to containerd for each of its processes: the
     /// sandbox's host process (the jailer's supervisor, or the VMM), never
     /// a pid the guest chose. containerd and Docker build
@@ -85,8 +88,6 @@ pub struct Container {
     pub paused: AtomicBool,
     /// The start's phases, written once its init runs.
     pub phases: std::sync::Mutex<Option<phases::Phases>>,
-    /// The sandbox's network namespace and what is wired in it.
-    pub network: network::SandboxNetwork,
     /// The host's poststart and poststop hooks.
     pub hooks: Vec<(&'static str, oci_spec::runtime::Hook)>,
 }
@@ -186,7 +187,16 @@ impl HullTask {
         if self.inner.containers.lock().await.contains_key(&req.id) {
             return Err(ShimError::ContainerExists(req.id.clone()));
         }
-        let container = Arc::new(create::create(&req).await?);
+        let pods: Vec<Arc<pod::Pod>> = self
+            .inner
+            .containers
+            .lock()
+            .await
+            .values()
+            .filter(|c| c.owns_pod)
+            .map(|c| c.pod.clone())
+            .collect();
+        let container = Arc::new(create::create(&req, &pods).await?);
         let pid = container.host_pid;
         let init = container.process("").await?;
         let copies = StdioCopies::start(container.agent.clone(), &req.id, "", &init.stdio);
@@ -197,15 +207,17 @@ impl HullTask {
             .lock()
             .await
             .insert(req.id.clone(), container.clone());
-        tokio::spawn(guest_events::forward_oom_events(
-            self.clone(),
-            req.id.clone(),
-            container.agent.clone(),
-        ));
-        tokio::spawn(guest_events::forward_guest_log(
-            req.id.clone(),
-            container.agent.clone(),
-        ));
+        if container.owns_pod {
+            tokio::spawn(guest_events::forward_oom_events(
+                self.clone(),
+                req.id.clone(),
+                container.agent.clone(),
+            ));
+            tokio::spawn(guest_events::forward_guest_log(
+                req.id.clone(),
+                container.agent.clone(),
+            ));
+        }
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(containerd_shim::protos::events::task::TaskCreate {
@@ -240,12 +252,18 @@ impl HullTask {
             )));
         }
         let guest_pid = if req.exec_id.is_empty() {
-            let state_dir = container.sandbox.state_dir().await;
-            let vsock_path = container.sandbox.vsock_path().await;
-            container
-                .network
-                .plug(&req.id, &container.agent, &vsock_path, &state_dir)
-                .await?;
+            // A pod's network is wired once, by its sandbox container; the
+            // others join that container's namespace in the guest.
+            if container.owns_pod {
+                let sandbox = &container.pod.sandbox;
+                let state_dir = sandbox.state_dir().await;
+                let vsock_path = sandbox.vsock_path().await;
+                container
+                    .pod
+                    .network
+                    .plug(&req.id, &container.agent, &vsock_path, &state_dir)
+                    .await?;
+            }
             let request = StartContainerRequest {
                 container_id: req.id.clone(),
                 ..Default::default()
@@ -333,7 +351,7 @@ impl HullTask {
                     (VM_GONE_EXIT_STATUS, SystemTime::now())
                 }
             },
-            how = container.sandbox.wait_stopped() => {
+            how = container.pod.sandbox.wait_stopped() => {
                 log::warn!("{}: the VM ended ({how}) while {:?} ran", container.id, process.exec_id);
                 (VM_GONE_EXIT_STATUS, SystemTime::now())
             }
@@ -412,7 +430,7 @@ impl HullTask {
                 exec_id: format!("{} (it has exited)", req.exec_id),
             });
         }
-        if let Some(how) = container.sandbox.stopped() {
+        if let Some(how) = container.pod.sandbox.stopped() {
             return Err(ShimError::VmGone(how));
         }
         let request = SignalProcessRequest {
@@ -503,9 +521,11 @@ impl HullTask {
     }
 
     /// Stops every container's VM and removes what the shim made for it:
-    /// the shim is going away (SIGTERM) with containers still in it.
+    /// the shim is going away (SIGTERM) with containers still in it. A
+    /// pod's members go before the container that made its VM.
     pub async fn stop_all(&self) {
-        let containers: Vec<_> = self.inner.containers.lock().await.drain().collect();
+        let mut containers: Vec<_> = self.inner.containers.lock().await.drain().collect();
+        containers.sort_by_key(|(_, c)| c.owns_pod);
         for (id, container) in containers {
             log::warn!("{id}: stopping its VM: the shim is terminating");
             self.remove_container(&container).await;
@@ -513,12 +533,14 @@ impl HullTask {
     }
 
     /// Everything the container had: its processes' copies, the container
-    /// in the guest, the VM, the rootfs disk, the sandbox state.
+    /// in the guest, its directories in the shares; and when it made the
+    /// sandbox, the VM, the shares, the rootfs disk, the sandbox state.
     async fn remove_container(&self, container: &Container) {
         for process in container.processes.lock().await.values() {
             process.copies.lock().await.take();
         }
-        if container.sandbox.stopped().is_none() {
+        let pod = &container.pod;
+        if pod.sandbox.stopped().is_none() {
             let request = RemoveContainerRequest {
                 container_id: container.id.clone(),
                 force: true,
@@ -528,14 +550,25 @@ impl HullTask {
                 log::warn!("{}: RemoveContainer: {e}", container.id);
             }
         }
-        container.network.unplug(&container.id);
-        let state_dir = container.sandbox.state_dir().await;
-        container.sandbox.shutdown().await;
-        let shares = container
-            .shares
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default();
+        if !container.owns_pod {
+            let (pod, id) = (pod.clone(), container.id.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                for share in [&pod.rootfs_share, &pod.binds_share] {
+                    if let Some(share) = share.lock().ok().as_ref().and_then(|s| s.as_ref()) {
+                        if let Err(e) = share.remove_subdir(&id) {
+                            log::warn!("{id}: {}", hull_protocol::error_chain(&e));
+                        }
+                    }
+                }
+            })
+            .await;
+            container.run_hooks("poststop", "stopped").await;
+            return;
+        }
+        pod.network.unplug(&container.id);
+        let state_dir = pod.sandbox.state_dir().await;
+        pod.sandbox.shutdown().await;
+        let shares = pod.take_shares();
         let _ = tokio::task::spawn_blocking(move || drop(shares)).await;
         remove_leftovers(&state_dir, &container.files, LEFTOVERS_WAIT).await;
         container.run_hooks("poststop", "stopped").await;
@@ -816,7 +849,7 @@ impl Task for HullTask {
         req: ConnectRequest,
     ) -> ttrpc::Result<ConnectResponse> {
         let task_pid = match self.container(&req.id).await {
-            Ok(container) => container.sandbox.pid().await,
+            Ok(container) => container.pod.sandbox.pid().await,
             Err(_) => 0,
         };
         Ok(ConnectResponse {
