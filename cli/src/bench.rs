@@ -24,6 +24,7 @@ mod kernel_cmdline;
 mod machine;
 pub mod net;
 mod plot;
+pub mod pod;
 mod qemu;
 mod smaps;
 pub mod start;
@@ -70,6 +71,10 @@ pub enum BenchCommand {
     /// File I/O on a container's rootfs and on a volume (virtio-blk and
     /// virtio-fs), hull against runc.
     Io(io::IoBenchArgs),
+    /// Kubernetes pods through containerd's CRI: start of the first and
+    /// further containers, memory per pod of 1, 2, 4 containers, hull
+    /// against runc.
+    Pod(pod::PodBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,6 +119,8 @@ pub enum BenchError {
     Net(#[from] net::NetBenchError),
     #[error(transparent)]
     Io(#[from] io::IoBenchError),
+    #[error(transparent)]
+    Pod(#[from] pod::PodBenchError),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("hull boot {run} of {runs}")]
@@ -257,6 +264,14 @@ pub fn run(command: &BenchCommand, progress: &mut dyn FnMut(&str)) -> Result<Str
                 serde_json::to_string(&report).expect("the report serializes") + "\n"
             } else {
                 io::render(&report)
+            })
+        }
+        BenchCommand::Pod(args) => {
+            let report = pod::pod_bench(args, progress)?;
+            Ok(if args.json {
+                serde_json::to_string(&report).expect("the report serializes") + "\n"
+            } else {
+                pod::render(&report)
             })
         }
     }

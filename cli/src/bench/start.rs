@@ -371,7 +371,7 @@ impl Ctr<'_> {
 /// Processes whose command line contains `needle`, or whose `--config FILE`
 /// does (the shim starts `hull-vmm --config <state dir>/vmm.json`), with
 /// their names.
-fn processes_with(needle: &str) -> Vec<(u32, String)> {
+pub(super) fn processes_with(needle: &str) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -401,7 +401,7 @@ fn processes_with(needle: &str) -> Vec<(u32, String)> {
 }
 
 /// The PSS of `pid` in KiB (smaps_rollup).
-fn pss_kib(pid: u32) -> u64 {
+pub(super) fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()
