@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hull_protocol::error_chain;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -93,6 +94,8 @@ pub struct PodBenchReport {
     pub machine: Machine,
     pub date: String,
     pub runs: Vec<PodRun>,
+    /// Runtimes that could not run a pod here, with the error.
+    pub failures: Vec<(String, String)>,
 }
 
 const CRI_NAMESPACE: &str = "k8s.io";
@@ -118,10 +121,21 @@ pub fn pod_bench(
     }
     let node = Node::connect(args)?;
     let mut runs = Vec::new();
-    for handler in ["hull", "runc"] {
+    let mut failures = Vec::new();
+    // A runtime that cannot run pods on this node is reported, and the
+    // other is still measured.
+    'handlers: for handler in ["hull", "runc"] {
         for containers in SIZES {
             for run in 0..args.runs {
-                let measured = node.pod(handler, containers, run)?;
+                let measured = match node.pod(handler, containers, run) {
+                    Ok(measured) => measured,
+                    Err(err) => {
+                        let text = error_chain(&err);
+                        progress(&format!("{handler}: {text}"));
+                        failures.push((handler.to_owned(), text));
+                        continue 'handlers;
+                    }
+                };
                 progress(&format!(
                     "{handler}, {containers} container(s): first output {} ms, further {:?} ms, \
                      {} KiB PSS",
@@ -135,6 +149,7 @@ pub fn pod_bench(
         machine: Machine::this(),
         date: utc_now(),
         runs,
+        failures,
     })
 }
 
@@ -394,6 +409,9 @@ pub fn render(report: &PodBenchReport) -> String {
             ));
         }
     }
+    for (runtime, error) in &report.failures {
+        out.push_str(&format!("{runtime:<6} failed: {error}\n"));
+    }
     let pick = |runtime: &str, size: usize| {
         report
             .runs
@@ -438,10 +456,12 @@ mod tests {
                 run("hull", 4, 10_000, 32 * 1024),
                 run("runc", 1, 100, 4 * 1024),
             ],
+            failures: vec![("crun".into(), "no such handler".into())],
         };
         let text = render(&report);
         assert!(text.contains("first output x100, PSS x5.0"), "{text}");
         assert!(text.contains("adds 4.0 MiB"), "{text}");
+        assert!(text.contains("crun   failed: no such handler"), "{text}");
         let four = text
             .lines()
             .find(|l| l.starts_with("hull") && l.contains(" 4 "))
