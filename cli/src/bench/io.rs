@@ -10,9 +10,12 @@
 //! builtins and one process per step, so the guest's process start is not
 //! what is measured) and prints a marker after each; this process times the
 //! markers as they arrive. Workloads, per location: a sequential write
-//! ending in fsync; a cold sequential read of a file the host wrote before
-//! the start (volume only: nothing in the image is large); create, stat
-//! (`ls -l`) and unlink of many small files. With `--large-image-tar`,
+//! ending in fsync; random 4 KiB writes (each fsync'd) and reads in that
+//! file, or in the volume's cold file, one `dd` per operation (busybox has
+//! no random I/O in one process): reported per operation with the start of
+//! as many `dd` processes doing nothing subtracted; a cold sequential read
+//! of a file the host wrote before the start (volume only: nothing in the
+//! image is large); create, stat (`ls -l`) and unlink of many small files. With `--large-image-tar`,
 //! also the start of a large image and the disk each container of it
 //! takes ([`large`]).
 
@@ -69,14 +72,24 @@ pub enum IoBenchError {
     Failed { what: String, reason: String },
 }
 
-/// The workloads, in the order the container runs them.
-pub const STEPS: [&str; 5] = [
+/// The workloads, in the order the container runs them. The random steps
+/// are reported in ms per operation, net of [`SPAWN`].
+pub const STEPS: [&str; 8] = [
     "seq write + fsync",
+    "dd start, per op",
+    "rand 4K write+fsync/op",
+    "rand 4K read, per op",
     "seq read (cold)",
     "create files",
     "stat files",
     "unlink files",
 ];
+const SPAWN: usize = 1;
+const RAND_WRITE: usize = 2;
+const RAND_READ: usize = 3;
+const COLD: usize = 4;
+/// Random operations per location.
+const RAND_OPS: u32 = 64;
 
 /// One variant's figures, ms per step; `None` where a step does not
 /// apply (the rootfs has no cold file); no volume figures for hull's
@@ -147,9 +160,23 @@ fn variants(target: &CtrTarget, dir: &Path) -> Result<Vec<Variant>, CtrError> {
 /// when `VOL` is 1. Each location's steps print a marker when done; `go`
 /// before the first.
 const SCRIPT: &str = r#"
+ops() {
+  i=0; while [ $i -lt $RAND ]; do
+    o=$(( (i * 7919) % (MIB * 256) ))
+    case $2 in
+      w) dd if=/dev/zero of=$1 bs=4096 count=1 seek=$o conv=notrunc,fsync 2>/dev/null ;;
+      r) dd if=$1 of=/dev/null bs=4096 count=1 skip=$o 2>/dev/null ;;
+      n) dd if=/dev/zero of=/dev/null bs=4096 count=0 2>/dev/null ;;
+    esac
+    i=$((i + 1))
+  done
+}
 steps() {
   d=$1; mkdir -p $d; echo go
   dd if=/dev/zero of=$d/seq bs=65536 count=$((MIB * 16)) conv=fsync 2>/dev/null; echo step
+  ops $d/seq n; echo step
+  ops $d/seq w; echo step
+  if [ -f $d/cold ]; then ops $d/cold r; else ops $d/seq r; fi; echo step
   if [ -f $d/cold ]; then cat $d/cold > /dev/null; fi; echo step
   i=0; while [ $i -lt $FILES ]; do : > $d/m$i; i=$((i + 1)); done; echo step
   ls -l $d > /dev/null; echo step
@@ -197,12 +224,12 @@ pub fn io_bench(
             })?;
         let times = run_steps(args, variant, volume.path(), volume_too)?;
         let (rootfs, vol) = times.split_at(STEPS.len());
-        let mut rootfs_ms: Vec<Option<f64>> = rootfs.iter().copied().map(Some).collect();
-        rootfs_ms[1] = None;
+        let mut rootfs_ms = per_op(rootfs);
+        rootfs_ms[COLD] = None;
         runs.push(IoRuntime {
             runtime: variant.label.to_owned(),
             rootfs_ms,
-            volume_ms: volume_too.then(|| vol.iter().copied().map(Some).collect()),
+            volume_ms: volume_too.then(|| per_op(vol)),
         });
     }
     let large = match &args.large_image_tar {
@@ -218,6 +245,22 @@ pub fn io_bench(
         runs,
         large,
     })
+}
+
+/// One location's step times with the random steps made ms per operation,
+/// net of a `dd` process's start.
+fn per_op(times: &[f64]) -> Vec<Option<f64>> {
+    let ops = f64::from(RAND_OPS);
+    let spawn = times[SPAWN] / ops;
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| match i {
+            SPAWN => Some(spawn),
+            RAND_WRITE | RAND_READ => Some((ms / ops - spawn).max(0.0)),
+            _ => Some(ms),
+        })
+        .collect()
 }
 
 fn write_cold_file(path: &Path, mib: u32) -> std::io::Result<()> {
@@ -244,7 +287,7 @@ fn run_steps(
         volume.display()
     );
     let script = format!(
-        "MIB={}; FILES={}; VOL={}; {SCRIPT}",
+        "MIB={}; FILES={}; RAND={RAND_OPS}; VOL={}; {SCRIPT}",
         args.mib,
         args.files,
         u8::from(volume_too)
@@ -322,7 +365,7 @@ pub fn render(report: &IoBenchReport) -> String {
         _ => "-".to_owned(),
     };
     out.push_str(&format!(
-        "{:<18} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}\n",
+        "{:<24} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}\n",
         "rootfs, ms", "hull fs", "hull blk", "runc", "fs/runc", "blk/runc", "fs/blk"
     ));
     for (i, step) in report.steps.iter().enumerate() {
@@ -331,7 +374,7 @@ pub fn render(report: &IoBenchReport) -> String {
             continue;
         }
         out.push_str(&format!(
-            "{:<18} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}\n",
+            "{:<24} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}\n",
             step,
             cell(f),
             cell(b),
@@ -343,12 +386,12 @@ pub fn render(report: &IoBenchReport) -> String {
     }
     if let (Some(f), Some(r)) = (&fs.volume_ms, &runc.volume_ms) {
         out.push_str(&format!(
-            "\n{:<18} {:>11} {:>11} {:>9} {:>11}\n",
+            "\n{:<24} {:>11} {:>11} {:>9} {:>11}\n",
             "volume, ms", "hull fs", "runc", "fs/runc", "vol/blk"
         ));
         for (i, step) in report.steps.iter().enumerate() {
             out.push_str(&format!(
-                "{:<18} {:>11} {:>11} {:>9} {:>11}\n",
+                "{:<24} {:>11} {:>11} {:>9} {:>11}\n",
                 step,
                 cell(f[i]),
                 cell(r[i]),
@@ -372,8 +415,10 @@ mod tests {
     fn the_table_has_a_row_per_step_and_ratios() {
         let runtime = |name: &str, ms: f64, volume: bool| IoRuntime {
             runtime: name.into(),
-            rootfs_ms: vec![Some(ms), None, Some(ms), Some(ms), Some(ms)],
-            volume_ms: volume.then(|| vec![Some(2.0 * ms); 5]),
+            rootfs_ms: (0..STEPS.len())
+                .map(|i| (i != COLD).then_some(ms))
+                .collect(),
+            volume_ms: volume.then(|| vec![Some(2.0 * ms); STEPS.len()]),
         };
         let report = IoBenchReport {
             machine: Machine::this(),
@@ -411,5 +456,19 @@ mod tests {
             .collect();
         let cold = volume.iter().find(|l| l.starts_with("seq read")).unwrap();
         assert!(cold.contains("200.0") && cold.contains("x100.0"), "{cold}");
+    }
+
+    #[test]
+    fn random_steps_are_per_operation_net_of_a_dd_start() {
+        let ops = f64::from(RAND_OPS);
+        let mut times = vec![1.0; STEPS.len()];
+        times[SPAWN] = 10.0 * ops;
+        times[RAND_WRITE] = 30.0 * ops;
+        times[RAND_READ] = 5.0 * ops;
+        let per_op = per_op(&times);
+        assert_eq!(per_op[SPAWN], Some(10.0));
+        assert_eq!(per_op[RAND_WRITE], Some(20.0));
+        assert_eq!(per_op[RAND_READ], Some(0.0), "never below zero");
+        assert_eq!(per_op[0], Some(1.0));
     }
 }
