@@ -1,9 +1,10 @@
 //! The shared-directory check: mount the virtio-fs share with tag `tag` on
 //! `/share`, read `in.txt`, write `out.txt` (as the block check does),
-//! write and read back a file larger than one FUSE request, unmount.
+//! write and read back a file larger than one FUSE request, try
+//! open-by-handle with forged handles, unmount.
 //!
 //! Report lines (`HULL_PROBE` prefix omitted):
-//! - `fs TAG mount=ok read=20 write=ok big=ok`
+//! - `fs TAG mount=ok read=20 write=ok big=ok handles=inside:3`
 //! - `fs TAG error step=mount errno=EIO` when a step that must work fails.
 
 use rustix::fs::Mode;
@@ -45,7 +46,93 @@ fn use_share(tag: &str) -> Result<String, StepError> {
     let back = read_file(&format!("{MOUNT_POINT}/big.bin"), BIG + 1).map_err(at("read-big"))?;
     let big_ok = if back == big { "ok" } else { "differs" };
     Ok(format!(
-        "fs {tag} mount=ok read={} write=ok big={big_ok}",
-        input.len()
+        "fs {tag} mount=ok read={} write=ok big={big_ok} handles={}",
+        input.len(),
+        handles()
     ))
+}
+
+/// `struct file_handle` with room for FUSE's handle (3 words).
+#[repr(C)]
+struct Handle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 64],
+}
+
+/// Open-by-handle from the guest, as an attacker would: the handle of
+/// `in.txt`, then forged handles for every FUSE node id up to 512
+/// (generation 0). Returns `none(ERRNO)` when the share gives no handles,
+/// `inside:N` when N handles opened and every one is a file of the share,
+/// `outside:PATH` for one that is not.
+fn handles() -> String {
+    let mut handle = Handle {
+        handle_bytes: 64,
+        handle_type: 0,
+        f_handle: [0; 64],
+    };
+    let mut mount_id = 0;
+    let path = c"/share/in.txt";
+    // SAFETY: a NUL-terminated path, a handle buffer of the size it
+    // declares, an int for the mount id.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            (&mut handle as *mut Handle).cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if rc != 0 {
+        return format!("none({})", Errno::from_raw_os_error(last_errno()));
+    }
+    // SAFETY: a NUL-terminated path.
+    let mount_fd = unsafe { libc::open(c"/share".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    if mount_fd < 0 {
+        return format!("none(open {})", Errno::from_raw_os_error(last_errno()));
+    }
+    let mut opened = 0;
+    let mut verdict = None;
+    let real = handle.f_handle;
+    for nodeid in 0..=512u64 {
+        let mut forged = Handle {
+            handle_bytes: handle.handle_bytes,
+            handle_type: handle.handle_type,
+            f_handle: real,
+        };
+        if nodeid > 0 {
+            // FUSE's handle: the node id's high and low words, then the
+            // generation.
+            forged.f_handle[..4].copy_from_slice(&((nodeid >> 32) as u32).to_ne_bytes());
+            forged.f_handle[4..8].copy_from_slice(&(nodeid as u32).to_ne_bytes());
+            forged.f_handle[8..12].copy_from_slice(&0u32.to_ne_bytes());
+        }
+        // SAFETY: an open directory fd and a handle buffer of the size it
+        // declares.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount_fd,
+                (&mut forged as *mut Handle).cast(),
+                libc::O_RDONLY,
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        opened += 1;
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+        // SAFETY: closing the fd opened just above.
+        unsafe { libc::close(fd) };
+        if !target.starts_with(MOUNT_POINT) && verdict.is_none() {
+            verdict = Some(format!("outside:{}", target.display()));
+        }
+    }
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(mount_fd) };
+    verdict.unwrap_or(format!("inside:{opened}"))
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
