@@ -136,6 +136,19 @@ impl CtrTarget {
         Ok(config)
     }
 
+    /// Kills container `id`'s task, waits until it can be deleted, deletes
+    /// it and the container: what a bench leaves goes, whatever failed.
+    pub fn force_remove(&self, id: &str) {
+        let _ = self.run(&["task", "kill", "-s", "SIGKILL", id]);
+        for _ in 0..300 {
+            if self.run(&["task", "rm", id]).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.run(&["container", "rm", id]);
+    }
+
     /// Imports `--image-tar`, when given, into the bench's namespace.
     pub fn import_image(&self) -> Result<(), CtrError> {
         if let Some(tar) = &self.image_tar {
@@ -483,17 +496,12 @@ fn running_cost(
         }
         Ok(cost)
     })();
+    // All killed first: they end side by side.
     for id in &started {
         let _ = ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
     }
     for id in &started {
-        for _ in 0..300 {
-            if ctr.run(&["task", "rm", id]).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = ctr.run(&["container", "rm", id]);
+        ctr.args.target.force_remove(id);
     }
     result
 }

@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -123,14 +123,7 @@ fn running_disk_use(args: &IoBenchArgs, variant: &Variant, id: &str) -> Result<u
             .join(id);
         Ok(allocated(&upper) + allocated(&bundle.join("rootfs.img")))
     });
-    let _ = target.run(&["task", "kill", "-s", "SIGKILL", id]);
-    for _ in 0..300 {
-        if target.run(&["task", "rm", id]).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = target.run(&["container", "rm", id]);
+    target.force_remove(id);
     measured
 }
 
