@@ -78,6 +78,7 @@ fn guest_shares_a_host_directory_through_virtiofsd_kvm() {
     // Open-by-handle from the guest (forged FUSE handles for node ids up
     // to 512) reaches nothing outside the share, or nothing at all.
     let handles = line.rsplit("handles=").next().unwrap_or_default();
+    eprintln!("open-by-handle in the guest: handles={handles}");
     assert!(
         handles.starts_with("inside:") || handles.starts_with("none("),
         "open-by-handle in the guest: {line}"

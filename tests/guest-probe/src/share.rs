@@ -63,8 +63,8 @@ struct Handle {
 /// Open-by-handle from the guest, as an attacker would: the handle of
 /// `in.txt`, then forged handles for every FUSE node id up to 512
 /// (generation 0). Returns `none(ERRNO)` when the share gives no handles,
-/// `inside:N` when N handles opened and every one is a file of the share,
-/// `outside:PATH` for one that is not.
+/// `inside:N` when N handles opened and every one is a file of the share
+/// (on its file system), `outside:...` for one that is not.
 fn handles() -> String {
     let mut handle = Handle {
         handle_bytes: 64,
@@ -121,16 +121,29 @@ fn handles() -> String {
             continue;
         }
         opened += 1;
-        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+        // Inside the share is on the share's file system (the probe has
+        // no /proc to name the file).
+        let (dev, share_dev) = (device_of(fd), device_of(mount_fd));
         // SAFETY: closing the fd opened just above.
         unsafe { libc::close(fd) };
-        if !target.starts_with(MOUNT_POINT) && verdict.is_none() {
-            verdict = Some(format!("outside:{}", target.display()));
+        if (dev.is_none() || dev != share_dev) && verdict.is_none() {
+            verdict = Some(format!("outside:node{nodeid}:dev{dev:?}"));
         }
     }
     // SAFETY: closing the fd opened above.
     unsafe { libc::close(mount_fd) };
     verdict.unwrap_or(format!("inside:{opened}"))
+}
+
+/// The device of the file open as `fd`.
+fn device_of(fd: i32) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: an open fd and room for one stat.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Some(unsafe { st.assume_init() }.st_dev)
 }
 
 fn last_errno() -> i32 {
