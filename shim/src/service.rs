@@ -3,8 +3,9 @@
 //!
 //! `start` forks the serving shim (one per container, or per Kubernetes
 //! pod: a pod's containers are grouped under its sandbox id, so they reach
-//! the shim that runs the pod's VM) and prints its socket address; `delete` is how containerd cleans up after a shim that
-//! died: it removes whatever that shim's container left on the host.
+//! the shim that runs the pod's VM) and prints its socket address;
+//! `delete` is how containerd cleans up after a shim that died: it removes
+//! whatever that shim's container left on the host.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

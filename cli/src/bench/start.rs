@@ -225,7 +225,7 @@ pub const PHASES: &[(&str, &str)] = &[
     ("create", "ctr, containerd, shim start"),
     ("spec", "config, spec, policy, VM size"),
     ("hooks", "network namespace, host hooks (Docker's)"),
-    ("disks", "rootfs disk"),
+    ("disks", "rootfs (shared, or a disk)"),
     ("share", "shared directory (virtiofsd), with binds"),
     ("template", "template found (or built)"),
     ("agent", "VM restored or booted, agent answers"),

@@ -38,9 +38,9 @@ use crate::error::ShimError;
 use crate::guest_spec::for_the_guest;
 use crate::hooks::{self, Stage};
 use crate::rootfs::{self, RootfsDisk, RootfsMount};
+use crate::stdio::StdioPaths;
 
 mod member;
-use crate::stdio::StdioPaths;
 
 /// The serial of the rootfs disk, by which the agent finds it.
 pub const ROOTFS_SERIAL: &str = template::ROOTFS_SERIAL;
@@ -162,17 +162,15 @@ pub async fn create(req: &CreateTaskRequest, pods: &[Arc<Pod>]) -> Result<Contai
         rootfs_share,
         share,
         is_pod,
+        guest_pid,
     );
-    pod.set_first_guest_pid(guest_pid);
     let processes = HashMap::from([(String::new(), Arc::new(Process::new("", stdio, None)))]);
     Ok(Container {
         id: req.id.clone(),
         bundle,
         pod: Arc::new(pod),
         owns_pod: true,
-        agent,
         files: disks.files,
-        host_pid,
         processes: Mutex::new(processes),
         paused: AtomicBool::new(false),
         phases: std::sync::Mutex::new(Some(phases)),

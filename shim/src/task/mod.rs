@@ -49,7 +49,6 @@ use hull_protocol::agent_api::agent::{
     StartContainerRequest, StatsContainerRequest, StdioOptions, UpdateContainerRequest,
     WaitProcessRequest,
 };
-use hull_protocol::agent_api::agent_ttrpc::AgentClient;
 use tokio::sync::Mutex;
 use ttrpc::context;
 
@@ -75,15 +74,8 @@ pub struct Container {
     pub pod: Arc<pod::Pod>,
     /// Whether its create made the sandbox (its removal stops the VM).
     pub owns_pod: bool,
-    pub agent: Arc<AgentClient>,
     /// Files the shim made for it outside the sandbox state (the rootfs disk).
     pub files: Vec<PathBuf>,
-    /// The pid reported to containerd for each of its processes: the
-    /// sandbox's host process (the jailer's supervisor, or the VMM), never
-    /// a pid the guest chose. containerd and Docker build
-    /// `/proc/<pid>/ns/*` paths from it, and a compromised agent answering
-    /// `pid=1` would otherwise hand out the host's namespaces.
-    pub host_pid: u32,
     pub processes: Mutex<HashMap<String, Arc<Process>>>,
     pub paused: AtomicBool,
     /// The start's phases, written once its init runs.
@@ -105,7 +97,7 @@ impl Container {
         if hooks.is_empty() {
             return;
         }
-        let (id, bundle, pid) = (self.id.clone(), self.bundle.clone(), self.host_pid);
+        let (id, bundle, pid) = (self.id.clone(), self.bundle.clone(), self.pod.host_pid);
         let ran = tokio::task::spawn_blocking(move || {
             crate::hooks::run(&hooks, &id, &bundle, pid, status)
         })
@@ -197,9 +189,9 @@ impl HullTask {
             .map(|c| c.pod.clone())
             .collect();
         let container = Arc::new(create::create(&req, &pods).await?);
-        let pid = container.host_pid;
+        let pid = container.pod.host_pid;
         let init = container.process("").await?;
-        let copies = StdioCopies::start(container.agent.clone(), &req.id, "", &init.stdio);
+        let copies = StdioCopies::start(container.pod.agent.clone(), &req.id, "", &init.stdio);
         *init.copies.lock().await = Some(copies);
         init.pid.store(pid, Ordering::SeqCst);
         self.inner
@@ -211,11 +203,11 @@ impl HullTask {
             tokio::spawn(guest_events::forward_oom_events(
                 self.clone(),
                 req.id.clone(),
-                container.agent.clone(),
+                container.pod.agent.clone(),
             ));
             tokio::spawn(guest_events::forward_guest_log(
                 req.id.clone(),
-                container.agent.clone(),
+                container.pod.agent.clone(),
             ));
         }
         self.publish(
@@ -261,7 +253,7 @@ impl HullTask {
                 container
                     .pod
                     .network
-                    .plug(&req.id, &container.agent, &vsock_path, &state_dir)
+                    .plug(&req.id, &container.pod.agent, &vsock_path, &state_dir)
                     .await?;
             }
             let request = StartContainerRequest {
@@ -269,6 +261,7 @@ impl HullTask {
                 ..Default::default()
             };
             container
+                .pod
                 .agent
                 .start_container(rpc_ctx(), &request)
                 .await
@@ -284,12 +277,14 @@ impl HullTask {
                 ..Default::default()
             };
             let pid = container
+                .pod
                 .agent
                 .exec_process(rpc_ctx(), &request)
                 .await
                 .map_err(agent_err("ExecProcess"))?
                 .pid;
-            let copies = StdioCopies::start(container.agent.clone(), &req.id, &req.exec_id, stdio);
+            let copies =
+                StdioCopies::start(container.pod.agent.clone(), &req.id, &req.exec_id, stdio);
             *process.copies.lock().await = Some(copies);
             pid
         };
@@ -301,7 +296,7 @@ impl HullTask {
                 phases.write();
             }
         }
-        let pid = container.host_pid;
+        let pid = container.pod.host_pid;
         process.set_running(pid);
         if req.exec_id.is_empty() {
             container.run_hooks("poststart", "running").await;
@@ -344,7 +339,7 @@ impl HullTask {
             ..Default::default()
         };
         let (exit_status, exited_at) = tokio::select! {
-            waited = container.agent.wait_process(context::Context::default(), &request) => match waited {
+            waited = container.pod.agent.wait_process(context::Context::default(), &request) => match waited {
                 Ok(r) => (r.exit_status, from_unix_nanos(r.exited_at_unix_nanos)),
                 Err(e) => {
                     log::warn!("{}/{}: WaitProcess: {e}", container.id, process.exec_id);
@@ -441,6 +436,7 @@ impl HullTask {
             ..Default::default()
         };
         container
+            .pod
             .agent
             .signal_process(rpc_ctx(), &request)
             .await
@@ -546,22 +542,18 @@ impl HullTask {
                 force: true,
                 ..Default::default()
             };
-            if let Err(e) = container.agent.remove_container(rpc_ctx(), &request).await {
+            if let Err(e) = container
+                .pod
+                .agent
+                .remove_container(rpc_ctx(), &request)
+                .await
+            {
                 log::warn!("{}: RemoveContainer: {e}", container.id);
             }
         }
         if !container.owns_pod {
             let (pod, id) = (pod.clone(), container.id.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                for share in [&pod.rootfs_share, &pod.binds_share] {
-                    if let Some(share) = share.lock().ok().as_ref().and_then(|s| s.as_ref()) {
-                        if let Err(e) = share.remove_subdir(&id) {
-                            log::warn!("{id}: {}", hull_protocol::error_chain(&e));
-                        }
-                    }
-                }
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || pod.remove_member(&id)).await;
             container.run_hooks("poststop", "stopped").await;
             return;
         }
@@ -575,7 +567,7 @@ impl HullTask {
     }
 
     /// The task's host process, the one pid hull reports (see
-    /// [`Container::host_pid`]): `docker top` and `ctr task ps` look pids
+    /// [`pod::Pod::host_pid`]): `docker top` and `ctr task ps` look pids
     /// up on the host, where the guest's pids name unrelated processes.
     /// The guest's own count is checked, so a dead guest is an error.
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, ShimError> {
@@ -585,6 +577,7 @@ impl HullTask {
             ..Default::default()
         };
         let listed = container
+            .pod
             .agent
             .list_processes(rpc_ctx(), &request)
             .await
@@ -592,7 +585,7 @@ impl HullTask {
         log::debug!("{}: guest pids {:?}", req.id, listed.pids);
         Ok(PidsResponse {
             processes: vec![ProcessInfo {
-                pid: container.host_pid,
+                pid: container.pod.host_pid,
                 ..Default::default()
             }],
             ..Default::default()
@@ -607,6 +600,7 @@ impl HullTask {
                 ..Default::default()
             };
             container
+                .pod
                 .agent
                 .pause_container(rpc_ctx(), &request)
                 .await
@@ -617,6 +611,7 @@ impl HullTask {
                 ..Default::default()
             };
             container
+                .pod
                 .agent
                 .resume_container(rpc_ctx(), &request)
                 .await
@@ -648,6 +643,7 @@ impl HullTask {
             ..Default::default()
         };
         let s = container
+            .pod
             .agent
             .stats_container(rpc_ctx(), &request)
             .await
@@ -790,6 +786,7 @@ impl Task for HullTask {
                 ..Default::default()
             };
             container
+                .pod
                 .agent
                 .resize_tty(rpc_ctx(), &request)
                 .await
@@ -828,6 +825,7 @@ impl Task for HullTask {
                 ..Default::default()
             };
             container
+                .pod
                 .agent
                 .update_container(rpc_ctx(), &request)
                 .await

@@ -7,7 +7,6 @@
 //! and binds directory in the sandbox's shares, and join the sandbox
 //! container's network, IPC and UTS namespaces inside the guest.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use hull_protocol::agent_api::agent_ttrpc::AgentClient;
@@ -55,7 +54,11 @@ pub struct Pod {
     pub id: String,
     pub sandbox: Sandbox,
     pub agent: Arc<AgentClient>,
-    /// The sandbox's host process: the pid every task of it reports.
+    /// The pid reported to containerd for every process of the sandbox:
+    /// its host process (the jailer's supervisor, or the VMM), never a pid
+    /// the guest chose. containerd and Docker build `/proc/<pid>/ns/*`
+    /// paths from it, and a compromised agent answering `pid=1` would
+    /// otherwise hand out the host's namespaces.
     pub host_pid: u32,
     pub network: SandboxNetwork,
     /// The rootfs share (a directory per container), when rootfs are
@@ -67,7 +70,7 @@ pub struct Pod {
     /// Whether more containers may join (a CRI pod).
     pub is_pod: bool,
     /// The guest pid of the first container's init: the pod's namespaces.
-    first_guest_pid: AtomicU32,
+    pub first_guest_pid: u32,
 }
 
 impl Pod {
@@ -80,6 +83,7 @@ impl Pod {
         rootfs_share: Option<Share>,
         binds_share: Option<Share>,
         is_pod: bool,
+        first_guest_pid: u32,
     ) -> Self {
         let agent = sandbox.agent();
         Pod {
@@ -91,16 +95,21 @@ impl Pod {
             rootfs_share: std::sync::Mutex::new(rootfs_share),
             binds_share: std::sync::Mutex::new(binds_share),
             is_pod,
-            first_guest_pid: AtomicU32::new(0),
+            first_guest_pid,
         }
     }
 
-    pub fn set_first_guest_pid(&self, pid: u32) {
-        self.first_guest_pid.store(pid, Ordering::SeqCst);
-    }
-
-    pub fn first_guest_pid(&self) -> u32 {
-        self.first_guest_pid.load(Ordering::SeqCst)
+    /// Takes container `id` (a member that left the pod) out of the shares:
+    /// its rootfs and binds unmounted, its empty directories removed.
+    /// Blocking (unmounts).
+    pub fn remove_member(&self, id: &str) {
+        for share in [&self.rootfs_share, &self.binds_share] {
+            if let Some(share) = share.lock().ok().as_ref().and_then(|s| s.as_ref()) {
+                if let Err(e) = share.remove_subdir(id) {
+                    log::warn!("{id}: {}", hull_protocol::error_chain(&e));
+                }
+            }
+        }
     }
 
     /// Takes the shares, to drop them (off the async runtime: dropping one

@@ -50,7 +50,7 @@ pub(super) async fn create(
     let joined = pod::joined_namespaces(&spec);
     let (rootfs_dir, mounts) = rootfs_source(req, &bundle, &spec);
     let host_binds = for_the_guest(&mut spec);
-    pod::join_in_guest(&mut spec, &joined, pod.first_guest_pid());
+    pod::join_in_guest(&mut spec, &joined, pod.first_guest_pid);
     phases.mark("spec");
     if !created_hooks.is_empty() {
         let (hook_id, hook_bundle, pid) = (id.clone(), bundle.clone(), pod.host_pid);
@@ -113,8 +113,6 @@ pub(super) async fn create(
     Ok(Container {
         id,
         bundle,
-        agent: pod.agent.clone(),
-        host_pid: pod.host_pid,
         pod,
         owns_pod: false,
         files: Vec::new(),
@@ -141,13 +139,8 @@ impl SharesUndo {
 
 impl Drop for SharesUndo {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        for share in [&self.pod.rootfs_share, &self.pod.binds_share] {
-            if let Some(share) = share.lock().ok().as_ref().and_then(|s| s.as_ref()) {
-                let _ = share.remove_subdir(&self.id);
-            }
+        if self.armed {
+            self.pod.remove_member(&self.id);
         }
     }
 }
