@@ -139,6 +139,15 @@ impl Backend {
         frontend
             .set_vring_enable(REQUEST_QUEUE, true)
             .map_err(step("SET_VRING_ENABLE"))?;
+        // SET_VRING_ENABLE has no answer (no REPLY_ACK negotiated), and the
+        // backend's queue thread drops a kick it reads while the ring is
+        // still disabled: a kick right after the handshake (a restored VM
+        // with requests in flight, a guest that is quick) could be lost
+        // and the device would hang. The backend handles its messages in
+        // order, so the answer to a GET_FEATURES means the ring is enabled.
+        frontend
+            .get_features()
+            .map_err(step("GET_FEATURES (after SET_VRING_ENABLE)"))?;
         Ok(())
     }
 
@@ -147,3 +156,6 @@ impl Backend {
         &self.frontend
     }
 }
+
+#[cfg(test)]
+mod tests;
