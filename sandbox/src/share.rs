@@ -141,7 +141,7 @@ impl Share {
     pub fn start(virtiofsd: &Path, dir: &Path, binds: &[HostBind]) -> Result<Self, ShareError> {
         let mut share = Share::create(dir)?;
         share.add_binds("", binds)?;
-        share.serve(virtiofsd, Cache::Auto)?;
+        share.serve(virtiofsd, Cache::Auto, 0)?;
         Ok(share)
     }
 
@@ -208,10 +208,16 @@ impl Share {
         Ok(())
     }
 
-    /// Starts virtiofsd on the root with `cache`, and waits until it
-    /// listens.
-    pub fn serve(&mut self, virtiofsd: &Path, cache: Cache) -> Result<(), ShareError> {
-        self.daemon = Some(spawn_virtiofsd(virtiofsd, &self.dir, cache)?);
+    /// Starts virtiofsd on the root with `cache` and a pool of `threads`
+    /// (0: requests handled on the queue's own thread), and waits until
+    /// it listens.
+    pub fn serve(
+        &mut self,
+        virtiofsd: &Path,
+        cache: Cache,
+        threads: u16,
+    ) -> Result<(), ShareError> {
+        self.daemon = Some(spawn_virtiofsd(virtiofsd, &self.dir, cache, threads)?);
         let socket = self.socket();
         let started = Instant::now();
         while !socket.exists() {
@@ -420,7 +426,12 @@ fn set_mount_attrs(target: &Path, read_only: bool) -> Result<(), ShareError> {
     Ok(())
 }
 
-fn spawn_virtiofsd(virtiofsd: &Path, dir: &Path, cache: Cache) -> Result<Child, ShareError> {
+fn spawn_virtiofsd(
+    virtiofsd: &Path,
+    dir: &Path,
+    cache: Cache,
+    threads: u16,
+) -> Result<Child, ShareError> {
     let log_path = dir.join(LOG);
     let log = File::create(&log_path).map_err(io("creating", &log_path))?;
     let child = Command::new(virtiofsd)
@@ -430,6 +441,7 @@ fn spawn_virtiofsd(virtiofsd: &Path, dir: &Path, cache: Cache) -> Result<Child, 
         .arg(dir.join(SOCKET))
         .args(["--sandbox", "namespace", "--seccomp", "kill"])
         .args(["--cache", cache.arg(), "--inode-file-handles=never"])
+        .arg(format!("--thread-pool-size={threads}"))
         // No device nodes: a guest root's mknod on a volume would make one
         // on the host.
         .arg("--modcaps=-mknod")

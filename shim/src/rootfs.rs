@@ -110,11 +110,11 @@ pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<bool, RootfsEr
 /// or, when there are none, the directory `dir` (Docker's rootfs, mounted
 /// by dockerd) bind-mounted, at `<id>` in a new share at `share_dir`,
 /// sealed (private, nosuid, nodev) and served by `virtiofsd` with caching
-/// on (only the guest changes it). Returns the share and whether the
+/// on (only the guest changes it), with a pool of `threads`. Returns the share and whether the
 /// rootfs is read-only (a view snapshot: the guest then puts a tmpfs upper
 /// layer on it). Whatever fails leaves nothing mounted.
 pub fn share(
-    virtiofsd: &Path,
+    (virtiofsd, threads): (&Path, u16),
     share_dir: &Path,
     id: &str,
     mounts: &[RootfsMount],
@@ -122,7 +122,7 @@ pub fn share(
 ) -> Result<(Share, bool), RootfsError> {
     let mut share = Share::create(share_dir)?;
     let read_only = mount_into(&share, id, mounts, dir)?;
-    share.serve(virtiofsd, Cache::Always)?;
+    share.serve(virtiofsd, Cache::Always, threads)?;
     Ok((share, read_only))
 }
 

@@ -386,8 +386,8 @@ fn prepare_rootfs(
         RootfsMode::VirtioFs => {
             let started = std::time::Instant::now();
             let share_dir = rootfs_share_dir_for(state_dir);
-            let shared =
-                rootfs::share(&config.virtiofsd, &share_dir, &req.id, &mounts, &rootfs_dir)?;
+            let virtiofsd = (config.virtiofsd.as_path(), config.virtiofsd_threads);
+            let shared = rootfs::share(virtiofsd, &share_dir, &req.id, &mounts, &rootfs_dir)?;
             // The disk slot every sandbox has (the template's layout)
             // holds nothing.
             std::fs::File::create(&image).map_err(|source| ShimError::Io {
@@ -432,14 +432,15 @@ async fn start_share(
     if binds.is_empty() && !always {
         return Ok(None);
     }
-    let (virtiofsd, dir) = (config.virtiofsd.clone(), share_dir_for(state_dir));
+    let (virtiofsd, threads) = (config.virtiofsd.clone(), config.virtiofsd_threads);
+    let dir = share_dir_for(state_dir);
     let started = std::time::Instant::now();
     let count = binds.len();
     let subdir = id.to_owned();
     let share = tokio::task::spawn_blocking(move || {
         let mut share = Share::create(&dir)?;
         share.add_binds(&subdir, &binds)?;
-        share.serve(&virtiofsd, Cache::Auto)?;
+        share.serve(&virtiofsd, Cache::Auto, threads)?;
         Ok::<_, ShareError>(share)
     })
     .await
