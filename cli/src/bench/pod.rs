@@ -130,7 +130,7 @@ pub fn pod_bench(
                 let measured = match node.pod(handler, containers, run) {
                     Ok(measured) => measured,
                     Err(err) => {
-                        let text = error_chain(&err);
+                        let text = error_chain(&err) + &oom_score_hint(handler);
                         progress(&format!("{handler}: {text}"));
                         failures.push((handler.to_owned(), text));
                         continue 'handlers;
@@ -151,6 +151,28 @@ pub fn pod_bench(
         runs,
         failures,
     })
+}
+
+/// The CRI gives a pod's pause container `oom_score_adj` -998; lowering a
+/// score needs CAP_SYS_RESOURCE, which some hosts (this development VM)
+/// do not give even to root, and runc then fails with "can't get final
+/// child's PID from pipe: EOF". hull sets the score in its guest.
+fn oom_score_hint(handler: &str) -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if handler == "hull" || has_sys_resource(&status) != Some(false) {
+        return String::new();
+    }
+    " (this host gives no CAP_SYS_RESOURCE, so runc cannot lower the pause container's \
+     oom_score_adj: set `restrict_oom_score_adj = true` in containerd's CRI section)"
+        .into()
+}
+
+/// Whether `status` (a /proc/PID/status) has CAP_SYS_RESOURCE effective.
+fn has_sys_resource(status: &str) -> Option<bool> {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let caps = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(caps >> CAP_SYS_RESOURCE & 1 == 1)
 }
 
 impl<'a> Node<'a> {
@@ -467,5 +489,14 @@ mod tests {
             .find(|l| l.starts_with("hull") && l.contains(" 4 "))
             .unwrap();
         assert!(four.contains("5000"), "{four}");
+    }
+
+    #[test]
+    fn cap_sys_resource_is_read_from_the_effective_set() {
+        let status = |eff: &str| format!("CapInh:\t0\nCapEff:\t{eff}\nCapBnd:\t0\n");
+        assert_eq!(has_sys_resource(&status("000001ffffffffff")), Some(true));
+        // This development VM: every capability but CAP_SYS_RESOURCE.
+        assert_eq!(has_sys_resource(&status("000001fffeffffff")), Some(false));
+        assert_eq!(has_sys_resource("Name:\tx\n"), None);
     }
 }
