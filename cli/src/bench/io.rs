@@ -14,8 +14,10 @@
 //! file, or in the volume's cold file, one `dd` per operation (busybox has
 //! no random I/O in one process): reported per operation with the start of
 //! as many `dd` processes doing nothing subtracted; a cold sequential read
-//! of a file the host wrote before the start (volume only: nothing in the
-//! image is large); create, stat (`ls -l`) and unlink of many small files. With `--large-image-tar`,
+//! of a file the host wrote before the start, and of four files a quarter
+//! its size read at once (volume only: nothing in the image is large;
+//! the parallel read is what a virtiofsd thread pool could speed up);
+//! create, stat (`ls -l`) and unlink of many small files. With `--large-image-tar`,
 //! also the start of a large image and the disk each container of it
 //! takes ([`large`]).
 
@@ -74,12 +76,13 @@ pub enum IoBenchError {
 
 /// The workloads, in the order the container runs them. The random steps
 /// are reported in ms per operation, net of [`SPAWN`].
-pub const STEPS: [&str; 8] = [
+pub const STEPS: [&str; 9] = [
     "seq write + fsync",
     "dd start, per op",
     "rand 4K write+fsync/op",
     "rand 4K read, per op",
     "seq read (cold)",
+    "4 reads at once (cold)",
     "create files",
     "stat files",
     "unlink files",
@@ -88,6 +91,9 @@ const SPAWN: usize = 1;
 const RAND_WRITE: usize = 2;
 const RAND_READ: usize = 3;
 const COLD: usize = 4;
+const PARALLEL: usize = 5;
+/// Files read at once in [`PARALLEL`], each a quarter of the cold file.
+const READERS: u32 = 4;
 /// Random operations per location.
 const RAND_OPS: u32 = 64;
 
@@ -178,6 +184,9 @@ steps() {
   ops $d/seq w; echo step
   if [ -f $d/cold ]; then ops $d/cold r; else ops $d/seq r; fi; echo step
   if [ -f $d/cold ]; then cat $d/cold > /dev/null; fi; echo step
+  if [ -f $d/cold0 ]; then
+    for j in 0 1 2 3; do cat $d/cold$j > /dev/null & done; wait
+  fi; echo step
   i=0; while [ $i -lt $FILES ]; do : > $d/m$i; i=$((i + 1)); done; echo step
   ls -l $d > /dev/null; echo step
   rm -f $d/m*; echo step
@@ -216,8 +225,13 @@ pub fn io_bench(
                 source,
             })?;
         let bench = volume.path().join("bench");
+        let quarter = (args.mib / READERS).max(1);
         std::fs::create_dir(&bench)
             .and_then(|()| write_cold_file(&bench.join("cold"), args.mib))
+            .and_then(|()| {
+                (0..READERS)
+                    .try_for_each(|j| write_cold_file(&bench.join(format!("cold{j}")), quarter))
+            })
             .map_err(|source| IoBenchError::Io {
                 what: "writing the volume's cold file".into(),
                 source,
@@ -226,6 +240,7 @@ pub fn io_bench(
         let (rootfs, vol) = times.split_at(STEPS.len());
         let mut rootfs_ms = per_op(rootfs);
         rootfs_ms[COLD] = None;
+        rootfs_ms[PARALLEL] = None;
         runs.push(IoRuntime {
             runtime: variant.label.to_owned(),
             rootfs_ms,
@@ -416,7 +431,7 @@ mod tests {
         let runtime = |name: &str, ms: f64, volume: bool| IoRuntime {
             runtime: name.into(),
             rootfs_ms: (0..STEPS.len())
-                .map(|i| (i != COLD).then_some(ms))
+                .map(|i| (i != COLD && i != PARALLEL).then_some(ms))
                 .collect(),
             volume_ms: volume.then(|| vec![Some(2.0 * ms); STEPS.len()]),
         };
@@ -447,7 +462,7 @@ mod tests {
             !text
                 .lines()
                 .take_while(|l| !l.starts_with("volume"))
-                .any(|l| l.starts_with("seq read")),
+                .any(|l| l.starts_with("seq read") || l.starts_with("4 reads")),
             "no cold read on the rootfs: {text}"
         );
         let volume: Vec<&str> = text
