@@ -165,6 +165,23 @@ impl Cri {
         attempt: u32,
         command: &[&str],
     ) -> Result<String, tonic::Status> {
+        self.create_limited(pod, pod_config, (name, attempt), None, command)
+    }
+
+    /// Like [`Cri::create_container`], the container's memory limited to
+    /// `memory_bytes` when given.
+    pub fn create_limited(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        (name, attempt): (&str, u32),
+        memory_bytes: Option<i64>,
+        command: &[&str],
+    ) -> Result<String, tonic::Status> {
+        let resources = memory_bytes.map(|memory_limit_in_bytes| LinuxContainerResources {
+            memory_limit_in_bytes,
+            ..Default::default()
+        });
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
@@ -181,7 +198,7 @@ impl Cri {
                     namespace_options: Some(namespaces()),
                     ..Default::default()
                 }),
-                ..Default::default()
+                resources,
             }),
             ..Default::default()
         };

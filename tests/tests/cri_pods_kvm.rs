@@ -4,7 +4,8 @@
 //! network namespace (one reaches the other on localhost) but not their
 //! rootfs or PID namespace; `ExecSync` works in each; a container exiting
 //! with 3 is reported so while the other runs, and re-created it runs in
-//! the same VM; a second pod is a second VM; StopPodSandbox +
+//! the same VM; a container outgrowing its own memory limit is OOM-killed
+//! in the guest and reported so (`OOMKilled`); a second pod is a second VM; StopPodSandbox +
 //! RemovePodSandbox leave nothing, also after the VMM was SIGKILLed under
 //! a running pod; a container naming a pod that does not exist is refused.
 //! Needs KVM, root, containerd 1.7 (trixie, extracted), CNI
@@ -153,6 +154,29 @@ fn pods_run_their_containers_in_one_vm_each_kvm() {
         .unwrap_or_else(|e| failed(&cri, "StartContainer quitter again", e));
     assert_eq!(boot_id(&cri, &again), boot_id(&cri, &server));
     assert_eq!(vmm_count(&cri), 1);
+
+    // A container over its own memory limit (dd's 64 MiB buffer against
+    // 32 MiB): the guest's OOM killer ends it, the CRI reports OOMKilled
+    // (the shim forwarded the guest's OOM event under the member's id),
+    // and the pod runs on.
+    let hog = cri
+        .create_limited(
+            &pod_a,
+            &config_a,
+            ("hog", 0),
+            Some(32 << 20),
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        )
+        .unwrap_or_else(|e| failed(&cri, "CreateContainer hog", e));
+    cri.start_container(&hog).expect("StartContainer hog");
+    let killed = wait_exited(&cri, &hog);
+    assert_eq!(
+        (killed.exit_code, killed.reason.as_str()),
+        (137, "OOMKilled"),
+        "{killed:?}"
+    );
+    assert_eq!(cri.status(&server).unwrap().state, "CONTAINER_RUNNING");
+    cri.remove_container(&hog).expect("RemoveContainer hog");
 
     // Pod B: a VM of its own, another kernel.
     let config_b = cri.pod_config("pod-b", None);

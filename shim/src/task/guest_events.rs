@@ -4,6 +4,7 @@
 //! per sandbox that ends when the agent says it cannot answer (an older
 //! agent, a gone container) or the connection closes (the VM stopped).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crate::error::untrusted;
 /// Most guest log bytes taken per call.
 const GUEST_LOG_CHUNK: u32 = 16 * 1024;
 
-/// The shortest interval between two `TaskOOM` events of one sandbox: a
+/// The shortest interval between two `TaskOOM` events of one container: a
 /// guest reporting OOM kills in a loop must not flood containerd's event
 /// bus (one event already tells containerd and Docker the container was
 /// OOM-killed).
@@ -29,16 +30,17 @@ const OOM_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, PartialEq, Eq)]
 enum OomVerdict {
     Publish,
-    /// Names a container that is not this sandbox's.
+    /// Names a container that is not one of this sandbox's.
     Foreign,
     /// Too soon after the last one.
     TooSoon,
 }
 
-/// The guest is not trusted: it may only report OOM kills of the sandbox's
-/// own container (an empty id means that one), and not too often.
-fn judge_oom(reported: &str, own: &str, last: Option<Instant>, now: Instant) -> OomVerdict {
-    if !(reported.is_empty() || reported == own) {
+/// The guest is not trusted: it may only report OOM kills of the
+/// sandbox's containers (`member`: the sandbox's first, or one of the pod
+/// that joined it), and not too often for one container.
+fn judge_oom(member: bool, last: Option<Instant>, now: Instant) -> OomVerdict {
+    if !member {
         OomVerdict::Foreign
     } else if last.is_some_and(|last| now.duration_since(last) < OOM_EVENT_INTERVAL) {
         OomVerdict::TooSoon
@@ -47,14 +49,15 @@ fn judge_oom(reported: &str, own: &str, last: Option<Instant>, now: Instant) -> 
     }
 }
 
-/// Publishes `TaskOOM` for the OOM kills the guest reports in the sandbox's
-/// container `container_id` (see [`judge_oom`]).
+/// Publishes `TaskOOM` for the OOM kills the guest reports in the
+/// sandbox's containers: `sandbox_id`, the one that made the VM, and the
+/// pod's containers that joined it (see [`judge_oom`]).
 pub(super) async fn forward_oom_events(
     task: HullTask,
-    container_id: String,
+    sandbox_id: String,
     agent: Arc<AgentClient>,
 ) {
-    let mut last = None;
+    let mut last: HashMap<String, Instant> = HashMap::new();
     loop {
         // No deadline: the call returns at the next OOM kill.
         match agent
@@ -63,10 +66,22 @@ pub(super) async fn forward_oom_events(
         {
             Ok(event) => {
                 let now = Instant::now();
-                match judge_oom(&event.container_id, &container_id, last, now) {
+                let container_id = match event.container_id.as_str() {
+                    "" => sandbox_id.clone(),
+                    id => id.to_owned(),
+                };
+                let member = container_id == sandbox_id
+                    || task
+                        .inner
+                        .containers
+                        .lock()
+                        .await
+                        .get(&container_id)
+                        .is_some_and(|c| c.pod.id == sandbox_id);
+                match judge_oom(member, last.get(&container_id).copied(), now) {
                     OomVerdict::Foreign => {
                         log::warn!(
-                            "{container_id}: the guest reported an OOM kill in {:?}, not a container of this sandbox: dropped",
+                            "{sandbox_id}: the guest reported an OOM kill in {:?}, not a container of this sandbox: dropped",
                             untrusted(&event.container_id)
                         );
                         continue;
@@ -77,7 +92,7 @@ pub(super) async fn forward_oom_events(
                     }
                     OomVerdict::Publish => {}
                 }
-                last = Some(now);
+                last.insert(container_id.clone(), now);
                 log::info!("{container_id}: OOM kill in the guest");
                 task.publish(
                     topics::TASK_OOM_EVENT_TOPIC,
@@ -89,7 +104,7 @@ pub(super) async fn forward_oom_events(
                 .await;
             }
             Err(e) => {
-                log::debug!("{container_id}: no more OOM events: {e}");
+                log::debug!("{sandbox_id}: no more OOM events: {e}");
                 return;
             }
         }
@@ -133,14 +148,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn oom_events_name_only_the_sandboxs_container_and_are_spaced() {
+    fn oom_events_name_only_the_sandboxs_containers_and_are_spaced() {
         let now = Instant::now();
-        assert_eq!(judge_oom("", "c1", None, now), OomVerdict::Publish);
-        assert_eq!(judge_oom("c1", "c1", None, now), OomVerdict::Publish);
-        assert_eq!(judge_oom("other", "c1", None, now), OomVerdict::Foreign);
+        assert_eq!(judge_oom(true, None, now), OomVerdict::Publish);
+        assert_eq!(judge_oom(false, None, now), OomVerdict::Foreign);
         let just_now = Some(now);
-        assert_eq!(judge_oom("c1", "c1", just_now, now), OomVerdict::TooSoon);
+        assert_eq!(judge_oom(true, just_now, now), OomVerdict::TooSoon);
+        assert_eq!(judge_oom(false, just_now, now), OomVerdict::Foreign);
         let later = now + OOM_EVENT_INTERVAL;
-        assert_eq!(judge_oom("c1", "c1", just_now, later), OomVerdict::Publish);
+        assert_eq!(judge_oom(true, just_now, later), OomVerdict::Publish);
     }
 }
