@@ -14,7 +14,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
@@ -47,6 +47,14 @@ pub struct Exec {
     pub exit_code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// What a container gets beyond the defaults: a memory limit, host
+/// directories mounted read-write (host path, container path).
+#[derive(Default)]
+pub struct Extra<'a> {
+    pub memory_bytes: Option<i64>,
+    pub mounts: &'a [(&'a Path, &'a str)],
 }
 
 pub struct Cri {
@@ -165,23 +173,35 @@ impl Cri {
         attempt: u32,
         command: &[&str],
     ) -> Result<String, tonic::Status> {
-        self.create_limited(pod, pod_config, (name, attempt), None, command)
+        let extra = Extra::default();
+        self.create_with(pod, pod_config, (name, attempt), &extra, command)
     }
 
-    /// Like [`Cri::create_container`], the container's memory limited to
-    /// `memory_bytes` when given.
-    pub fn create_limited(
+    /// Like [`Cri::create_container`], with a memory limit and host
+    /// mounts.
+    pub fn create_with(
         &self,
         pod: &str,
         pod_config: &PodSandboxConfig,
         (name, attempt): (&str, u32),
-        memory_bytes: Option<i64>,
+        extra: &Extra,
         command: &[&str],
     ) -> Result<String, tonic::Status> {
-        let resources = memory_bytes.map(|memory_limit_in_bytes| LinuxContainerResources {
-            memory_limit_in_bytes,
-            ..Default::default()
-        });
+        let resources = extra
+            .memory_bytes
+            .map(|memory_limit_in_bytes| LinuxContainerResources {
+                memory_limit_in_bytes,
+                ..Default::default()
+            });
+        let mounts = extra
+            .mounts
+            .iter()
+            .map(|(host, container)| Mount {
+                host_path: host.display().to_string(),
+                container_path: (*container).to_owned(),
+                ..Default::default()
+            })
+            .collect();
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
@@ -192,6 +212,7 @@ impl Cri {
                 ..Default::default()
             }),
             command: command.iter().map(|s| (*s).to_owned()).collect(),
+            mounts,
             log_path: format!("{name}-{attempt}.log"),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {

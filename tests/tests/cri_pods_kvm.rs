@@ -1,8 +1,9 @@
 //! Kubernetes pods through containerd 1.7's real CRI (a Rust CRI client,
 //! as the kubelet would call it, runtime handler `hull`): one VM per pod,
 //! every container of the pod in it. Two containers share the pod's
-//! network namespace (one reaches the other on localhost) but not their
-//! rootfs or PID namespace; `ExecSync` works in each; a container exiting
+//! network namespace (one reaches the other on localhost) and a host
+//! directory mounted in both (an emptyDir: what one writes, the other and
+//! the host read) but not their rootfs or PID namespace; `ExecSync` works in each; a container exiting
 //! with 3 is reported so while the other runs, and re-created it runs in
 //! the same VM; a container outgrowing its own memory limit is OOM-killed
 //! in the guest and reported so (`OOMKilled`); a second pod is a second VM; StopPodSandbox +
@@ -13,7 +14,7 @@
 
 use std::time::Duration;
 
-use hull_tests::cri::Cri;
+use hull_tests::cri::{Cri, Extra};
 use hull_tests::poll::try_poll_until;
 use hull_tests::{leaks, prereq, test_dir};
 
@@ -86,19 +87,36 @@ fn pods_run_their_containers_in_one_vm_each_kvm() {
     let config_a = cri.pod_config("pod-a", Some(512 << 20));
     let pod_a = cri.run_pod(&config_a).expect("RunPodSandbox pod-a");
     assert_eq!(vmm_count(&cri), 1, "one VM for the pod");
+    // The kubelet's emptyDir: one host directory mounted in both.
+    let empty_dir = dir.path().join("empty-dir");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let shared = Extra {
+        mounts: &[(&empty_dir, "/shared")],
+        ..Default::default()
+    };
     let server = cri
-        .create_container(&pod_a, &config_a, "server", 0, &["sh", "-c", SERVE])
-        .expect("CreateContainer server");
-    cri.start_container(&server).expect("StartContainer server");
-    let client = cri
-        .create_container(
+        .create_with(
             &pod_a,
             &config_a,
-            "client",
-            0,
-            &["sh", "-c", "echo mine > /only-here; sleep 100000"],
+            ("server", 0),
+            &shared,
+            &["sh", "-c", SERVE],
         )
-        .expect("CreateContainer client");
+        .unwrap_or_else(|e| failed(&cri, "CreateContainer server", e));
+    cri.start_container(&server).expect("StartContainer server");
+    let client = cri
+        .create_with(
+            &pod_a,
+            &config_a,
+            ("client", 0),
+            &shared,
+            &[
+                "sh",
+                "-c",
+                "echo mine > /only-here; echo hi > /shared/from-client; sleep 100000",
+            ],
+        )
+        .unwrap_or_else(|e| failed(&cri, "CreateContainer client", e));
     cri.start_container(&client).expect("StartContainer client");
     assert_eq!(vmm_count(&cri), 1, "still one VM with three containers");
     assert_eq!(
@@ -125,6 +143,20 @@ fn pods_run_their_containers_in_one_vm_each_kvm() {
         )
         .expect("ExecSync server");
     assert_eq!(seen.stdout.trim(), "own", "{seen:?}");
+    // The emptyDir: the client's file, read by the server and the host.
+    let read = try_poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        || match cri.exec(&server, &["cat", "/shared/from-client"]) {
+            Ok(out) if out.stdout.trim() == "hi" => Ok(()),
+            other => Err(other),
+        },
+    );
+    assert!(read.is_ok(), "the client's file in the server: {read:?}");
+    assert_eq!(
+        std::fs::read_to_string(empty_dir.join("from-client")).unwrap(),
+        "hi\n"
+    );
     let pid1 = |id: &str| {
         cri.exec(id, &["cat", "/proc/1/cmdline"])
             .expect("ExecSync")
@@ -160,11 +192,14 @@ fn pods_run_their_containers_in_one_vm_each_kvm() {
     // (the shim forwarded the guest's OOM event under the member's id),
     // and the pod runs on.
     let hog = cri
-        .create_limited(
+        .create_with(
             &pod_a,
             &config_a,
             ("hog", 0),
-            Some(32 << 20),
+            &Extra {
+                memory_bytes: Some(32 << 20),
+                ..Default::default()
+            },
             &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
         )
         .unwrap_or_else(|e| failed(&cri, "CreateContainer hog", e));
