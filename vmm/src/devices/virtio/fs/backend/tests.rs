@@ -81,7 +81,7 @@ fn needs_root_virtiofsd_answers_through_the_shadow_queue() {
     std::fs::create_dir(&share).unwrap();
     std::fs::write(share.join("hello.txt"), "hi").unwrap();
     let (socket, log) = (dir.path().join("vfs.sock"), dir.path().join("log"));
-    let _daemon = Daemon::start(&share, &socket, &log);
+    let mut daemon = Daemon::start(&share, &socket, &log);
 
     let mut backend = Backend::connect(&socket).expect("the handshake with virtiofsd");
 
@@ -108,7 +108,8 @@ fn needs_root_virtiofsd_answers_through_the_shadow_queue() {
 
     assert!(
         called(&backend.call),
-        "virtiofsd did not signal the call eventfd within {ANSWER_WITHIN:?}: {}",
+        "virtiofsd did not signal the call eventfd within {ANSWER_WITHIN:?} (exited: {:?}): {}",
+        daemon.0.try_wait(),
         read(&log)
     );
     let done = backend.queue.complete(Some(&guest)).unwrap();
