@@ -110,9 +110,9 @@ pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<bool, RootfsEr
 /// or, when there are none, the directory `dir` (Docker's rootfs, mounted
 /// by dockerd) bind-mounted, at `<id>` in a new share at `share_dir`,
 /// sealed (private, nosuid, nodev) and served by `virtiofsd` with caching
-/// on (only the guest changes it), with a pool of `threads`. Returns the share and whether the
-/// rootfs is read-only (a view snapshot: the guest then puts a tmpfs upper
-/// layer on it). Whatever fails leaves nothing mounted.
+/// on (only the guest changes it) and a pool of `threads`. Returns the
+/// share and whether the rootfs is read-only (a view snapshot: the guest
+/// then puts a tmpfs upper layer on it). Whatever fails leaves nothing mounted.
 pub fn share(
     (virtiofsd, threads): (&Path, u16),
     share_dir: &Path,

@@ -82,15 +82,13 @@ pub async fn create(req: &CreateTaskRequest, pods: &[Arc<Pod>]) -> Result<Contai
             })?;
         return member::create(req, &config, spec, pod, phases).await;
     }
+    let is_pod = role == Role::PodSandbox;
     let created_hooks = hooks::of_stage(&spec, Stage::Created);
-    let later_hooks: Vec<_> = hooks::of_stage(&spec, Stage::Poststart)
-        .into_iter()
-        .chain(hooks::of_stage(&spec, Stage::Poststop))
-        .collect();
+    let later_hooks = later_hooks(&spec);
     let network = network_of(&spec);
     let resolv_conf = super::dns::resolv_conf_source(&spec);
     let host_binds = for_the_guest(&mut spec);
-    let size = size_the_vm(&req.id, &spec, &config, role == Role::PodSandbox)?;
+    let size = size_the_vm(&req.id, &spec, &config, is_pod)?;
     phases.mark("spec");
     let state_dir = state_dir_for(&namespace_of(&bundle), &req.id);
     let mut undo = CreateUndo::new(state_dir.clone());
@@ -104,7 +102,6 @@ pub async fn create(req: &CreateTaskRequest, pods: &[Arc<Pod>]) -> Result<Contai
     let disks = prepare_rootfs(req, &bundle, &spec, &config, &state_dir, &mut undo)?;
     phases.mark("disks");
     // A pod's later containers may bring binds: its share is always there.
-    let is_pod = role == Role::PodSandbox;
     let share = start_share(&req.id, &config, &state_dir, host_binds, is_pod).await?;
     phases.mark("share");
     let boot = Duration::from_secs(config.boot_timeout_secs);
@@ -126,12 +123,7 @@ pub async fn create(req: &CreateTaskRequest, pods: &[Arc<Pod>]) -> Result<Contai
             return Err(err);
         }
     };
-    let stdio = StdioPaths {
-        stdin: req.stdin.clone(),
-        stdout: req.stdout.clone(),
-        stderr: req.stderr.clone(),
-        terminal: req.terminal,
-    };
+    let stdio = stdio_of(req);
     let binds = share.is_some().then_some(req.id.as_str());
     let agent = sandbox.agent();
     let created = create_in_guest(
@@ -328,6 +320,25 @@ struct Disks {
     files: Vec<PathBuf>,
 }
 
+/// The hooks run after the container is created: poststart, then
+/// poststop.
+pub(super) fn later_hooks(spec: &Spec) -> Vec<(&'static str, oci_spec::runtime::Hook)> {
+    hooks::of_stage(spec, Stage::Poststart)
+        .into_iter()
+        .chain(hooks::of_stage(spec, Stage::Poststop))
+        .collect()
+}
+
+/// The init process's stdio, as containerd names it.
+pub(super) fn stdio_of(req: &CreateTaskRequest) -> StdioPaths {
+    StdioPaths {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    }
+}
+
 /// Where the rootfs comes from: containerd's mounts, else (Docker, a
 /// prepared bundle) the spec's root directory.
 pub(super) fn rootfs_source(
@@ -386,8 +397,13 @@ fn prepare_rootfs(
         RootfsMode::VirtioFs => {
             let started = std::time::Instant::now();
             let share_dir = rootfs_share_dir_for(state_dir);
-            let virtiofsd = (config.virtiofsd.as_path(), config.virtiofsd_threads);
-            let shared = rootfs::share(virtiofsd, &share_dir, &req.id, &mounts, &rootfs_dir)?;
+            let shared = rootfs::share(
+                (&config.virtiofsd, config.virtiofsd_threads),
+                &share_dir,
+                &req.id,
+                &mounts,
+                &rootfs_dir,
+            )?;
             // The disk slot every sandbox has (the template's layout)
             // holds nothing.
             std::fs::File::create(&image).map_err(|source| ShimError::Io {

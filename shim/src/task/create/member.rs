@@ -22,13 +22,12 @@ use super::super::phases::Phases;
 use super::super::pod::{self, Pod};
 use super::super::process::Process;
 use super::super::Container;
-use super::{create_in_guest, rootfs_source};
+use super::{create_in_guest, later_hooks, rootfs_source, stdio_of};
 use crate::config::ShimConfig;
 use crate::error::ShimError;
 use crate::guest_spec::for_the_guest;
 use crate::hooks::{self, Stage};
 use crate::rootfs;
-use crate::stdio::StdioPaths;
 
 pub(super) async fn create(
     req: &CreateTaskRequest,
@@ -43,10 +42,7 @@ pub(super) async fn create(
     let id = req.id.clone();
     let bundle = PathBuf::from(&req.bundle);
     let created_hooks = hooks::of_stage(&spec, Stage::Created);
-    let later_hooks: Vec<_> = hooks::of_stage(&spec, Stage::Poststart)
-        .into_iter()
-        .chain(hooks::of_stage(&spec, Stage::Poststop))
-        .collect();
+    let later_hooks = later_hooks(&spec);
     let joined = pod::joined_namespaces(&spec);
     let (rootfs_dir, mounts) = rootfs_source(req, &bundle, &spec);
     let host_binds = for_the_guest(&mut spec);
@@ -89,12 +85,7 @@ pub(super) async fn create(
     };
     let read_only = shared?;
     phases.mark("share");
-    let stdio = StdioPaths {
-        stdin: req.stdin.clone(),
-        stdout: req.stdout.clone(),
-        stderr: req.stderr.clone(),
-        terminal: req.terminal,
-    };
+    let stdio = stdio_of(req);
     let rootfs = Storage {
         fstype: "virtiofs".into(),
         tag: ROOTFS_TAG.into(),
